@@ -1,0 +1,33 @@
+"""The only place where asyncio, trio-asyncio and grpclib meet the rest of memoh-trio.
+
+grpclib is asyncio-only; memoh-trio is Trio. This package runs grpclib on a trio-asyncio loop
+and exposes plain Trio functions to the rest of the code. Rules kept here:
+
+* ``trio_asyncio`` is imported before ``grpclib`` (it must patch asyncio's loop policy first);
+* the bridge is crossed once per RPC, never once per chunk, on the hot paths (WriteRaw/ReadRaw);
+* grpclib's exceptions are mapped to :mod:`memoh_trio._errors` at this edge;
+* channels and servers are always closed, also on cancellation.
+
+Submodules: ``client`` (channel + typed calls), ``server`` (grpclib server hosting the service).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import trio_asyncio  # noqa: I001  (must come before grpclib)
+
+
+@contextlib.asynccontextmanager
+async def asyncio_loop() -> AsyncIterator[None]:
+    """Make sure a trio-asyncio loop runs for the enclosed block.
+
+    Reuses the loop of an enclosing block (the loop is looked up through a context variable, so a
+    nested client inside a server's task tree shares it); otherwise opens one and closes it on exit.
+    """
+    if trio_asyncio.current_loop.get() is not None:
+        yield
+        return
+    async with trio_asyncio.open_loop():
+        yield
