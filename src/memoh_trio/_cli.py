@@ -1,0 +1,395 @@
+"""The ``memoh-trio`` command line: a thin layer over the library.
+
+It parses arguments, calls :mod:`memoh_trio`'s public functions, draws progress from the library's
+progress state, and turns outcomes into exit codes (see :data:`EXIT_CODES`). No migration logic
+lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import trio
+
+from . import _errors as errors
+from ._tls import ClientTLS, ServerTLS
+from ._units import parse_listen, parse_size, parse_target
+
+# Exit codes: a contract with scripts and operators. Keep them stable.
+EXIT_OK = 0  # migrated, already migrated, or nothing to do
+EXIT_INCOMPLETE = 1  # some entries failed: the source is kept and not renamed
+EXIT_USAGE = 2  # invalid invocation or input (bad option, missing SRC, SRC not a directory, ...)
+EXIT_UNREACHABLE = 3  # the target could not be reached or does not speak gRPC/TLS as configured
+EXIT_REFUSED = 4  # the target refused us: missing/wrong token, permission denied
+EXIT_BUSY = 5  # another migration of the same source is running (single-flight lock)
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C)
+EXIT_TERMINATED = 143  # SIGTERM
+
+EXIT_CODES = {
+    EXIT_OK: "migrated (or already migrated / nothing to do)",
+    EXIT_INCOMPLETE: "incomplete: some entries failed; the source was kept, not renamed",
+    EXIT_USAGE: "invalid invocation or input",
+    EXIT_UNREACHABLE: "target unreachable, not gRPC, or TLS mismatch",
+    EXIT_REFUSED: "target refused the call (authentication or permission)",
+    EXIT_BUSY: "another migration of this source is running",
+    EXIT_INTERRUPTED: "interrupted (SIGINT); nothing renamed",
+    EXIT_TERMINATED: "terminated (SIGTERM); nothing renamed",
+}
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """Map an exception that ended a command to its exit code."""
+    if isinstance(exc, errors.ConfigError | errors.SourceError):
+        return EXIT_USAGE
+    if isinstance(exc, errors.MigrationBusy):
+        return EXIT_BUSY
+    if isinstance(exc, errors.Unauthenticated | errors.PermissionDenied):
+        return EXIT_REFUSED
+    if isinstance(exc, errors.Unavailable | errors.DeadlineExceeded):
+        return EXIT_UNREACHABLE
+    return EXIT_INCOMPLETE
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _size_arg(text: str) -> int:
+    try:
+        return parse_size(text)
+    except errors.ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _target_arg(text: str) -> str:
+    try:
+        parse_target(text)
+    except errors.ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _listen_arg(text: str) -> tuple[str, int]:
+    try:
+        return parse_listen(text)
+    except errors.ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("target", "listen address")) from None
+
+
+def _add_connection_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("connection")
+    g.add_argument("--token", default=os.environ.get("MEMOH_TRIO_TOKEN"),
+                   help="bearer token (default: $MEMOH_TRIO_TOKEN)")
+    g.add_argument("--tls-ca", type=Path, help="CA bundle (PEM) that signs the server certificate")
+    g.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
+    g.add_argument("--tls-server-name", help="name to verify in the server certificate")
+    g.add_argument("--timeout", type=float, default=None,
+                   help="per-call timeout in seconds for unary calls (default: none)")
+
+
+def _add_copy_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("copy")
+    g.add_argument("--dest", default="", help="destination directory under the server root")
+    g.add_argument("--concurrency", type=_positive_int, default=None,
+                   help="file streams at once (default: chosen by measurement)")
+    g.add_argument("--chunk-size", type=_size_arg, default=None,
+                   help="WriteRaw chunk size, e.g. 1MiB (must stay below 4 MiB)")
+    g.add_argument("--verify", choices=("size", "sha256"), default="size",
+                   help="what must match after each file (default: size)")
+    g.add_argument("--no-preserve", dest="preserve", action="store_false",
+                   help="do not apply permission bits and mtimes in the container")
+    g.add_argument("--no-rename", dest="rename", action="store_false",
+                   help="copy but never rename the source to .migrated")
+    g.add_argument("--stall-timeout", type=float, default=None,
+                   help="fail a file whose stream makes no progress for this many seconds")
+    g.add_argument("--dry-run", action="store_true",
+                   help="walk and classify the source, copy nothing, rename nothing")
+    g.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="memoh-trio",
+        description="Move a Memoh bot's data tree into its container over gRPC, "
+        "renaming the source to <dir>.migrated only when every entry made it.",
+        epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("migrate", help="copy one directory tree into a container")
+    p.add_argument("src", type=Path, metavar="SRC", help="directory to migrate")
+    p.add_argument("--target", required=True, type=_target_arg, metavar="HOST:PORT")
+    _add_copy_options(p)
+    _add_connection_options(p)
+
+    p = sub.add_parser("migrate-bot", help="migrate DATA_ROOT/bots/BOT_ID (the seed's semantics)")
+    p.add_argument("bot_id", metavar="BOT_ID")
+    p.add_argument("--data-root", required=True, type=Path, metavar="DIR")
+    p.add_argument("--target", required=True, type=_target_arg, metavar="HOST:PORT")
+    _add_copy_options(p)
+    _add_connection_options(p)
+
+    p = sub.add_parser("migrate-all", help="migrate every bot under DATA_ROOT/bots/")
+    p.add_argument("--data-root", required=True, type=Path, metavar="DIR")
+    t = p.add_mutually_exclusive_group(required=True)
+    t.add_argument("--target-template", metavar="TEMPLATE",
+                   help="HOST:PORT with {bot_id}, e.g. 'bot-{bot_id}.internal:9090'")
+    t.add_argument("--targets", type=Path, metavar="FILE.json",
+                   help='JSON object {"bot_id": "host:port", ...}')
+    p.add_argument("--bots", type=_positive_int, default=4, metavar="N",
+                   help="bots migrated at once (default: 4)")
+    _add_copy_options(p)
+    _add_connection_options(p)
+
+    p = sub.add_parser("serve", help="run the ContainerService over a root directory")
+    p.add_argument("--root", required=True, type=Path, metavar="DIR")
+    p.add_argument("--listen", type=_listen_arg, default=("127.0.0.1", 9090), metavar="HOST:PORT",
+                   help="address to listen on (port 0: any free port; default 127.0.0.1:9090)")
+    p.add_argument("--token", default=os.environ.get("MEMOH_TRIO_TOKEN"),
+                   help="require this bearer token (default: $MEMOH_TRIO_TOKEN)")
+    p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="server key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
+
+    p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
+    p.add_argument("--files", type=_positive_int, default=400,
+                   help="small files in the sample tree (default: 400)")
+    p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+    return parser
+
+
+def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
+        return None
+    return ClientTLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
+                     server_hostname=args.tls_server_name)
+
+
+def _connect_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return {"tls": _client_tls(args), "token": args.token, "timeout": args.timeout}
+
+
+def _migrate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "dest": args.dest, "verify": args.verify, "preserve": args.preserve,
+        "rename": args.rename and not args.dry_run, "dry_run": args.dry_run,
+    }
+    if args.concurrency is not None:
+        kwargs["concurrency"] = args.concurrency
+    if args.chunk_size is not None:
+        kwargs["chunk_size"] = args.chunk_size
+    if args.stall_timeout is not None:
+        kwargs["stall_timeout"] = args.stall_timeout
+    return kwargs
+
+
+# --- output ------------------------------------------------------------------------------------
+
+
+def _print_error(message: str) -> None:
+    print(f"memoh-trio: error: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.asynccontextmanager
+async def _progress_display(progress: Any, enabled: bool) -> AsyncIterator[None]:
+    """Draw rich progress bars from the library's progress state while the block runs."""
+    if not enabled:
+        yield
+        return
+    from ._display import live_progress
+
+    async with live_progress(progress):
+        yield
+
+
+def _emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO) -> None:
+    if as_json:
+        payload: Any = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
+        print(json.dumps(payload, indent=2), file=out, flush=True)
+        return
+    from ._display import print_reports
+
+    print_reports(reports, out)
+
+
+def _report_exit_code(reports: Sequence[Any]) -> int:
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_INCOMPLETE
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+async def _cmd_migrate(args: argparse.Namespace) -> int:
+    from . import _migrate
+    from ._client import connect
+    from ._progress import Progress
+
+    progress = Progress()
+    show = sys.stderr.isatty() and not args.json
+    if args.command == "migrate":
+        src = args.src
+        _migrate.check_source(src)
+    async with connect(args.target, **_connect_kwargs(args)) as client:
+        async with _progress_display(progress, show):
+            if args.command == "migrate":
+                report = await _migrate.migrate(src, client, progress=progress,
+                                                **_migrate_kwargs(args))
+            else:
+                report = await _migrate.migrate_bot(args.bot_id, args.data_root, client,
+                                                    progress=progress, **_migrate_kwargs(args))
+    _emit_reports([report], as_json=args.json, out=sys.stdout)
+    return _report_exit_code([report])
+
+
+def _load_targets(args: argparse.Namespace) -> dict[str, str] | Callable[[str], str]:
+    if args.targets is not None:
+        try:
+            data = json.loads(Path(args.targets).read_text())
+        except (OSError, ValueError) as exc:
+            raise errors.ConfigError(f"cannot read targets file {args.targets}: {exc}") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise errors.ConfigError(
+                f'targets file {args.targets} must be a JSON object {{"bot_id": "host:port"}}'
+            )
+        for target in data.values():
+            parse_target(target)
+        return dict(data)
+    template: str = args.target_template
+    if "{bot_id}" not in template:
+        raise errors.ConfigError("--target-template must contain {bot_id}")
+    parse_target(template.replace("{bot_id}", "x"))
+    return lambda bot_id: template.replace("{bot_id}", bot_id)
+
+
+async def _cmd_migrate_all(args: argparse.Namespace) -> int:
+    from . import _migrate
+    from ._pool import Pool
+
+    targets = _load_targets(args)
+    if not args.data_root.is_dir():
+        raise errors.SourceError(f"data root {args.data_root} is not a directory")
+    kwargs = _migrate_kwargs(args)
+    file_concurrency = kwargs.pop("concurrency", None)
+    if file_concurrency is not None:
+        kwargs["file_concurrency"] = file_concurrency
+    async with Pool(targets, **_connect_kwargs(args)) as pool:
+        reports = await _migrate.migrate_all(args.data_root, pool, bot_concurrency=args.bots,
+                                             **kwargs)
+    _emit_reports(reports, as_json=args.json, out=sys.stdout)
+    return _report_exit_code(reports)
+
+
+async def _cmd_serve(args: argparse.Namespace) -> int:
+    from ._server import serve
+
+    if not args.root.is_dir():
+        raise errors.SourceError(f"server root {args.root} is not a directory")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise errors.ConfigError("--tls-cert and --tls-key go together")
+        tls = ServerTLS(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+    elif args.tls_client_ca:
+        raise errors.ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    host, port = args.listen
+    async with trio.open_nursery() as nursery:
+        addr = await nursery.start(functools.partial(serve, args.root, host, port,
+                                                     token=args.token, tls=tls))
+        print(f"listening on {addr}", flush=True)
+    return EXIT_OK
+
+
+async def _cmd_demo(args: argparse.Namespace) -> int:
+    from ._demo import run_demo
+
+    report = await run_demo(files=args.files, show_progress=sys.stderr.isatty() and not args.json)
+    _emit_reports([report], as_json=args.json, out=sys.stdout)
+    return _report_exit_code([report])
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+    "migrate": _cmd_migrate,
+    "migrate-bot": _cmd_migrate,
+    "migrate-all": _cmd_migrate_all,
+    "serve": _cmd_serve,
+    "demo": _cmd_demo,
+}
+
+
+async def _run(args: argparse.Namespace) -> int:
+    """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code."""
+    received: list[int] = []
+    code = EXIT_OK
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    if received:  # a second signal: stop waiting for cleanup
+                        raise _Interrupted(signum)
+                    received.append(signum)
+                    print(f"memoh-trio: {signal.Signals(signum).name}: stopping; nothing is "
+                          "renamed", file=sys.stderr, flush=True)
+                    command_scope.cancel()
+
+        command_scope = trio.CancelScope()
+        await nursery.start(watch_signals)
+        with command_scope:
+            code = await _COMMANDS[args.command](args)
+        nursery.cancel_scope.cancel()
+    if received:
+        return EXIT_INTERRUPTED if received[0] == signal.SIGINT else EXIT_TERMINATED
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``memoh-trio`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = trio.run(_run, args)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except _Interrupted as exc:
+        code = EXIT_INTERRUPTED if exc.signum == signal.SIGINT else EXIT_TERMINATED
+    except errors.MemohError as exc:
+        _print_error(str(exc))
+        code = exit_code_for(exc)
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        if isinstance(first, errors.MemohError):
+            _print_error(str(first))
+            code = exit_code_for(first)
+        else:
+            raise
+    sys.exit(code)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

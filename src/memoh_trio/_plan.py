@@ -1,0 +1,158 @@
+"""Classification of the source tree walk: what to do with each entry. No I/O here.
+
+Rule 1: every decision about a walked entry lives in :func:`classify`, as one table-like
+function over the entry's ``lstat`` result. The walker (:mod:`memoh_trio._walk`) gathers facts
+(``lstat``, the link text, whether a directory is empty, any ``OSError``); the copier
+(:mod:`memoh_trio._migrate`) carries out the :class:`Action`. Links are never followed and special
+files are never opened, because nothing here looks further than ``lstat``.
+
+=====================  ==============================  =====================================
+entry                  action                          effect on the rename
+=====================  ==============================  =====================================
+regular file, size>0   ``COPY`` (temp name + Rename)   must be copied and verified
+regular file, size 0   ``CREATE`` (empty WriteRaw)     must be created
+directory, empty       ``MKDIR``                       must be created
+directory, non-empty   ``DIR`` (created by its files)  none (mode/mtime preserved at the end)
+symlink                ``SYMLINK`` (Exec ``ln -s``)    must be recreated, never followed
+FIFO/socket/device     ``SKIP`` with a reason          none: reported, never opened
+non-UTF-8 name/target  ``FAIL``                        blocks the rename
+unreadable/walk error  ``FAIL``                        blocks the rename
+=====================  ==============================  =====================================
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from dataclasses import dataclass
+
+
+class Kind(enum.Enum):
+    """What the copier does with one walked entry."""
+
+    COPY = "copy"
+    CREATE = "create"
+    MKDIR = "mkdir"
+    DIR = "dir"
+    SYMLINK = "symlink"
+    SKIP = "skip"
+    FAIL = "fail"
+
+
+#: Kinds whose completion the rename waits for (``DIR`` and ``SKIP`` need no work of their own).
+REQUIRED_KINDS = frozenset({Kind.COPY, Kind.CREATE, Kind.MKDIR, Kind.SYMLINK})
+
+
+@dataclass(frozen=True)
+class WalkEntry:
+    """Facts about one entry below the source root, as gathered by the walker.
+
+    Attributes:
+        rel: path relative to the source root, ``/``-separated, as ``os.fsdecode`` gives it (bytes
+            that are not UTF-8 appear as lone surrogates, see :func:`display_path`).
+        host_path: the absolute host path.
+        st: the ``lstat`` result, or ``None`` when it could not be taken.
+        error: the error met reading this entry (lstat, scandir, readlink), if any.
+        empty_dir: for directories, whether listing it found no entries.
+        link_target: for symlinks, the link text as ``os.readlink`` returned it.
+    """
+
+    rel: str
+    host_path: str
+    st: os.stat_result | None = None
+    error: OSError | None = None
+    empty_dir: bool = False
+    link_target: str | None = None
+
+
+@dataclass(frozen=True)
+class Action:
+    """What to do with one entry.
+
+    Attributes:
+        kind: the action.
+        rel: the source-relative path (see :attr:`WalkEntry.rel`).
+        host_path: the absolute host path.
+        size: the size at ``lstat`` time (regular files; 0 otherwise).
+        mode: the permission bits (``st_mode & 0o7777``).
+        mtime_ns: the modification time in nanoseconds.
+        link_target: the link text of a symlink.
+        reason: why an entry is skipped or failed, in plain words.
+    """
+
+    kind: Kind
+    rel: str
+    host_path: str
+    size: int = 0
+    mode: int = 0
+    mtime_ns: int = 0
+    link_target: str | None = None
+    reason: str = ""
+
+
+def is_utf8(name: str) -> bool:
+    """Whether a ``os.fsdecode``-d name came from valid UTF-8 bytes (no lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display_path(name: str) -> str:
+    """A printable form of a path: invalid UTF-8 bytes are shown as ``\\xNN`` escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def describe_os_error(err: OSError) -> str:
+    """An OSError in plain words, without repeating the path (the report names it)."""
+    if err.strerror:
+        return err.strerror[0].lower() + err.strerror[1:]
+    return str(err) or type(err).__name__
+
+
+_SPECIAL = (
+    (stat.S_ISFIFO, "named pipe (FIFO): not copied, never opened"),
+    (stat.S_ISSOCK, "socket: not copied"),
+    (stat.S_ISCHR, "character device: not copied, never opened"),
+    (stat.S_ISBLK, "block device: not copied, never opened"),
+)
+
+
+def classify(entry: WalkEntry) -> Action:
+    """Decide what to do with one walked entry (see the module table)."""
+    rel, host = entry.rel, entry.host_path
+    if not is_utf8(rel):
+        return Action(
+            Kind.FAIL, rel, host,
+            reason="name is not valid UTF-8 (gRPC paths must be): rename it in the source, "
+            "nothing was copied for it",
+        )
+    if entry.error is not None:
+        return Action(Kind.FAIL, rel, host, reason=f"cannot read: {describe_os_error(entry.error)}")
+    st = entry.st
+    if st is None:
+        return Action(Kind.FAIL, rel, host, reason="cannot read: no file status")
+    mode = st.st_mode
+    perm, mtime = stat.S_IMODE(mode), st.st_mtime_ns
+    if stat.S_ISREG(mode):
+        if st.st_size == 0:
+            return Action(Kind.CREATE, rel, host, mode=perm, mtime_ns=mtime)
+        return Action(Kind.COPY, rel, host, size=st.st_size, mode=perm, mtime_ns=mtime)
+    if stat.S_ISDIR(mode):
+        return Action(Kind.MKDIR if entry.empty_dir else Kind.DIR, rel, host, mode=perm, mtime_ns=mtime)
+    if stat.S_ISLNK(mode):
+        target = entry.link_target
+        if target is None:
+            return Action(Kind.FAIL, rel, host, reason="cannot read the symlink's target")
+        if not is_utf8(target):
+            return Action(
+                Kind.FAIL, rel, host,
+                reason="symlink target is not valid UTF-8: it cannot be recreated in the container",
+            )
+        return Action(Kind.SYMLINK, rel, host, link_target=target, mode=perm, mtime_ns=mtime)
+    for test, why in _SPECIAL:
+        if test(mode):
+            return Action(Kind.SKIP, rel, host, reason=why, mode=perm, mtime_ns=mtime)
+    return Action(Kind.SKIP, rel, host, reason=f"unknown file type {stat.S_IFMT(mode):#o}: not copied")

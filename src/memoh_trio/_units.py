@@ -1,0 +1,68 @@
+"""Parsing of user-supplied sizes and targets (pure; shared by the CLI and the library)."""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import ConfigError
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
+_SCALE = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """Parse ``"65536"``, ``"64k"``, ``"64KiB"``, ``"1M"``, ``"1MiB"`` into bytes (binary units).
+
+    Raises:
+        ConfigError: the text is not a positive size.
+    """
+    match = _SIZE_RE.match(text)
+    if match is None:
+        raise ConfigError(f"not a size: {text!r} (examples: 65536, 256KiB, 1MiB)")
+    value = int(match.group(1)) * _SCALE[match.group(2).lower()]
+    if value <= 0:
+        raise ConfigError(f"size must be positive: {text!r}")
+    return value
+
+
+def format_size(n: float) -> str:
+    """Human-readable binary size: ``1536`` → ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (or ``"[::1]:port"``) into host and port.
+
+    Raises:
+        ConfigError: malformed target, or a port outside 1..65535.
+    """
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise ConfigError(f"malformed target {text!r}: expected [IPv6]:PORT")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or ":" in host:
+            raise ConfigError(f"malformed target {text!r}: expected HOST:PORT")
+    if not host:
+        raise ConfigError(f"malformed target {text!r}: the host is empty")
+    if not port_text.isdigit():
+        raise ConfigError(f"malformed target {text!r}: port {port_text!r} is not a number")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"malformed target {text!r}: port {port} is outside 1..65535")
+    return host, port
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Like :func:`parse_target` but port 0 (pick a free port) is allowed."""
+    if text.strip().endswith(":0"):
+        host, _ = parse_target(text.strip()[:-1] + "1")
+        return host, 0
+    return parse_target(text)
