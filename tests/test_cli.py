@@ -1,0 +1,93 @@
+"""The ``memoh-trio`` command line as a user runs it: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from memoh_trio._cli import (
+    EXIT_BUSY,
+    EXIT_INCOMPLETE,
+    EXIT_REFUSED,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    build_parser,
+    exit_code_for,
+)
+from memoh_trio._errors import (
+    Aborted,
+    ConfigError,
+    MigrationBusy,
+    PermissionDenied,
+    SourceError,
+    Unauthenticated,
+    Unavailable,
+)
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memoh_trio", *args],
+        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["migrate", "/x", "--target", "nohost"], "malformed target"),
+        (["migrate", "/x", "--target", "h:0"], "outside 1..65535"),
+        (["migrate", "/x", "--target", "h:1", "--chunk-size", "lots"], "not a size"),
+        (["migrate", "/x", "--target", "h:1", "--concurrency", "0"], "at least 1"),
+        (["migrate", "/x", "--target", "h:1", "--verify", "md5"], "invalid choice"),
+        (["migrate", "/x"], "--target"),
+        (["migrate-all", "--data-root", "/x"], "--target-template"),
+        (["serve", "--root", "/x", "--listen", "1.2.3.4"], "listen address"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_invocations_exit_2_with_a_message(argv: list[str], message: str) -> None:
+    done = run_cli(*argv)
+    assert done.returncode == EXIT_USAGE
+    assert message in done.stderr
+    assert done.stdout == ""
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    done = run_cli("--help")
+    assert done.returncode == 0
+    for word in ("migrate", "migrate-bot", "migrate-all", "serve", "demo", "exit codes"):
+        assert word in done.stdout
+
+
+def test_parser_defaults() -> None:
+    args = build_parser().parse_args(["migrate", "src", "--target", "127.0.0.1:9090"])
+    assert (args.verify, args.preserve, args.rename, args.dry_run, args.json) == (
+        "size", True, True, False, False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (ConfigError("x"), EXIT_USAGE),
+        (SourceError("x"), EXIT_USAGE),
+        (Unavailable("x"), EXIT_UNREACHABLE),
+        (Unauthenticated("x"), EXIT_REFUSED),
+        (PermissionDenied("x"), EXIT_REFUSED),
+        (MigrationBusy("x"), EXIT_BUSY),
+        (Aborted("x"), EXIT_INCOMPLETE),
+    ],
+)
+def test_exit_code_mapping(exc: BaseException, code: int) -> None:
+    assert exit_code_for(exc) == code
+
+
+def test_module_and_console_script_agree(tmp_path: Path) -> None:
+    script = Path(sys.executable).parent / "memoh-trio"
+    done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert done.stdout == run_cli("--help").stdout.replace("__main__.py", "memoh-trio")
