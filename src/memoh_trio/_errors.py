@@ -146,3 +146,15 @@ class SourceError(MemohError):
 
 class MigrationBusy(MemohError):
     """Another migration of the same source holds the single-flight lock."""
+
+
+class SourceReadError(MemohError):
+    """Reading the local source of a WriteRaw stream failed; the stream was aborted."""
+
+
+class SourceChanged(MemohError):
+    """A WriteRaw source did not have the expected size (it changed while being read); aborted."""
+
+
+class Stalled(MemohError):
+    """A transfer made no progress for longer than its stall timeout; the stream was cancelled."""

@@ -1,0 +1,416 @@
+"""grpclib side of the memoh-trio server: ContainerService handlers and the server lifecycle.
+
+The handlers run on the trio-asyncio loop. File operations are the synchronous functions of
+:mod:`memoh_trio._fs`, called directly (WriteRaw and ReadRaw chunks never cross to Trio); calls
+that can take long (recursive ListDir or DeleteFile, ReadFile) go to a worker thread. Exec crosses
+to Trio once per call (:func:`memoh_trio._exec.run_exec`).
+
+Things grpclib does not do and this module adds:
+
+* a per-message size limit, checked on the 5-byte gRPC prefix *before* the message is buffered
+  (``max_message_size`` → RESOURCE_EXHAUSTED);
+* a larger HTTP/2 ``SETTINGS_MAX_FRAME_SIZE`` (grpclib advertises h2's 16 KiB default);
+* bearer-token checking in a ``RecvRequest`` event hook, before any handler runs;
+* graceful shutdown that cancels in-flight calls (their temporary files are discarded) and
+  closes the connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from functools import partial
+from typing import Any, TypeVar
+
+import grpclib.const
+import grpclib.events
+import grpclib.server
+import trio
+import trio_asyncio
+from grpclib.config import Configuration
+from grpclib.exceptions import GRPCError
+from grpclib.protocol import H2Protocol
+from h2.settings import SettingCodes
+
+from .. import _exec, _fs
+from .._errors import Status
+from .._paths import PathError
+from .._proto.mcpcontainer import (
+    ContainerServiceBase,
+    DataChunk,
+    DeleteFileRequest,
+    DeleteFileResponse,
+    ExecInput,
+    ExecOutput,
+    ExecOutputStream,
+    FileEntry,
+    ListDirRequest,
+    ListDirResponse,
+    MkdirRequest,
+    MkdirResponse,
+    ReadFileRequest,
+    ReadFileResponse,
+    ReadRawRequest,
+    RenameRequest,
+    RenameResponse,
+    StatRequest,
+    StatResponse,
+    WriteFileRequest,
+    WriteFileResponse,
+    WriteRawChunk,
+    WriteRawResponse,
+)
+from . import asyncio_loop
+
+_T = TypeVar("_T")
+
+#: ReadRaw chunk size (Memoh's Go server uses 64 KiB; see the report for the measurement).
+READ_RAW_CHUNK = 256 * 1024
+#: Grace period for in-flight calls to unwind at shutdown before connections are cut.
+SHUTDOWN_GRACE = 5.0
+
+_SERVICE = "/mcpcontainer.ContainerService/"
+
+GStream = grpclib.server.Stream[Any, Any]
+
+
+def _grpc_error(status: Status, message: str) -> GRPCError:
+    return GRPCError(grpclib.const.Status(int(status)), message)
+
+
+class _FramedH2Protocol(H2Protocol):
+    """grpclib's protocol, also advertising a larger SETTINGS_MAX_FRAME_SIZE."""
+
+    max_frame_size = 16384
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.max_frame_size != 16384:
+            h2_conn = self.connection._connection
+            h2_conn.update_settings({SettingCodes.MAX_FRAME_SIZE: self.max_frame_size})
+            # h2 applies a new local MAX_FRAME_SIZE to its frame parser only at the start of a
+            # receive_data() call: a SETTINGS ACK followed by a big DATA frame in the same read
+            # is then refused as FRAME_SIZE_ERROR and the connection dies. Accept the larger
+            # frames from now on (a peer may not send them before its ACK anyway).
+            h2_conn.max_inbound_frame_size = self.max_frame_size
+            self.connection.flush()
+
+
+class _Server(grpclib.server.Server):
+    """grpclib Server that builds :class:`_FramedH2Protocol` and tracks its connections."""
+
+    def __init__(self, handlers: list[Any], *, config: Configuration,
+                 max_frame_size: int) -> None:
+        super().__init__(handlers, config=config)
+        self._max_frame_size = max_frame_size
+        self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+
+    def _protocol_factory(self) -> H2Protocol:
+        # Mirrors grpclib.server.Server._protocol_factory (0.4.x) with our protocol class.
+        self.__gc_step__()
+        handler = grpclib.server.Handler(
+            self._mapping, self._codec, self._status_details_codec, self.__dispatch__,
+        )
+        self._handlers.add(handler)
+        proto = _FramedH2Protocol(handler, self._config, self._h2_config)
+        proto.max_frame_size = self._max_frame_size
+        self.protocols.add(proto)
+        return proto
+
+    def abort_connections(self) -> None:
+        for proto in list(self.protocols):
+            conn = getattr(proto, "connection", None)
+            if conn is not None:
+                conn.close()
+
+
+class ContainerService(ContainerServiceBase):  # type: ignore[misc]
+    """ContainerService over a root directory fd.
+
+    The generated base class's ``__mapping__`` is replaced: handlers get the raw grpclib stream
+    so that message sizes are checked before buffering and errors are mapped in one place.
+    """
+
+    def __init__(self, root_fd: int, *, max_message_size: int,
+                 hooks: _fs.ServerHooks | None = None, durable: bool = False) -> None:
+        self._root_fd = root_fd
+        self._max = max_message_size
+        self._hooks = hooks
+        self._durable = durable
+        #: uploads in progress (discarded at shutdown if their handler did not get to it).
+        self.writers: set[_fs.RawWriter] = set()
+
+    # ------------------------------------------------------------------ plumbing
+
+    async def _recv(self, stream: GStream) -> Any | None:
+        """Next message, or None at the end of the client's stream; refuses a message over the
+        limit from its length prefix, before buffering it."""
+        h2_stream = stream._stream
+        prefix = await h2_stream.recv_data(5)
+        if not prefix:
+            return None
+        if len(prefix) != 5:
+            raise _grpc_error(Status.INVALID_ARGUMENT, "truncated gRPC message prefix")
+        if prefix[0]:
+            raise _grpc_error(Status.UNIMPLEMENTED, "compressed messages are not supported")
+        length = int.from_bytes(prefix[1:5], "big")
+        if length > self._max:
+            raise _grpc_error(
+                Status.RESOURCE_EXHAUSTED,
+                f"message of {length} bytes exceeds the server limit of {self._max} bytes",
+            )
+        body = await h2_stream.recv_data(length) if length else b""
+        if len(body) != length:
+            raise _grpc_error(Status.INVALID_ARGUMENT, "truncated gRPC message")
+        return stream._codec.decode(body, stream._recv_type)
+
+    async def _recv_one(self, stream: GStream) -> Any:
+        message = await self._recv(stream)
+        if message is None:
+            raise _grpc_error(Status.INVALID_ARGUMENT, "request message missing")
+        return message
+
+    @staticmethod
+    async def _offload(fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, partial(fn, *args))
+
+    def _handler(self, fn: Callable[[GStream], Awaitable[None]],
+                 cardinality: grpclib.const.Cardinality, request: type, reply: type,
+                 ) -> grpclib.const.Handler:
+        async def run(stream: GStream) -> None:
+            try:
+                await fn(stream)
+            except (PathError, OSError, UnicodeError) as exc:
+                status, message = _fs.status_for(exc)
+                raise _grpc_error(status, message) from None
+
+        return grpclib.const.Handler(run, cardinality, request, reply)
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        c = grpclib.const.Cardinality
+        return {
+            _SERVICE + "ReadFile": self._handler(
+                self._rpc_read_file, c.UNARY_UNARY, ReadFileRequest, ReadFileResponse),
+            _SERVICE + "WriteFile": self._handler(
+                self._rpc_write_file, c.UNARY_UNARY, WriteFileRequest, WriteFileResponse),
+            _SERVICE + "ListDir": self._handler(
+                self._rpc_list_dir, c.UNARY_UNARY, ListDirRequest, ListDirResponse),
+            _SERVICE + "Stat": self._handler(
+                self._rpc_stat, c.UNARY_UNARY, StatRequest, StatResponse),
+            _SERVICE + "Mkdir": self._handler(
+                self._rpc_mkdir, c.UNARY_UNARY, MkdirRequest, MkdirResponse),
+            _SERVICE + "Rename": self._handler(
+                self._rpc_rename, c.UNARY_UNARY, RenameRequest, RenameResponse),
+            _SERVICE + "Exec": self._handler(
+                self._rpc_exec, c.STREAM_STREAM, ExecInput, ExecOutput),
+            _SERVICE + "ReadRaw": self._handler(
+                self._rpc_read_raw, c.UNARY_STREAM, ReadRawRequest, DataChunk),
+            _SERVICE + "WriteRaw": self._handler(
+                self._rpc_write_raw, c.STREAM_UNARY, WriteRawChunk, WriteRawResponse),
+            _SERVICE + "DeleteFile": self._handler(
+                self._rpc_delete_file, c.UNARY_UNARY, DeleteFileRequest, DeleteFileResponse),
+        }
+
+    # ------------------------------------------------------------------ unary calls
+
+    @staticmethod
+    def _entry(entry: _fs.Entry) -> FileEntry:
+        return FileEntry(path=entry.path, is_dir=entry.is_dir, size=entry.size,
+                         mode=entry.mode, mod_time=entry.mod_time)
+
+    async def _rpc_read_file(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        content, total, binary = await self._offload(
+            _fs.read_file, self._root_fd, req.path, req.line_offset, req.n_lines)
+        await stream.send_message(
+            ReadFileResponse(content=content, total_lines=total, binary=binary))
+
+    async def _rpc_write_file(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        _fs.write_file(self._root_fd, req.path, req.content, durable=self._durable)
+        await stream.send_message(WriteFileResponse())
+
+    async def _rpc_list_dir(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        entries = await self._offload(_fs.list_dir, self._root_fd, req.path, req.recursive)
+        await stream.send_message(ListDirResponse(entries=[self._entry(e) for e in entries]))
+
+    async def _rpc_stat(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        entry = _fs.stat(self._root_fd, req.path)
+        await stream.send_message(StatResponse(entry=self._entry(entry)))
+
+    async def _rpc_mkdir(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        _fs.mkdir(self._root_fd, req.path)
+        await stream.send_message(MkdirResponse())
+
+    async def _rpc_rename(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        if not req.old_path or not req.new_path:
+            raise _grpc_error(Status.INVALID_ARGUMENT, "old_path and new_path are required")
+        _fs.rename(self._root_fd, req.old_path, req.new_path)
+        await stream.send_message(RenameResponse())
+
+    async def _rpc_delete_file(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        if req.recursive:
+            await self._offload(_fs.delete, self._root_fd, req.path, True)
+        else:
+            _fs.delete(self._root_fd, req.path, False)
+        await stream.send_message(DeleteFileResponse())
+
+    # ------------------------------------------------------------------ streams
+
+    async def _rpc_read_raw(self, stream: GStream) -> None:
+        req = await self._recv_one(stream)
+        fd = _fs.open_regular(self._root_fd, req.path)
+        try:
+            while data := os.read(fd, READ_RAW_CHUNK):
+                await stream.send_message(DataChunk(data=data))
+        finally:
+            os.close(fd)
+
+    async def _rpc_write_raw(self, stream: GStream) -> None:
+        first = await self._recv(stream)
+        if first is None:
+            raise _grpc_error(Status.INVALID_ARGUMENT,
+                              "WriteRaw stream had no chunk (the first chunk carries the path)")
+        if first.abort:
+            raise _grpc_error(Status.ABORTED, "upload aborted by the client; nothing written")
+        if not first.path:
+            raise _grpc_error(Status.INVALID_ARGUMENT, "first chunk must include path")
+        hooks = self._hooks
+        writer = _fs.RawWriter(self._root_fd, first.path, hooks=hooks, durable=self._durable)
+        self.writers.add(writer)
+        try:
+            chunk = first
+            received = 0
+            while chunk is not None:
+                if chunk.abort:
+                    raise _grpc_error(
+                        Status.ABORTED,
+                        f"upload of {first.path!r} aborted by the client; "
+                        f"{writer.bytes_written} bytes received were discarded",
+                    )
+                data = chunk.data
+                if data:
+                    received += len(data)
+                    writer.write(data)
+                    if hooks is not None and hooks.should_stall(received):
+                        hooks.stalls += 1
+                        await asyncio.get_running_loop().create_future()  # until cancelled
+                chunk = await self._recv(stream)
+            written = writer.commit()
+        finally:
+            writer.discard()
+            self.writers.discard(writer)
+        await stream.send_message(WriteRawResponse(bytes_written=written))
+
+    async def _rpc_exec(self, stream: GStream) -> None:
+        first = await self._recv(stream)
+        if first is None:
+            raise _grpc_error(Status.INVALID_ARGUMENT, "failed to receive exec config")
+        request = _exec.ExecRequest(
+            command=first.command, work_dir=first.work_dir, env=tuple(first.env),
+            timeout_seconds=first.timeout_seconds, stdin_data=first.stdin_data,
+        )
+
+        async def stdin() -> AsyncIterator[bytes]:
+            while (message := await self._recv(stream)) is not None:
+                yield message.stdin_data
+
+        async def emit(kind: int, data: bytes) -> None:
+            await stream.send_message(ExecOutput(stream=ExecOutputStream(kind), data=data))
+
+        try:
+            code = await trio_asyncio.trio_as_aio(_exec.run_exec)(
+                self._root_fd, request,
+                trio_asyncio.aio_as_trio(stdin()), trio_asyncio.aio_as_trio(emit),
+            )
+        except PathError:
+            raise
+        except ValueError as exc:  # e.g. a NUL byte in the command
+            raise _grpc_error(Status.INVALID_ARGUMENT, str(exc)) from None
+        await stream.send_message(ExecOutput(stream=ExecOutputStream.EXIT, exit_code=code))
+
+
+def _auth_hook(
+    token: str,
+) -> Callable[[grpclib.events.RecvRequest], Coroutine[Any, Any, None]]:
+    import hmac
+
+    expected = f"Bearer {token}".encode()
+
+    async def check(event: grpclib.events.RecvRequest) -> None:
+        got = event.metadata.get("authorization")
+        if not isinstance(got, str) or not hmac.compare_digest(got.encode(), expected):
+            raise GRPCError(grpclib.const.Status.UNAUTHENTICATED,
+                            "missing or invalid bearer token")
+
+    return check
+
+
+async def _start(service: ContainerService, sock: socket.socket, *, token: str | None,
+                 ssl_context: ssl.SSLContext | None, config: Configuration,
+                 max_frame_size: int) -> _Server:
+    server = _Server([service], config=config, max_frame_size=max_frame_size)
+    if token is not None:
+        grpclib.events.listen(server, grpclib.events.RecvRequest, _auth_hook(token))
+    await server.start(sock=sock, ssl=ssl_context)
+    return server
+
+
+async def _stop(server: _Server, service: ContainerService) -> None:
+    server.close()
+    try:
+        await asyncio.wait_for(server.wait_closed(), SHUTDOWN_GRACE)
+    except TimeoutError:
+        pass
+    finally:
+        server.abort_connections()
+        for writer in list(service.writers):
+            writer.discard()
+        service.writers.clear()
+
+
+async def run_server(
+    sock: socket.socket,
+    root_fd: int,
+    address: object,
+    *,
+    token: str | None,
+    ssl_context: ssl.SSLContext | None,
+    max_message_size: int,
+    hooks: _fs.ServerHooks | None,
+    durable: bool,
+    window_size: int,
+    max_frame_size: int,
+    task_status: trio.TaskStatus[Any],
+) -> None:
+    """Serve on the listening ``sock`` until cancelled (Trio function).
+
+    Reports ``address`` through ``task_status`` once connections are accepted. On cancellation
+    the listener is closed, in-flight calls are cancelled (uploads discard their temporary files),
+    connections are closed, then this returns (re-raising the cancellation).
+    """
+    service = ContainerService(root_fd, max_message_size=max_message_size, hooks=hooks,
+                               durable=durable)
+    config = Configuration(http2_connection_window_size=window_size,
+                           http2_stream_window_size=window_size)
+    async with asyncio_loop():
+        server = await trio_asyncio.aio_as_trio(_start)(
+            service, sock, token=token, ssl_context=ssl_context, config=config,
+            max_frame_size=max_frame_size,
+        )
+        try:
+            task_status.started(address)
+            await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio_asyncio.aio_as_trio(_stop)(server, service)

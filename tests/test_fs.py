@@ -1,0 +1,271 @@
+"""The confined filesystem operations of the server (synchronous, no sockets)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from memoh_trio import _fs
+from memoh_trio._errors import Status
+from memoh_trio._paths import InvalidPath, PathEscape
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    r = tmp_path / "root"
+    r.mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret").write_text("secret\n")
+    return r
+
+
+@pytest.fixture
+def fd(root: Path) -> Iterator[int]:
+    d = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    yield d
+    os.close(d)
+
+
+def _no_temp_files(top: Path) -> bool:
+    return not [p for p in top.rglob("*") if _fs.is_temp_name(p.name)]
+
+
+@pytest.mark.parametrize(
+    ("mode", "text"),
+    [
+        (stat.S_IFREG | 0o644, "-rw-r--r--"),
+        (stat.S_IFDIR | 0o755, "drwxr-xr-x"),
+        (stat.S_IFLNK | 0o777, "Lrwxrwxrwx"),
+        (stat.S_IFCHR | 0o666, "Dcrw-rw-rw-"),
+        (stat.S_IFBLK | 0o660, "Drw-rw----"),
+        (stat.S_IFIFO | 0o600, "prw-------"),
+        (stat.S_IFSOCK | 0o755, "Srwxr-xr-x"),
+        (stat.S_IFDIR | stat.S_ISVTX | 0o777, "dtrwxrwxrwx"),
+        (stat.S_IFREG | stat.S_ISUID | 0o755, "urwxr-xr-x"),
+        (stat.S_IFREG | stat.S_ISGID | 0o2755, "grwxr-xr-x"),
+        (stat.S_IFREG, "----------"),
+    ],
+)
+def test_go_mode_string(mode: int, text: str) -> None:
+    assert _fs.go_mode_string(mode) == text
+
+
+def test_rfc3339() -> None:
+    assert _fs.rfc3339(0) == "1970-01-01T00:00:00Z"
+    assert _fs.rfc3339(1700000000.9) == "2023-11-14T22:13:20Z"
+
+
+def test_write_file_and_stat(root: Path, fd: int) -> None:
+    _fs.write_file(fd, "/a/b/c.txt", b"hi")
+    assert (root / "a/b/c.txt").read_bytes() == b"hi"
+    e = _fs.stat(fd, "a/b/c.txt")
+    assert (e.path, e.is_dir, e.size, e.mode[0]) == ("c.txt", False, 2, "-")
+    assert _fs.stat(fd, "a").is_dir
+    assert _fs.stat(fd, "/").path == "/"
+    with pytest.raises(FileNotFoundError):
+        _fs.stat(fd, "nope")
+    with pytest.raises(InvalidPath):
+        _fs.stat(fd, "")
+    assert _no_temp_files(root)
+
+
+def test_stat_follows_links_inside_root_only(root: Path, fd: int) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "f").write_text("x")
+    (root / "ln").symlink_to("d/f")
+    (root / "out").symlink_to("../outside/secret")
+    (root / "abs").symlink_to("/etc/passwd")
+    assert _fs.stat(fd, "ln").size == 1
+    for p in ("out", "abs", "out/x"):
+        with pytest.raises(PathEscape):
+            _fs.stat(fd, p)
+    (root / "loop").symlink_to("loop")
+    with pytest.raises(OSError) as info:
+        _fs.stat(fd, "loop")
+    assert info.value.errno == errno.ELOOP
+
+
+def test_list_dir(root: Path, fd: int) -> None:
+    (root / "b" / "c").mkdir(parents=True)
+    (root / "b" / "c" / "f").write_text("12345")
+    (root / "a").write_text("")
+    (root / "b" / "esc").symlink_to("../../outside")
+    flat = _fs.list_dir(fd, "")
+    assert [e.path for e in flat] == ["a", "b"]
+    deep = _fs.list_dir(fd, "/", recursive=True)
+    assert [e.path for e in deep] == ["a", "b", "b/c", "b/c/f", "b/esc"]
+    by = {e.path: e for e in deep}
+    assert by["b/esc"].mode.startswith("L") and not by["b/esc"].is_dir
+    assert by["b/c/f"].size == 5
+    assert [e.path for e in _fs.list_dir(fd, "b", recursive=True)] == ["c", "c/f", "esc"]
+    with pytest.raises(PathEscape):
+        _fs.list_dir(fd, "b/esc")
+    with pytest.raises(FileNotFoundError):
+        _fs.list_dir(fd, "missing")
+    with pytest.raises(NotADirectoryError):
+        _fs.list_dir(fd, "a")
+
+
+def test_read_file(root: Path, fd: int) -> None:
+    (root / "t.txt").write_bytes(b"one\r\ntwo\n\nfour")
+    content, total, binary = _fs.read_file(fd, "t.txt")
+    assert (content, total, binary) == (
+        "     1\tone\n     2\ttwo\n     3\t\n     4\tfour\n", 4, False)
+    assert _fs.read_file(fd, "t.txt", 2, 1) == ("     2\ttwo\n", 4, False)
+    assert _fs.read_file(fd, "t.txt", 9, 0) == ("", 4, False)
+    (root / "bin").write_bytes(b"abc\x00def")
+    assert _fs.read_file(fd, "bin") == ("", 0, True)
+    (root / "long").write_text("x" * 1500 + "\n" + "y\n" * 500)
+    content, total, _ = _fs.read_file(fd, "long")
+    assert total == 501
+    assert content.startswith("     1\t" + "x" * 1000 + "...\n")
+    assert len(content.encode()) <= _fs.READ_MAX_BYTES
+    (root / "many").write_text("l\n" * 300)
+    content, total, _ = _fs.read_file(fd, "many")
+    assert total == 300 and content.count("\n") == _fs.READ_MAX_LINES
+    with pytest.raises(InvalidPath):
+        _fs.read_file(fd, "/")
+    (root / "sub").mkdir()
+    with pytest.raises(IsADirectoryError):
+        _fs.read_file(fd, "sub")
+    os.mkfifo(root / "fifo")
+    with pytest.raises(InvalidPath, match="regular"):
+        _fs.read_file(fd, "fifo")  # and does not hang
+
+
+def test_mkdir(root: Path, fd: int) -> None:
+    _fs.mkdir(fd, "x/y/z")
+    _fs.mkdir(fd, "x/y/z")
+    assert (root / "x/y/z").is_dir()
+    (root / "file").write_text("")
+    with pytest.raises(NotADirectoryError):
+        _fs.mkdir(fd, "file/sub")
+    (root / "esc").symlink_to("../outside")
+    with pytest.raises(PathEscape):
+        _fs.mkdir(fd, "esc/new")
+    assert not (root.parent / "outside" / "new").exists()
+
+
+def test_rename(root: Path, fd: int) -> None:
+    (root / "a").write_text("A")
+    _fs.rename(fd, "a", "/deep/er/b")
+    assert (root / "deep/er/b").read_text() == "A" and not (root / "a").exists()
+    with pytest.raises(FileNotFoundError):
+        _fs.rename(fd, "a", "c")
+    assert not (root / "c").exists()
+    with pytest.raises(PathEscape):
+        _fs.rename(fd, "deep/er/b", "../stolen")
+    with pytest.raises(PathEscape):
+        _fs.rename(fd, "../outside/secret", "mine")
+    with pytest.raises(InvalidPath):
+        _fs.rename(fd, "/", "x")
+    (root / "ln").symlink_to("../outside/secret")
+    _fs.rename(fd, "ln", "ln2")  # the link itself moves, its target is untouched
+    assert os.readlink(root / "ln2") == "../outside/secret"
+    assert (root.parent / "outside/secret").read_text() == "secret\n"
+
+
+def test_delete(root: Path, fd: int) -> None:
+    _fs.delete(fd, "missing")
+    _fs.delete(fd, "missing/deeper", recursive=True)
+    (root / "d" / "e").mkdir(parents=True)
+    (root / "d" / "e" / "f").write_text("")
+    with pytest.raises(OSError) as info:
+        _fs.delete(fd, "d")
+    assert info.value.errno == errno.ENOTEMPTY
+    (root / "d" / "out").symlink_to("../../outside")
+    _fs.delete(fd, "d", recursive=True)
+    assert not (root / "d").exists()
+    assert (root.parent / "outside/secret").exists()
+    (root / "f").write_text("")
+    _fs.delete(fd, "/f")
+    assert not (root / "f").exists()
+    with pytest.raises(InvalidPath):
+        _fs.delete(fd, "/", recursive=True)
+    with pytest.raises(PathEscape):
+        _fs.delete(fd, "../outside/secret")
+
+
+def test_raw_writer_commit_and_discard(root: Path, fd: int) -> None:
+    w = _fs.RawWriter(fd, "up/file.bin")
+    w.write(b"abc")
+    w.write(b"def")
+    assert not (root / "up/file.bin").exists()  # not visible before commit
+    assert w.commit() == 6
+    w.discard()
+    assert (root / "up/file.bin").read_bytes() == b"abcdef"
+    w2 = _fs.RawWriter(fd, "up/file.bin")
+    w2.write(b"partial")
+    w2.discard()
+    w2.discard()
+    assert (root / "up/file.bin").read_bytes() == b"abcdef"  # old content kept
+    assert _no_temp_files(root)
+    with pytest.raises(IsADirectoryError):
+        _fs.RawWriter(fd, "up")
+    with pytest.raises(InvalidPath):
+        _fs.RawWriter(fd, "")
+
+
+def test_raw_writer_durable(root: Path, fd: int) -> None:
+    w = _fs.RawWriter(fd, "d.bin", durable=True)
+    w.write(b"x" * 10)
+    assert w.commit() == 10
+
+
+def test_symlink_swapped_in_during_write_does_not_redirect(root: Path, fd: int) -> None:
+    (root / "d").mkdir()
+    w = _fs.RawWriter(fd, "d/f")
+    w.write(b"first ")
+    # Attack: move the directory away and put a symlink to the outside in its place.
+    os.rename(root / "d", root / "d.moved")
+    (root / "d").symlink_to("../outside")
+    w.write(b"second")
+    w.commit()
+    assert not (root.parent / "outside" / "f").exists()
+    assert (root / "d.moved" / "f").read_bytes() == b"first second"
+    # A new upload through the swapped path is refused.
+    with pytest.raises(PathEscape):
+        _fs.RawWriter(fd, "d/g")
+
+
+def test_final_component_symlink_is_replaced_not_followed(root: Path, fd: int) -> None:
+    (root / "target").symlink_to("../outside/secret")
+    _fs.write_file(fd, "target", b"new")
+    assert (root / "target").read_bytes() == b"new" and not (root / "target").is_symlink()
+    assert (root.parent / "outside/secret").read_text() == "secret\n"
+
+
+def test_hooks_fail_nth_write(root: Path, fd: int) -> None:
+    hooks = _fs.ServerHooks(fail_write_nth=2, fail_errno=errno.ENOSPC)
+    w = _fs.RawWriter(fd, "h", hooks=hooks)
+    w.write(b"1")
+    with pytest.raises(OSError) as info:
+        w.write(b"2")
+    w.discard()
+    assert info.value.errno == errno.ENOSPC
+    assert _fs.status_for(info.value)[0] == Status.RESOURCE_EXHAUSTED
+    assert hooks.writes == 2 and not (root / "h").exists() and _no_temp_files(root)
+    assert hooks.should_stall(0) is False
+    assert _fs.ServerHooks(stall_after_bytes=5).should_stall(5)
+
+
+@pytest.mark.parametrize(
+    ("exc", "status"),
+    [
+        (PathEscape("x"), Status.PERMISSION_DENIED),
+        (InvalidPath("x"), Status.INVALID_ARGUMENT),
+        (FileNotFoundError(errno.ENOENT, "no"), Status.NOT_FOUND),
+        (OSError(errno.ENOSPC, "full"), Status.RESOURCE_EXHAUSTED),
+        (OSError(errno.ELOOP, "loop"), Status.PERMISSION_DENIED),
+        (OSError(errno.ENOTEMPTY, "ne"), Status.FAILED_PRECONDITION),
+        (OSError(errno.EIO, "io"), Status.INTERNAL),
+        (RuntimeError("?"), Status.INTERNAL),
+    ],
+)
+def test_status_for(exc: BaseException, status: Status) -> None:
+    assert _fs.status_for(exc)[0] == status
