@@ -7,6 +7,7 @@ grpcio is a test/benchmark dependency only; memoh-trio itself never imports this
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import shutil
@@ -14,6 +15,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
+from typing import Any
 
 PROTO = Path(__file__).resolve().parent.parent / "proto" / "container.proto"
 
@@ -41,3 +43,361 @@ def load_stubs() -> tuple[types.ModuleType, types.ModuleType]:
     if str(out) not in sys.path:
         sys.path.insert(0, str(out))
     return importlib.import_module("container_pb2"), importlib.import_module("container_pb2_grpc")
+
+
+# ---------------------------------------------------------------------------------------------
+# A grpcio ContainerService with the semantics of Memoh's Go server (seed commit 9ceabf68c4):
+# WriteRaw writes IN PLACE at the final path as chunks arrive (path from the first chunk, parents
+# created); an ``abort`` chunk deletes what was written and fails the call with ABORTED.
+# Compact on purpose: it is an interop/benchmark peer, not a hardened server (its path check is
+# a lexical one).
+
+MiB = 1024 * 1024
+_EXEC_READ = 64 * 1024
+
+
+def go_file_mode(st_mode: int) -> str:
+    """Go's ``FileMode.String()`` for an ``os.stat`` mode (``-rw-r--r--``, ``drwxr-xr-x``)."""
+    import stat as st
+
+    kind = ""
+    if st.S_ISDIR(st_mode):
+        kind += "d"
+    if st.S_ISLNK(st_mode):
+        kind += "L"
+    if st.S_ISBLK(st_mode) or st.S_ISCHR(st_mode):
+        kind += "D"
+    if st.S_ISFIFO(st_mode):
+        kind += "p"
+    if st.S_ISSOCK(st_mode):
+        kind += "S"
+    if st_mode & st.S_ISUID:
+        kind += "u"
+    if st_mode & st.S_ISGID:
+        kind += "g"
+    if st.S_ISCHR(st_mode):
+        kind += "c"
+    if st_mode & st.S_ISVTX:
+        kind += "t"
+    perm = "".join(c if st_mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return (kind or "-") + perm
+
+
+def make_servicer(root: str | Path) -> object:
+    """A grpcio servicer instance serving ``root``."""
+    import datetime
+    import os
+    import subprocess
+    import threading
+
+    import grpc
+
+    pb2, pb2_grpc = load_stubs()
+    base = Path(root).resolve()
+
+    def resolve(path: str, context: grpc.ServicerContext) -> Path:
+        rel = path.lstrip("/")
+        full = Path(os.path.normpath(base / rel)) if rel else base
+        if full != base and base not in full.parents:
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"path escapes root: {path}")
+        return full
+
+    def entry(full: Path, shown: str, follow: bool = False) -> object:
+        s = full.stat() if follow else full.lstat()
+        import stat as st
+
+        mtime = datetime.datetime.fromtimestamp(s.st_mtime, datetime.UTC)
+        return pb2.FileEntry(
+            path=shown, is_dir=st.S_ISDIR(s.st_mode), size=s.st_size,
+            mode=go_file_mode(s.st_mode), mod_time=mtime.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+
+    def os_error(context: grpc.ServicerContext, exc: OSError) -> None:
+        import errno
+
+        code = {
+            errno.ENOENT: grpc.StatusCode.NOT_FOUND,
+            errno.EACCES: grpc.StatusCode.PERMISSION_DENIED,
+            errno.EPERM: grpc.StatusCode.PERMISSION_DENIED,
+            errno.EEXIST: grpc.StatusCode.ALREADY_EXISTS,
+            errno.ENOTDIR: grpc.StatusCode.FAILED_PRECONDITION,
+            errno.EISDIR: grpc.StatusCode.FAILED_PRECONDITION,
+            errno.ENOTEMPTY: grpc.StatusCode.FAILED_PRECONDITION,
+        }.get(exc.errno or 0, grpc.StatusCode.INTERNAL)
+        context.abort(code, exc.strerror or str(exc))
+
+    class Servicer(pb2_grpc.ContainerServiceServicer):  # type: ignore[misc,name-defined]
+        def Stat(self, request: Any, context: grpc.ServicerContext) -> Any:
+            full = resolve(request.path, context)
+            try:
+                # Like Go's os.Stat: symlinks followed, the entry named by its base name.
+                shown = full.name if full != base else "/"
+                return pb2.StatResponse(entry=entry(full, shown, follow=True))
+            except OSError as exc:
+                os_error(context, exc)
+
+        def ListDir(self, request: Any, context: grpc.ServicerContext) -> Any:
+            full = resolve(request.path, context)
+            out = []
+            try:
+                if request.recursive:
+                    for dirpath, dirnames, filenames in os.walk(full):
+                        dirnames.sort()
+                        for name in sorted(dirnames + filenames):
+                            p = Path(dirpath) / name
+                            out.append(entry(p, p.relative_to(full).as_posix()))
+                    if not full.is_dir():
+                        raise FileNotFoundError(2, "No such file or directory")
+                else:
+                    for name in sorted(os.listdir(full)):
+                        out.append(entry(full / name, name))
+            except OSError as exc:
+                os_error(context, exc)
+            return pb2.ListDirResponse(entries=out)
+
+        def Mkdir(self, request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                resolve(request.path, context).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                os_error(context, exc)
+            return pb2.MkdirResponse()
+
+        def Rename(self, request: Any, context: grpc.ServicerContext) -> Any:
+            old, new = resolve(request.old_path, context), resolve(request.new_path, context)
+            try:
+                new.parent.mkdir(parents=True, exist_ok=True)
+                os.rename(old, new)
+            except OSError as exc:
+                os_error(context, exc)
+            return pb2.RenameResponse()
+
+        def DeleteFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+            import shutil
+
+            full = resolve(request.path, context)
+            if full == base:
+                context.abort(grpc.StatusCode.PERMISSION_DENIED, "cannot delete the root")
+            try:
+                if full.is_dir() and not full.is_symlink():
+                    if request.recursive:
+                        shutil.rmtree(full)
+                    else:
+                        full.rmdir()
+                else:
+                    full.unlink(missing_ok=True)
+            except OSError as exc:
+                os_error(context, exc)
+            return pb2.DeleteFileResponse()
+
+        def WriteFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+            full = resolve(request.path, context)
+            try:
+                full.parent.mkdir(parents=True, exist_ok=True)
+                full.write_bytes(request.content)
+            except OSError as exc:
+                os_error(context, exc)
+            return pb2.WriteFileResponse()
+
+        def ReadFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+            full = resolve(request.path, context)
+            try:
+                data = full.read_bytes()
+            except OSError as exc:
+                os_error(context, exc)
+            if b"\0" in data[:8000]:
+                return pb2.ReadFileResponse(binary=True)
+            lines = data.decode("utf-8", "replace").splitlines()
+            start = max(request.line_offset, 1)
+            stop = len(lines) if request.n_lines <= 0 else start - 1 + request.n_lines
+            text = "".join(
+                f"{i:6d}\t{line}\n" for i, line in enumerate(lines[start - 1 : stop], start)
+            )
+            return pb2.ReadFileResponse(content=text, total_lines=len(lines))
+
+        def ReadRaw(self, request: Any, context: grpc.ServicerContext) -> Any:
+            full = resolve(request.path, context)
+            try:
+                f = full.open("rb")
+            except OSError as exc:
+                os_error(context, exc)
+            with f:
+                while data := f.read(MiB):
+                    yield pb2.DataChunk(data=data)
+
+        def WriteRaw(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+            f = None
+            full: Path | None = None
+            written = 0
+            try:
+                for chunk in request_iterator:
+                    if f is None:
+                        if not chunk.path:
+                            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "path is required")
+                        full = resolve(chunk.path, context)
+                        full.parent.mkdir(parents=True, exist_ok=True)
+                        f = full.open("wb")
+                    if chunk.abort:
+                        f.close()
+                        assert full is not None
+                        full.unlink(missing_ok=True)
+                        context.abort(grpc.StatusCode.ABORTED, "sender aborted the stream")
+                    f.write(chunk.data)
+                    written += len(chunk.data)
+            except OSError as exc:
+                os_error(context, exc)
+            finally:
+                if f is not None:
+                    f.close()
+            if f is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty stream")
+            return pb2.WriteRawResponse(bytes_written=written)
+
+        def Exec(self, request_iterator: Any, context: grpc.ServicerContext) -> Any:
+            first: Any = next(request_iterator, None)
+            if first is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "no command")
+            cwd = resolve(first.work_dir, context)
+            env = dict(os.environ)
+            for kv in first.env:
+                k, _, v = kv.partition("=")
+                env[k] = v
+            proc = subprocess.Popen(
+                ["/bin/sh", "-c", first.command], cwd=cwd, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+            )
+            assert proc.stdin and proc.stdout and proc.stderr
+            import queue
+
+            q: queue.Queue[tuple[int, bytes] | None] = queue.Queue()
+
+            def feed() -> None:
+                assert proc.stdin
+                try:
+                    if first.stdin_data:
+                        proc.stdin.write(first.stdin_data)
+                        proc.stdin.flush()
+                    for msg in request_iterator:
+                        proc.stdin.write(msg.stdin_data)
+                        proc.stdin.flush()
+                except (OSError, ValueError, grpc.RpcError):
+                    pass
+                finally:
+                    with contextlib.suppress(OSError):
+                        proc.stdin.close()
+
+            def drain(which: int, stream: Any) -> None:
+                while data := stream.read1(_EXEC_READ):
+                    q.put((which, data))
+                q.put(None)
+
+            threads = [
+                threading.Thread(target=feed, daemon=True),
+                threading.Thread(target=drain, args=(0, proc.stdout), daemon=True),
+                threading.Thread(target=drain, args=(1, proc.stderr), daemon=True),
+            ]
+            for t in threads:
+                t.start()
+
+            def kill() -> None:
+                with contextlib.suppress(OSError):
+                    os.killpg(proc.pid, 9)
+
+            timer = threading.Timer(first.timeout_seconds or 30, kill)
+            timer.start()
+            try:
+                done = 0
+                while done < 2:
+                    item = q.get()
+                    if item is None:
+                        done += 1
+                    else:
+                        yield pb2.ExecOutput(stream=item[0], data=item[1])
+                code = proc.wait()
+            finally:
+                timer.cancel()
+                if proc.poll() is None:  # the client went away
+                    kill()
+                    proc.wait()
+                for t in threads[1:]:
+                    t.join(5)
+                proc.stdout.close()
+                proc.stderr.close()
+            yield pb2.ExecOutput(stream=2, exit_code=code if code >= 0 else 128 - code)
+
+    return Servicer()
+
+
+def start_grpcio_server(
+    root: str | Path, port: int = 0, *, max_message_size: int = 16 * MiB,
+    host: str = "127.0.0.1", max_workers: int = 16, token: str | None = None,
+    tls: tuple[bytes, bytes, bytes | None] | None = None, servicer: object | None = None,
+) -> tuple[Any, int]:
+    """Start a grpcio server for ``root`` on ``host:port``; returns ``(server, bound_port)``.
+
+    Args:
+        token: require ``authorization: Bearer TOKEN`` (UNAUTHENTICATED otherwise).
+        tls: ``(cert_pem, key_pem, client_ca_pem or None)``; with a client CA, mTLS is required.
+        servicer: use this servicer instead of ``make_servicer(root)``.
+
+    Stop it with ``server.stop(grace=None)``.
+    """
+    from concurrent import futures
+
+    import grpc
+
+    _, pb2_grpc = load_stubs()
+    interceptors = [_TokenInterceptor(token)] if token is not None else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        interceptors=interceptors,
+        options=[
+            ("grpc.max_receive_message_length", max_message_size),
+            ("grpc.max_send_message_length", max_message_size),
+        ],
+    )
+    pb2_grpc.add_ContainerServiceServicer_to_server(
+        servicer if servicer is not None else make_servicer(root), server
+    )
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        cert, key, client_ca = tls
+        creds = grpc.ssl_server_credentials(
+            [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+        bound = server.add_secure_port(f"{host}:{port}", creds)
+    server.start()
+    return server, bound
+
+
+def _token_interceptor_class() -> type:
+    import grpc
+
+    class TokenInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
+        def __init__(self, token: str) -> None:
+            self._expected = f"Bearer {token}"
+
+        def intercept_service(self, continuation: Any, details: Any) -> Any:
+            metadata = dict(details.invocation_metadata)
+            if metadata.get("authorization") == self._expected:
+                return continuation(details)
+
+            def deny(request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+            handler = continuation(details)
+            if handler is None:
+                return None
+            if handler.request_streaming and handler.response_streaming:
+                return grpc.stream_stream_rpc_method_handler(deny)
+            if handler.request_streaming:
+                return grpc.stream_unary_rpc_method_handler(deny)
+            if handler.response_streaming:
+                return grpc.unary_stream_rpc_method_handler(deny)
+            return grpc.unary_unary_rpc_method_handler(deny)
+
+    return TokenInterceptor
+
+
+def _TokenInterceptor(token: str) -> Any:
+    return _token_interceptor_class()(token)

@@ -1,0 +1,669 @@
+"""grpclib client channel behind plain Trio functions.
+
+Every public coroutine of :class:`BridgeChannel` is Trio-flavoured and crosses into asyncio exactly
+once (``loop.run_aio_coroutine``): a unary call is one crossing, and so is a whole WriteRaw stream —
+opening the HTTP/2 stream, reading the source chunk by chunk (files in a worker thread, read one
+chunk ahead so disk and network overlap), ``send_message`` per chunk with HTTP/2 flow control as
+backpressure, ending the stream and receiving the reply. Where the data comes from or goes to a
+Trio task (an async-iterable WriteRaw source, ReadRaw, Exec stdin), the two sides meet in a
+:class:`Pipe`, a small bounded single-producer/single-consumer queue that both loops can wait on
+without crossing the bridge per item (trio-asyncio runs both in one thread).
+
+Errors are mapped here, at the edge, onto :mod:`memoh_trio._errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import hashlib
+import os
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Generic, TypeVar, cast
+
+# trio_asyncio is imported before grpclib by the package's __init__ (it must patch asyncio first).
+import grpclib.client
+import grpclib.config
+import grpclib.const
+import grpclib.exceptions
+import grpclib.protocol
+import h2.settings
+import trio
+import trio_asyncio
+
+from .. import _errors
+from .._proto import mcpcontainer as pb
+
+T = TypeVar("T")
+
+_SERVICE = "/mcpcontainer.ContainerService/"
+
+# Inbound HTTP/2 flow-control windows of the client (they bound ReadRaw/Exec output in flight).
+# 4 MiB per stream and 16 MiB per connection: measured in benchmarks (see the report); larger
+# windows did not read faster on loopback, smaller ones (64 KiB) cut ReadRaw throughput sharply.
+STREAM_WINDOW = 4 * 1024 * 1024
+CONNECTION_WINDOW = 16 * 1024 * 1024
+# Largest DATA frame the client accepts (HTTP/2 default is 16 KiB; the maximum 16 MiB - 1).
+MAX_INBOUND_FRAME = 1024 * 1024
+# Largest message the client accepts from a server (ReadRaw chunks, ListDir replies).
+MAX_RECEIVE_MESSAGE = 16 * 1024 * 1024
+# How many chunks may wait in a Pipe between the two loops.
+PIPE_CAPACITY = 2
+
+
+# --------------------------------------------------------------------------------------------
+# Pipe: a bounded SPSC queue between a Trio task and an asyncio task in the same thread.
+
+
+class Pipe(Generic[T]):
+    """Bounded queue whose producer and consumer may each be a Trio or an asyncio task.
+
+    Both loops run in the same thread under trio-asyncio, so setting a ``trio.Event`` from asyncio
+    code and resolving an ``asyncio.Future`` from Trio code are both plain synchronous calls.
+    ``close(error)`` ends the stream; the consumer sees the remaining items, then the error (or
+    the end). ``abandon()`` tells the producer that nobody will consume any more.
+    """
+
+    def __init__(self, capacity: int = PIPE_CAPACITY) -> None:
+        self._items: collections.deque[T] = collections.deque()
+        self._capacity = capacity
+        self._closed = False
+        self._abandoned = False
+        self._error: BaseException | None = None
+        self._trio_waiter: trio.Event | None = None
+        self._aio_waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        if self._trio_waiter is not None:
+            self._trio_waiter.set()
+            self._trio_waiter = None
+        if self._aio_waiter is not None:
+            if not self._aio_waiter.done():
+                self._aio_waiter.set_result(None)
+            self._aio_waiter = None
+
+    def _full(self) -> bool:
+        return len(self._items) >= self._capacity and not self._abandoned
+
+    def _put_nowait(self, item: T) -> bool:
+        if self._abandoned:
+            return False
+        if self._closed:
+            raise RuntimeError("put on a closed pipe")
+        self._items.append(item)
+        self._wake()
+        return True
+
+    def _take(self) -> T | None:
+        if self._items:
+            item = self._items.popleft()
+            self._wake()
+            return item
+        if self._error is not None:
+            raise self._error
+        return None
+
+    def close(self, error: BaseException | None = None) -> None:
+        if not self._closed:
+            self._closed = True
+            self._error = error
+            self._wake()
+
+    def abandon(self) -> None:
+        self._abandoned = True
+        self._items.clear()
+        self._wake()
+
+    # Trio side
+    async def put(self, item: T) -> bool:
+        """Wait for room, then enqueue. False when the consumer abandoned the pipe."""
+        while self._full():
+            self._trio_waiter = trio.Event()
+            await self._trio_waiter.wait()
+        return self._put_nowait(item)
+
+    async def get(self) -> T | None:
+        """Next item, None at the end; raises the producer's error."""
+        while not self._items and not self._closed:
+            self._trio_waiter = trio.Event()
+            await self._trio_waiter.wait()
+        return self._take()
+
+    # asyncio side
+    async def aput(self, item: T) -> bool:
+        while self._full():
+            self._aio_waiter = asyncio.get_running_loop().create_future()
+            await self._aio_waiter
+        return self._put_nowait(item)
+
+    async def aget(self) -> T | None:
+        while not self._items and not self._closed:
+            self._aio_waiter = asyncio.get_running_loop().create_future()
+            await self._aio_waiter
+        return self._take()
+
+
+async def pump(source: AsyncIterable[bytes], pipe: Pipe[bytes]) -> None:
+    """Trio task: copy ``source`` into ``pipe``; a source failure closes the pipe with the error.
+
+    The source's iterator is closed (``aclose``) when the pump stops early, also on cancellation.
+    """
+    iterator = aiter(source)
+    try:
+        async for data in iterator:
+            if not isinstance(data, (bytes, bytearray, memoryview)):
+                raise TypeError(f"source yielded {type(data).__name__}, not bytes")
+            if data and not await pipe.put(bytes(data)):
+                return
+    except Exception as exc:
+        pipe.close(_SourceFailure(exc))
+    else:
+        pipe.close()
+    finally:
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await aclose()
+
+
+# --------------------------------------------------------------------------------------------
+# Error mapping
+
+
+class _SourceFailure(Exception):
+    """Internal: reading the WriteRaw source failed (wraps the original error)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _SizeMismatch(Exception):
+    """Internal: the source did not have exactly ``expected_size`` bytes."""
+
+
+def _describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def map_error(exc: BaseException, method: str, target: str) -> BaseException:
+    """Translate grpclib/transport exceptions into memoh-trio errors (others pass unchanged)."""
+    if isinstance(exc, grpclib.exceptions.GRPCError):
+        return _errors.error_for_status(int(exc.status.value), exc.message or "", method=method)
+    if isinstance(exc, grpclib.exceptions.StreamTerminatedError):
+        return _errors.Unavailable(f"connection to {target} broke: {exc}", method=method)
+    if isinstance(exc, grpclib.exceptions.ProtocolError):
+        return _errors.Unavailable(f"protocol error talking to {target}: {exc}", method=method)
+    if isinstance(exc, TimeoutError):  # grpclib's deadline (before OSError: TimeoutError is one)
+        return _errors.DeadlineExceeded("deadline exceeded", method=method)
+    if isinstance(exc, (ConnectionError, OSError, EOFError)):
+        return _errors.Unavailable(
+            f"connection to {target} failed: {_describe_os_error(exc)}", method=method
+        )
+    return exc
+
+
+# --------------------------------------------------------------------------------------------
+# Sources of WriteRaw
+
+
+@dataclass
+class SourceSpec:
+    """What :meth:`BridgeChannel.write_raw` streams: exactly one of the fields is set."""
+
+    data: bytes | memoryview | None = None
+    path: str | None = None
+    file: IO[bytes] | None = None
+    pipe: Pipe[bytes] | None = None
+
+
+class _Reader:
+    """asyncio side: yields the source's chunks; file reads run in a worker thread, one ahead."""
+
+    def __init__(self, spec: SourceSpec, chunk_size: int, hasher: Any | None) -> None:
+        self._spec = spec
+        self._chunk = chunk_size
+        self._hasher = hasher
+        self._offset = 0
+        self._file: IO[bytes] | None = spec.file
+        self._owns_file = False
+        self._ahead: asyncio.Future[bytes] | None = None
+
+    def _read_blocking(self) -> bytes:
+        if self._file is None:
+            assert self._spec.path is not None
+            self._file = open(self._spec.path, "rb")  # noqa: SIM115  (closed in aclose)
+            self._owns_file = True
+        data = self._file.read(self._chunk)
+        if data is None:  # non-blocking raw file with nothing ready
+            raise OSError(errno.EAGAIN, "source file returned no data (non-blocking?)")
+        if self._hasher is not None and data:
+            self._hasher.update(data)
+        return bytes(data)
+
+    def _start_read(self) -> asyncio.Future[bytes]:
+        loop = asyncio.get_running_loop()
+        return cast("asyncio.Future[bytes]", loop.run_in_executor(None, self._read_blocking))
+
+    async def next(self) -> bytes:
+        """Next chunk, ``b""`` at the end; raises _SourceFailure."""
+        spec = self._spec
+        try:
+            if spec.data is not None:
+                data = bytes(spec.data[self._offset : self._offset + self._chunk])
+                self._offset += len(data)
+                if self._hasher is not None and data:
+                    self._hasher.update(data)
+                return data
+            if spec.pipe is not None:
+                item = await spec.pipe.aget()
+                if item is None:
+                    return b""
+                if self._hasher is not None:
+                    self._hasher.update(item)
+                return item
+            fut = self._ahead if self._ahead is not None else self._start_read()
+            self._ahead = None
+            data = await fut
+            if data:
+                self._ahead = self._start_read()
+            return data
+        except _SourceFailure:
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            raise _SourceFailure(exc) from exc
+
+    async def aclose(self) -> None:
+        if self._ahead is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(self._ahead)
+            self._ahead = None
+        if self._spec.pipe is not None:
+            self._spec.pipe.abandon()
+        if self._owns_file and self._file is not None:
+            self._file.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The channel
+
+
+class _Protocol(grpclib.protocol.H2Protocol):
+    """grpclib's protocol, also advertising a larger inbound frame size."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        conn = self.connection._connection
+        conn.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_INBOUND_FRAME})
+        self.connection.flush()
+
+
+class _Channel(grpclib.client.Channel):
+    def _protocol_factory(self) -> grpclib.protocol.H2Protocol:
+        return _Protocol(grpclib.client.Handler(), self._config, self._h2_config)
+
+
+@dataclass(frozen=True)
+class WriteOutcome:
+    bytes_written: int
+    bytes_read: int
+    sha256: str | None
+
+
+class BridgeChannel:
+    """One HTTP/2 connection (grpclib ``Channel``) to a ContainerService, driven from Trio.
+
+    Create with :meth:`open` inside :func:`memoh_trio._bridge.asyncio_loop`; always
+    :meth:`aclose` it (it is idempotent and safe under cancellation).
+    """
+
+    def __init__(
+        self,
+        loop: Any,
+        channel: grpclib.client.Channel,
+        target: str,
+        metadata: Sequence[tuple[str, str]],
+        connect_timeout: float,
+    ) -> None:
+        self._loop = loop
+        self._channel: grpclib.client.Channel | None = channel
+        self.target = target
+        self._metadata = list(metadata)
+        self._connect_timeout = connect_timeout
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        token: str | None = None,
+        connect_timeout: float = 10.0,
+        dial: bool = True,
+    ) -> BridgeChannel:
+        """Create the channel; with ``dial`` connect now (raises Unavailable on failure)."""
+        loop = trio_asyncio.current_loop.get()
+        if loop is None:
+            raise RuntimeError("BridgeChannel.open() needs a running asyncio_loop()")
+        target = f"{host}:{port}"
+        config = grpclib.config.Configuration(
+            http2_connection_window_size=CONNECTION_WINDOW,
+            http2_stream_window_size=STREAM_WINDOW,
+            ssl_target_name_override=server_hostname,
+        )
+        metadata = [("authorization", f"Bearer {token}")] if token else []
+
+        async def make() -> grpclib.client.Channel:
+            return _Channel(host, port, ssl=ssl_context, config=config)
+
+        channel = await loop.run_aio_coroutine(make())
+        self = cls(loop, channel, target, metadata, connect_timeout)
+        if dial:
+            try:
+                await loop.run_aio_coroutine(self._ensure_connected())
+            except BaseException:
+                await self.aclose()
+                raise
+        return self
+
+    async def aclose(self) -> None:
+        """Close the connection (idempotent; also works while cancelled)."""
+        channel, self._channel = self._channel, None
+        if channel is None:
+            return
+        channel.close()
+        # Let the transport's close callbacks run while the loop is still alive.
+        with trio.CancelScope(shield=True):
+            await trio.lowlevel.checkpoint()
+            with contextlib.suppress(Exception):
+                await self._loop.synchronize()
+
+    def close_nowait(self) -> None:
+        """Start closing without waiting (the loop finishes it while it keeps running)."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._channel is None
+
+    @property
+    def connected(self) -> bool:
+        ch = self._channel
+        return ch is not None and bool(ch._connected)
+
+    def _live_channel(self, method: str) -> grpclib.client.Channel:
+        if self._channel is None:
+            raise _errors.Unavailable(f"client for {self.target} is closed", method=method)
+        return self._channel
+
+    async def _ensure_connected(self, method: str = "") -> None:
+        """asyncio side: dial now if not connected, bounded by the connect timeout."""
+        channel = self._live_channel(method)
+        if channel._connected:
+            return
+        try:
+            await asyncio.wait_for(channel.__connect__(), self._connect_timeout)
+        except TimeoutError:
+            raise _errors.Unavailable(
+                f"cannot connect to {self.target}: timed out after {self._connect_timeout:g} s",
+                method=method,
+            ) from None
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            raise _errors.Unavailable(
+                f"cannot connect to {self.target}: {_describe_os_error(exc)}", method=method
+            ) from exc
+
+    async def _wrapped(self, method: str, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        """asyncio side: dial if needed, run ``coro_fn()``, map errors."""
+        try:
+            await self._ensure_connected(method)
+            return await coro_fn()
+        except _errors.MemohError:
+            raise
+        except Exception as exc:
+            mapped = map_error(exc, method, self.target)
+            if mapped is exc:
+                raise
+            raise mapped from exc
+
+    async def _call(self, method: str, coro_fn: Callable[[], Awaitable[T]]) -> T:
+        """Run ``coro_fn()`` on the asyncio loop (one crossing) with errors mapped."""
+        self._live_channel(method)
+        return cast(T, await self._loop.run_aio_coroutine(self._wrapped(method, coro_fn)))
+
+    def _request(
+        self, method: str, cardinality: grpclib.const.Cardinality, req: type[Any],
+        rep: type[Any], rpc_timeout: float | None,
+    ) -> grpclib.client.Stream[Any, Any]:
+        return self._live_channel(method).request(
+            _SERVICE + method, cardinality, req, rep, timeout=rpc_timeout, metadata=self._metadata
+        )
+
+    # -- unary -------------------------------------------------------------------------------
+
+    async def unary(
+        self, method: str, request: Any, reply_type: type[T], *, rpc_timeout: float | None
+    ) -> T:
+        async def go() -> T:
+            unary = grpclib.const.Cardinality.UNARY_UNARY
+            async with self._request(
+                method, unary, type(request), reply_type, rpc_timeout
+            ) as stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+            if reply is None:
+                raise _errors.Internal("server sent no reply", method=method)
+            return cast(T, reply)
+
+        return await self._call(method, go)
+
+    # -- WriteRaw ----------------------------------------------------------------------------
+
+    async def write_raw(
+        self,
+        path: str,
+        source: SourceSpec,
+        *,
+        chunk_size: int,
+        expected_size: int | None,
+        hash_sha256: bool,
+        on_sent: Callable[[int], None] | None,
+        rpc_timeout: float | None,
+    ) -> WriteOutcome:
+        """Stream ``source`` into ``path`` with one crossing. See ``Client.write_raw``."""
+        method = "WriteRaw"
+
+        async def go() -> WriteOutcome:
+            hasher = hashlib.sha256() if hash_sha256 else None
+            reader = _Reader(source, chunk_size, hasher)
+            total = 0
+            try:
+                try:
+                    data = await reader.next()
+                    total = len(data)
+                    if expected_size is not None and total > expected_size:
+                        raise _SizeMismatch
+                except (_SourceFailure, _SizeMismatch):
+                    # Nothing sent yet: no stream, nothing created at the destination.
+                    raise
+                async with self._request(
+                    method, grpclib.const.Cardinality.STREAM_UNARY, pb.WriteRawChunk,
+                    pb.WriteRawResponse, rpc_timeout,
+                ) as stream:
+                    failure: BaseException | None = None
+                    await stream.send_message(pb.WriteRawChunk(path=path, data=data))
+                    if on_sent is not None and data:
+                        on_sent(len(data))
+                    while data:
+                        try:
+                            data = await reader.next()
+                            total += len(data)
+                            if expected_size is not None and total > expected_size:
+                                raise _SizeMismatch
+                            if not data and expected_size is not None and total != expected_size:
+                                raise _SizeMismatch
+                        except (_SourceFailure, _SizeMismatch) as exc:
+                            failure = exc
+                            break
+                        if data:
+                            await stream.send_message(pb.WriteRawChunk(data=data))
+                            if on_sent is not None:
+                                on_sent(len(data))
+                    if failure is not None:
+                        await stream.send_message(pb.WriteRawChunk(abort=True), end=True)
+                        # The server answers ABORTED (or, if it ignores abort, OK): either way
+                        # the caller learns about the source failure, not the status.
+                        with contextlib.suppress(Exception):
+                            await stream.recv_message()
+                        raise failure
+                    await stream.end()
+                    reply = await stream.recv_message()
+            finally:
+                await reader.aclose()
+            if reply is None:
+                raise _errors.Internal("server sent no reply", method=method)
+            written = int(reply.bytes_written)
+            if written != total:
+                raise _errors.RPCError(
+                    f"server wrote {written} bytes of {total} sent to {path!r}",
+                    status=_errors.Status.DATA_LOSS, method=method,
+                )
+            return WriteOutcome(written, total, hasher.hexdigest() if hasher else None)
+
+        try:
+            return await self._call(method, go)
+        except _SizeMismatch:
+            raise _errors.SourceChanged(
+                f"source of {path!r} changed while it was read: expected {expected_size} bytes"
+            ) from None
+        except _SourceFailure as exc:
+            raise _errors.SourceReadError(
+                f"cannot read the source of {path!r}: {exc.cause}"
+            ) from exc.cause
+
+    # -- ReadRaw -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def read_raw(
+        self, path: str, *, rpc_timeout: float | None
+    ) -> AsyncIterator[Pipe[bytes]]:
+        """Yield a pipe the caller ``get()``s chunks from (None at the end, errors raised).
+
+        The whole stream runs as one asyncio task (one crossing); no Trio nursery is involved,
+        so the caller's own exceptions leave the block unwrapped.
+        """
+        method = "ReadRaw"
+        pipe: Pipe[bytes] = Pipe(PIPE_CAPACITY)
+
+        async def go() -> None:
+            async with self._request(
+                method, grpclib.const.Cardinality.UNARY_STREAM, pb.ReadRawRequest,
+                pb.DataChunk, rpc_timeout,
+            ) as stream:
+                await stream.send_message(pb.ReadRawRequest(path=path), end=True)
+                while True:
+                    msg = await stream.recv_message()
+                    if msg is None:
+                        break
+                    if msg.data and not await pipe.aput(bytes(msg.data)):
+                        await stream.cancel()
+                        return
+
+        async def run() -> None:
+            try:
+                await self._wrapped(method, go)
+            except Exception as exc:
+                pipe.close(exc)
+            else:
+                pipe.close()
+
+        self._live_channel(method)
+        task = self._loop.create_task(run())
+        try:
+            yield pipe
+        finally:
+            pipe.abandon()
+            if not task.done():
+                task.cancel()
+            with trio.CancelScope(shield=True), contextlib.suppress(BaseException):
+                await trio_asyncio.run_aio_future(task)
+
+    # -- Exec --------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        first: pb.ExecInput,
+        stdin: Pipe[bytes] | None,
+        on_output: Callable[[str, bytes], None],
+        *,
+        rpc_timeout: float | None,
+    ) -> int:
+        """Run a command; output goes to ``on_output``; returns the exit code."""
+        method = "Exec"
+
+        async def send_stdin(stream: grpclib.client.Stream[Any, Any]) -> None:
+            assert stdin is not None
+            while True:
+                data = await stdin.aget()
+                if data is None:
+                    break
+                await stream.send_message(pb.ExecInput(stdin_data=data))
+            await stream.end()
+
+        async def go() -> int:
+            async with self._request(
+                method, grpclib.const.Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput,
+                rpc_timeout,
+            ) as stream:
+                sender: asyncio.Task[None] | None = None
+                if stdin is None:
+                    await stream.send_message(first, end=True)
+                else:
+                    await stream.send_message(first)
+                    sender = asyncio.ensure_future(send_stdin(stream))
+                exit_code: int | None = None
+                try:
+                    while True:
+                        msg = await stream.recv_message()
+                        if msg is None:
+                            break
+                        if msg.stream == pb.ExecOutputStream.EXIT:
+                            exit_code = int(msg.exit_code)
+                        elif msg.data:
+                            err = msg.stream == pb.ExecOutputStream.STDERR
+                            on_output("stderr" if err else "stdout", bytes(msg.data))
+                finally:
+                    if sender is not None:
+                        if not sender.done():
+                            sender.cancel()
+                        with contextlib.suppress(BaseException):
+                            await sender
+                        if stdin is not None:
+                            stdin.abandon()
+            if exit_code is None:
+                raise _errors.Internal("exec stream ended without an exit status", method=method)
+            return exit_code
+
+        return await self._call(method, go)

@@ -1,0 +1,498 @@
+"""The Trio client of ContainerService.
+
+``async with connect("host:port") as client:`` gives a :class:`Client` with one typed method per
+RPC. Everything here is plain Trio; grpclib runs behind :mod:`memoh_trio._bridge.client`, crossed
+once per RPC. Errors are :mod:`memoh_trio._errors` classes (``NotFound``, ``Unavailable``, ...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Sequence,
+)
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, BinaryIO, TypeVar
+
+import trio
+
+from . import _errors
+from ._bridge import asyncio_loop
+from ._bridge import client as bridge
+from ._proto import mcpcontainer as pb
+from ._tls import ClientTLS
+
+T = TypeVar("T")
+
+# Size of the WriteRaw chunks (one gRPC message each). Measured against the grpcio server with a
+# 256 MiB stream (benchmarks/bench_chunk_size.py): 64 KiB is clearly slower (per-message overhead),
+# from 256 KiB up throughput is flat within noise; 1 MiB keeps the memory in flight small and is
+# far below the 4 MiB default message limit of grpcio and grpc-go servers.
+DEFAULT_CHUNK_SIZE = 1024 * 1024
+# grpcio and grpc-go refuse messages above 4 MiB unless configured otherwise; a chunk plus its
+# framing must stay below that.
+MAX_CHUNK_SIZE = 4 * 1024 * 1024 - 1024
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file or directory as reported by Stat / ListDir (``mode`` in Go's FileMode form)."""
+
+    path: str
+    is_dir: bool
+    size: int
+    mode: str
+    mod_time: str
+
+
+@dataclass(frozen=True)
+class ReadFileResult:
+    content: str
+    total_lines: int
+    binary: bool
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """Outcome of :meth:`Client.write_raw`.
+
+    ``bytes_written`` is what the server reports, ``bytes_read`` what was read from the source
+    (always equal on success), ``sha256`` the hex digest of the data sent when asked for.
+    """
+
+    bytes_written: int
+    bytes_read: int
+    sha256: str | None
+
+
+def parse_target(target: str) -> tuple[str, int]:
+    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into host and port; ConfigError if bad."""
+    host, sep, port_s = target.rpartition(":")
+    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        raise _errors.ConfigError(f"bad target {target!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _errors.ConfigError(f"bad target {target!r}: {host!r} is not IPv6") from None
+    elif ":" in host:
+        raise _errors.ConfigError(f"bad target {target!r}: write IPv6 addresses as [ADDR]:PORT")
+    return host, int(port_s)
+
+
+def _entry(e: pb.FileEntry | None) -> FileEntry:
+    if e is None:
+        raise _errors.Internal("server sent no entry")
+    return FileEntry(e.path, bool(e.is_dir), int(e.size), e.mode, e.mod_time)
+
+
+async def _with_helpers(
+    main: Callable[[], Awaitable[T]], helpers: Sequence[Callable[[], Awaitable[None]]]
+) -> T:
+    """Run ``main`` while ``helpers`` run beside it; cancel them when ``main`` ends.
+
+    ``main``'s exception comes out as itself, not wrapped in an ExceptionGroup by the nursery
+    (helpers never raise ``Exception``).
+    """
+    if not helpers:
+        return await main()
+    error: Exception | None = None
+    result: Any = None
+    async with trio.open_nursery() as nursery:
+        for helper in helpers:
+            nursery.start_soon(helper)
+        try:
+            result = await main()
+        except Exception as exc:
+            error = exc
+        nursery.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    return result  # type: ignore[no-any-return]
+
+
+class Client:
+    """A connection to one ContainerService. Get one from :func:`connect` (or a Pool).
+
+    Attributes:
+        target: ``"host:port"`` of the server.
+    """
+
+    target: str
+
+    def __init__(
+        self, channel: bridge.BridgeChannel, *, timeout: float | None, chunk_size: int
+    ) -> None:
+        self.target = channel.target
+        self._channel = channel
+        self._timeout = timeout
+        self._chunk_size = _check_chunk_size(chunk_size)
+        self._active = 0
+        self._retired = False
+        self._on_unavailable: Callable[[Client], None] | None = None
+
+    @classmethod
+    async def _open(
+        cls,
+        target: str,
+        *,
+        tls: ClientTLS | None = None,
+        token: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109  (per-call gRPC deadline)
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        connect_timeout: float = 10.0,
+        dial: bool = True,
+    ) -> Client:
+        """Open inside a running :func:`asyncio_loop`; the caller must :meth:`aclose`."""
+        host, port = parse_target(target)
+        _check_chunk_size(chunk_size)
+        ssl_context = tls.context() if tls is not None else None
+        channel = await bridge.BridgeChannel.open(
+            host, port, ssl_context=ssl_context,
+            server_hostname=tls.server_hostname if tls is not None else None,
+            token=token, connect_timeout=connect_timeout, dial=dial,
+        )
+        return cls(channel, timeout=timeout, chunk_size=chunk_size)
+
+    async def aclose(self) -> None:
+        """Close the connection; calls still running fail with Unavailable."""
+        await self._channel.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._channel.closed
+
+    def _retire(self) -> bool:
+        """Close as soon as no call runs any more. True if it can be closed right now."""
+        self._retired = True
+        return self._active == 0
+
+    @contextlib.asynccontextmanager
+    async def _track(self) -> AsyncIterator[None]:
+        self._active += 1
+        try:
+            yield
+        except _errors.Unavailable:
+            if self._on_unavailable is not None:
+                self._on_unavailable(self)
+            raise
+        finally:
+            self._active -= 1
+            if self._retired and self._active == 0:
+                await self._channel.aclose()
+
+    async def _unary(self, method: str, request: Any, reply_type: type[T]) -> T:
+        async with self._track():
+            return await self._channel.unary(
+                method, request, reply_type, rpc_timeout=self._timeout
+            )
+
+    # -- unary RPCs --------------------------------------------------------------------------
+
+    async def read_file(
+        self, path: str, *, line_offset: int = 0, n_lines: int = 0
+    ) -> ReadFileResult:
+        """Numbered lines of a text file (``binary=True`` and no content for binary files)."""
+        rep = await self._unary(
+            "ReadFile",
+            pb.ReadFileRequest(path=path, line_offset=line_offset, n_lines=n_lines),
+            pb.ReadFileResponse,
+        )
+        return ReadFileResult(rep.content, int(rep.total_lines), bool(rep.binary))
+
+    async def write_file(self, path: str, content: bytes) -> None:
+        """Write a whole (small) file in one message; parents are created."""
+        await self._unary(
+            "WriteFile", pb.WriteFileRequest(path=path, content=bytes(content)),
+            pb.WriteFileResponse,
+        )
+
+    async def list_dir(self, path: str = "", *, recursive: bool = False) -> list[FileEntry]:
+        rep = await self._unary(
+            "ListDir", pb.ListDirRequest(path=path, recursive=recursive), pb.ListDirResponse
+        )
+        return [_entry(e) for e in rep.entries]
+
+    async def stat(self, path: str) -> FileEntry:
+        """Raises NotFound if ``path`` does not exist."""
+        rep = await self._unary("Stat", pb.StatRequest(path=path), pb.StatResponse)
+        return _entry(rep.entry)
+
+    async def mkdir(self, path: str) -> None:
+        await self._unary("Mkdir", pb.MkdirRequest(path=path), pb.MkdirResponse)
+
+    async def rename(self, old_path: str, new_path: str) -> None:
+        await self._unary(
+            "Rename", pb.RenameRequest(old_path=old_path, new_path=new_path), pb.RenameResponse
+        )
+
+    async def delete_file(self, path: str, *, recursive: bool = False) -> None:
+        await self._unary(
+            "DeleteFile", pb.DeleteFileRequest(path=path, recursive=recursive),
+            pb.DeleteFileResponse,
+        )
+
+    # -- WriteRaw ----------------------------------------------------------------------------
+
+    async def write_raw(
+        self,
+        path: str,
+        source: bytes | str | os.PathLike[str] | BinaryIO | AsyncIterable[bytes],
+        *,
+        chunk_size: int | None = None,
+        expected_size: int | None = None,
+        hash_sha256: bool = False,
+        on_progress: Callable[[int], None] | None = None,
+        stall_timeout: float | None = None,
+    ) -> WriteResult:
+        """Stream ``source`` into ``path`` on the server with client-streaming WriteRaw.
+
+        Args:
+            path: destination, relative to the server's root.
+            source: bytes; a host path (``str`` or path-like); a binary file object; or an async
+                iterable of bytes. Files are read in chunks in a worker thread, one chunk ahead.
+            chunk_size: bytes per message (default: the client's, DEFAULT_CHUNK_SIZE).
+            expected_size: the source must have exactly this many bytes.
+            hash_sha256: also compute the SHA-256 of what was sent.
+            on_progress: called with the byte count of each chunk once HTTP/2 took it.
+            stall_timeout: give up when no chunk was taken for this many seconds.
+
+        Memory in flight is bounded by the HTTP/2 window plus about two chunks, whatever the size
+        of the source: a chunk is only read once the previous one was handed to HTTP/2, and that
+        waits for the server's flow-control window.
+
+        Raises:
+            SourceReadError: the source failed; ``abort=true`` was sent (nothing written, given a
+                server honouring abort).
+            SourceChanged: ``expected_size`` given and the source had fewer or more bytes; aborted.
+            Stalled: no progress for ``stall_timeout`` seconds; the stream was cancelled.
+            RPCError: the server refused (NotFound, PermissionDenied, ...); Unavailable when the
+                connection failed.
+        """
+        size = _check_chunk_size(chunk_size if chunk_size is not None else self._chunk_size)
+        if expected_size is not None and expected_size < 0:
+            raise _errors.ConfigError(f"expected_size must be >= 0, got {expected_size}")
+        helpers: list[Callable[[], Awaitable[None]]] = []
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            spec = bridge.SourceSpec(data=memoryview(source).cast("B"))
+        elif isinstance(source, (str, os.PathLike)):
+            spec = bridge.SourceSpec(path=os.fspath(source))
+        elif hasattr(source, "read"):
+            spec = bridge.SourceSpec(file=source)  # type: ignore[arg-type]
+        elif isinstance(source, AsyncIterable):
+            pipe: bridge.Pipe[bytes] = bridge.Pipe()
+            spec = bridge.SourceSpec(pipe=pipe)
+            aiter_source = source
+
+            async def pump() -> None:
+                await bridge.pump(aiter_source, pipe)
+
+            helpers.append(pump)
+        else:
+            raise TypeError(f"cannot stream a {type(source).__name__}")
+
+        last_progress = trio.current_time()
+        stalled = False
+        scope = trio.CancelScope()
+
+        def progress(nbytes: int) -> None:
+            nonlocal last_progress
+            last_progress = trio.current_time()
+            if on_progress is not None:
+                on_progress(nbytes)
+
+        async def watchdog() -> None:
+            nonlocal stalled
+            assert stall_timeout is not None
+            while True:
+                await trio.sleep_until(last_progress + stall_timeout)
+                if trio.current_time() >= last_progress + stall_timeout:
+                    stalled = True
+                    scope.cancel()
+                    return
+
+        if stall_timeout is not None:
+            if stall_timeout <= 0:
+                raise _errors.ConfigError(f"stall_timeout must be > 0, got {stall_timeout}")
+            helpers.append(watchdog)
+
+        async def main() -> bridge.WriteOutcome | None:
+            with scope:
+                return await self._channel.write_raw(
+                    path, spec, chunk_size=size, expected_size=expected_size,
+                    hash_sha256=hash_sha256, on_sent=progress, rpc_timeout=self._timeout,
+                )
+            return None
+
+        async with self._track():
+            outcome = await _with_helpers(main, helpers)
+        if outcome is None:
+            if stalled:
+                raise _errors.Stalled(
+                    f"WriteRaw of {path!r} to {self.target} made no progress for "
+                    f"{stall_timeout:g} s"
+                )
+            raise trio.TooSlowError  # pragma: no cover  (the scope is only cancelled by us)
+        return WriteResult(outcome.bytes_written, outcome.bytes_read, outcome.sha256)
+
+    # -- ReadRaw -----------------------------------------------------------------------------
+
+    def read_raw(self, path: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """Stream a file from the server::
+
+            async with client.read_raw("data/big.bin") as chunks:
+                async for data in chunks:
+                    ...
+
+        Raises NotFound (from the iteration) if the file does not exist.
+        """
+        return self._read_raw(path)
+
+    @asynccontextmanager
+    async def _read_raw(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        async with self._track(), self._channel.read_raw(path, rpc_timeout=self._timeout) as pipe:
+
+            async def chunks() -> AsyncGenerator[bytes, None]:
+                while True:
+                    data = await pipe.get()
+                    if data is None:
+                        return
+                    yield data
+
+            iterator = chunks()
+            try:
+                yield iterator
+            finally:
+                await iterator.aclose()
+
+    # -- Exec --------------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        command: str,
+        *,
+        work_dir: str = "",
+        env: Sequence[str] = (),
+        timeout_seconds: int = 0,
+        stdin: bytes | AsyncIterable[bytes] = b"",
+        on_output: Callable[[str, bytes], None] | None = None,
+    ) -> ExecResult:
+        """Run ``/bin/sh -c command`` on the server.
+
+        ``stdin`` is sent in the first message (bytes) or streamed (async iterable).
+        ``on_output("stdout"|"stderr", data)`` is called as output arrives; all of it is also
+        collected in the result.
+        """
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        def collect(name: str, data: bytes) -> None:
+            (err if name == "stderr" else out).append(data)
+            if on_output is not None:
+                on_output(name, data)
+
+        first = pb.ExecInput(
+            command=command, work_dir=work_dir, env=list(env), timeout_seconds=timeout_seconds
+        )
+        helpers: list[Callable[[], Awaitable[None]]] = []
+        pipe: bridge.Pipe[bytes] | None = None
+        if isinstance(stdin, (bytes, bytearray, memoryview)):
+            first.stdin_data = bytes(stdin)
+        else:
+            pipe = bridge.Pipe()
+            stdin_source, stdin_pipe = stdin, pipe
+
+            async def pump() -> None:
+                await bridge.pump(stdin_source, stdin_pipe)
+
+            helpers.append(pump)
+
+        async def main() -> int:
+            return await self._channel.exec(first, pipe, collect, rpc_timeout=self._timeout)
+
+        async with self._track():
+            code = await _with_helpers(main, helpers)
+        return ExecResult(code, b"".join(out), b"".join(err))
+
+
+def _check_chunk_size(size: int) -> int:
+    if not 0 < size <= MAX_CHUNK_SIZE:
+        raise _errors.ConfigError(
+            f"chunk size must be between 1 and {MAX_CHUNK_SIZE} bytes, got {size}"
+        )
+    return size
+
+
+@asynccontextmanager
+async def connect(
+    target: str,
+    *,
+    tls: ClientTLS | None = None,
+    token: str | None = None,
+    timeout: float | None = None,  # noqa: ASYNC109  (the per-call gRPC deadline, by contract)
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    connect_timeout: float = 10.0,
+) -> AsyncIterator[Client]:
+    """Connect to the ContainerService at ``target`` (``"host:port"``).
+
+    Args:
+        tls: TLS (and mTLS) settings; None for plaintext HTTP/2.
+        token: sent as ``authorization: Bearer TOKEN`` with every call.
+        timeout: deadline of each call in seconds (None: no deadline).
+        chunk_size: default WriteRaw chunk size.
+        connect_timeout: how long dialling may take.
+
+    Raises:
+        Unavailable: the server cannot be reached ("cannot connect to HOST:PORT: ...").
+        ConfigError: bad target or TLS files.
+
+    The connection is closed when the block exits, also on cancellation.
+    """
+    parse_target(target)
+    error: Exception | None = None
+    # The loop's nursery would wrap exceptions in ExceptionGroups: carry them out unwrapped.
+    async with asyncio_loop():
+        try:
+            client = await Client._open(
+                target, tls=tls, token=token, timeout=timeout, chunk_size=chunk_size,
+                connect_timeout=connect_timeout,
+            )
+        except Exception as exc:
+            error = exc
+        else:
+            try:
+                yield client
+            except Exception as exc:
+                error = exc
+            finally:
+                await client.aclose()
+    if error is not None:
+        raise error
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "Client",
+    "ExecResult",
+    "FileEntry",
+    "ReadFileResult",
+    "WriteResult",
+    "connect",
+    "parse_target",
+]
