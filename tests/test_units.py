@@ -43,7 +43,7 @@ def test_parse_target(text: str, expected: tuple[str, int]) -> None:
 
 @pytest.mark.parametrize(
     "text", ["", "9090", ":9090", "host", "host:", "host:0", "host:65536", "host:abc",
-             "::1:9090", "[::1]9090", "[::1]", "host:-1"],
+             "::1:9090", "[::1]9090", "[::1]", "[zz]:1", "host:-1"],
 )
 def test_parse_target_rejects_with_a_message(text: str) -> None:
     with pytest.raises(ConfigError, match="target"):

@@ -8,7 +8,6 @@ once per RPC. Errors are :mod:`memoh_trio._errors` classes (``NotFound``, ``Unav
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
 from collections.abc import (
     AsyncGenerator,
@@ -29,6 +28,7 @@ from ._bridge import asyncio_loop
 from ._bridge import client as bridge
 from ._proto import mcpcontainer as pb
 from ._tls import ClientTLS
+from ._units import parse_target
 
 T = TypeVar("T")
 
@@ -78,22 +78,6 @@ class WriteResult:
     bytes_written: int
     bytes_read: int
     sha256: str | None
-
-
-def parse_target(target: str) -> tuple[str, int]:
-    """Split ``"host:port"`` (``"[v6]:port"`` for IPv6) into host and port; ConfigError if bad."""
-    host, sep, port_s = target.rpartition(":")
-    if not sep or not host or not port_s.isdigit() or not 0 < int(port_s) < 65536:
-        raise _errors.ConfigError(f"bad target {target!r}: expected HOST:PORT")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise _errors.ConfigError(f"bad target {target!r}: {host!r} is not IPv6") from None
-    elif ":" in host:
-        raise _errors.ConfigError(f"bad target {target!r}: write IPv6 addresses as [ADDR]:PORT")
-    return host, int(port_s)
 
 
 def _entry(e: pb.FileEntry | None) -> FileEntry:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 
 from ._errors import ConfigError
@@ -46,6 +47,10 @@ def parse_target(text: str) -> tuple[str, int]:
         if not sep or not rest.startswith(":"):
             raise ConfigError(f"malformed target {text!r}: expected [IPv6]:PORT")
         port_text = rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"malformed target {text!r}: {host!r} is not an IPv6 address") from None
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:
