@@ -1,5 +1,6 @@
 """The committed betterproto2 stubs match what the pinned compiler generates from proto/."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -16,11 +17,10 @@ def test_generated_stubs_do_not_drift() -> None:
 
 
 def test_drift_check_detects_a_hand_edit(tmp_path: Path) -> None:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        import gen_proto
-    finally:
-        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location("gen_proto", ROOT / "scripts" / "gen_proto.py")
+    assert spec is not None and spec.loader is not None
+    gen_proto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen_proto)
     gen_proto.generate(tmp_path)
     assert gen_proto.drift(tmp_path, gen_proto.OUT_DIR) == []
     stub = tmp_path / "mcpcontainer" / "__init__.py"

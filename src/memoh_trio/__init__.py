@@ -1,1 +1,62 @@
-"""memoh-trio."""
+"""memoh-trio: move a Memoh bot's data tree into its container over gRPC, with Trio.
+
+The public API is re-exported here; the modules behind it are private (``_name``) and may change.
+
+Layout (the decision logic is pure and apart from I/O, as in h11):
+
+* ``_paths``, ``_plan``, ``_finalize``, ``_units`` — pure: path confinement, classification of
+  walk entries, the rename decision, parsing of sizes and targets;
+* ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib (``_proto/``
+  holds the generated betterproto2 stubs: never edit them by hand);
+* ``_client``, ``_pool`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the Trio server;
+* ``_walk``, ``_lock``, ``_migrate``, ``_progress``, ``_report`` — the migrator;
+* ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line.
+"""
+
+from ._client import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
+from ._client import Client as Client
+from ._client import ExecResult as ExecResult
+from ._client import FileEntry as FileEntry
+from ._client import ReadFileResult as ReadFileResult
+from ._client import WriteResult as WriteResult
+from ._client import connect as connect
+from ._errors import Aborted as Aborted
+from ._errors import AlreadyExists as AlreadyExists
+from ._errors import Cancelled as Cancelled
+from ._errors import ConfigError as ConfigError
+from ._errors import DeadlineExceeded as DeadlineExceeded
+from ._errors import FailedPrecondition as FailedPrecondition
+from ._errors import Internal as Internal
+from ._errors import InvalidArgument as InvalidArgument
+from ._errors import MemohError as MemohError
+from ._errors import MigrationBusy as MigrationBusy
+from ._errors import NotFound as NotFound
+from ._errors import PermissionDenied as PermissionDenied
+from ._errors import ResourceExhausted as ResourceExhausted
+from ._errors import RPCError as RPCError
+from ._errors import SourceChanged as SourceChanged
+from ._errors import SourceError as SourceError
+from ._errors import SourceReadError as SourceReadError
+from ._errors import Stalled as Stalled
+from ._errors import Status as Status
+from ._errors import Unauthenticated as Unauthenticated
+from ._errors import Unavailable as Unavailable
+from ._errors import Unimplemented as Unimplemented
+from ._migrate import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+from ._migrate import MIGRATED_SUFFIX as MIGRATED_SUFFIX
+from ._migrate import migrate as migrate
+from ._migrate import migrate_all as migrate_all
+from ._migrate import migrate_bot as migrate_bot
+from ._pool import Pool as Pool
+from ._progress import Progress as Progress
+from ._progress import ProgressState as ProgressState
+from ._report import Failure as Failure
+from ._report import MigrationReport as MigrationReport
+from ._report import Skipped as Skipped
+from ._server import ServerAddress as ServerAddress
+from ._server import ServerHooks as ServerHooks
+from ._server import serve as serve
+from ._tls import ClientTLS as ClientTLS
+from ._tls import ServerTLS as ServerTLS
+
+__version__ = "0.1.0"

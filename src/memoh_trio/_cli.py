@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="server key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
+    p.add_argument("--durable", action="store_true",
+                   help="fdatasync every uploaded file before it is renamed into place")
 
     p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
     p.add_argument("--files", type=_positive_int, default=400,
@@ -251,14 +253,16 @@ async def _cmd_migrate(args: argparse.Namespace) -> int:
     if args.command == "migrate":
         src = args.src
         _migrate.check_source(src)
-    async with connect(args.target, **_connect_kwargs(args)) as client:
-        async with _progress_display(progress, show):
-            if args.command == "migrate":
-                report = await _migrate.migrate(src, client, progress=progress,
-                                                **_migrate_kwargs(args))
-            else:
-                report = await _migrate.migrate_bot(args.bot_id, args.data_root, client,
-                                                    progress=progress, **_migrate_kwargs(args))
+    async with (
+        connect(args.target, **_connect_kwargs(args)) as client,
+        _progress_display(progress, show),
+    ):
+        if args.command == "migrate":
+            report = await _migrate.migrate(src, client, progress=progress,
+                                            **_migrate_kwargs(args))
+        else:
+            report = await _migrate.migrate_bot(args.bot_id, args.data_root, client,
+                                                progress=progress, **_migrate_kwargs(args))
     _emit_reports([report], as_json=args.json, out=sys.stdout)
     return _report_exit_code([report])
 
@@ -318,7 +322,8 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     async with trio.open_nursery() as nursery:
         addr = await nursery.start(functools.partial(serve, args.root, host, port,
-                                                     token=args.token, tls=tls))
+                                                     token=args.token, tls=tls,
+                                                     durable=args.durable))
         print(f"listening on {addr}", flush=True)
     return EXIT_OK
 

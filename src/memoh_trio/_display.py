@@ -6,6 +6,7 @@ Only the CLI uses this module; the library never prints.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
@@ -28,7 +29,9 @@ from ._units import format_size
 
 
 @contextlib.asynccontextmanager
-async def live_progress(progress: Progress, *, console: Console | None = None) -> AsyncIterator[None]:
+async def live_progress(
+    progress: Progress, *, console: Console | None = None
+) -> AsyncIterator[None]:
     """Show files and bytes done/total, throughput and ETA on stderr while the block runs."""
     console = console or Console(stderr=True)
     bars = RichProgress(
@@ -71,7 +74,8 @@ async def live_progress(progress: Progress, *, console: Console | None = None) -
 
 def print_reports(reports: Sequence[MigrationReport], out: TextIO) -> None:
     """Print a summary table, then every failure and skipped entry with its reason."""
-    console = Console(file=out, highlight=False, soft_wrap=True)
+    console = Console(file=out, highlight=False, soft_wrap=True,
+                      width=None if out.isatty() else 120)
     table = Table(title="memoh-trio migration", show_lines=False)
     for name, justify in [
         ("source", "left"), ("status", "left"), ("files", "right"), ("bytes", "right"),
@@ -81,14 +85,15 @@ def print_reports(reports: Sequence[MigrationReport], out: TextIO) -> None:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in reports:
         rate = r.bytes / r.seconds / 2**20 if r.seconds > 0 else 0.0
-        status = r.status if r.renamed_to is None else f"{r.status} → {r.renamed_to}"
         table.add_row(
-            r.source, status, str(r.files), format_size(r.bytes), str(r.dirs), str(r.symlinks),
+            os.path.basename(r.source.rstrip("/")) or r.source, r.status, str(r.files), format_size(r.bytes), str(r.dirs), str(r.symlinks),
             str(r.unchanged), str(len(r.skipped)), str(len(r.failures)), f"{r.seconds:.2f}",
             f"{rate:.1f}",
         )
     console.print(table)
     for r in reports:
+        if r.renamed_to:
+            console.print(f"{r.source} → renamed to {r.renamed_to}", markup=False)
         for s in r.skipped:
             console.print(f"skipped  {s.path}: {s.reason}", markup=False)
         for f in r.failures:

@@ -49,13 +49,16 @@ class RPCError(MemohError):
 
     status: Status = Status.UNKNOWN
 
-    def __init__(self, message: str = "", *, status: Status | None = None, method: str = "") -> None:
+    def __init__(
+        self, message: str = "", *, status: Status | None = None, method: str = ""
+    ) -> None:
         if status is not None:
             self.status = status
         self.message = message
         self.method = method
         where = f"{method}: " if method else ""
-        super().__init__(f"{where}{self.status.name}: {message}" if message else f"{where}{self.status.name}")
+        text = f"{where}{self.status.name}"
+        super().__init__(f"{text}: {message}" if message else text)
 
 
 class Cancelled(RPCError):

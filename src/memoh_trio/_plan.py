@@ -141,7 +141,8 @@ def classify(entry: WalkEntry) -> Action:
             return Action(Kind.CREATE, rel, host, mode=perm, mtime_ns=mtime)
         return Action(Kind.COPY, rel, host, size=st.st_size, mode=perm, mtime_ns=mtime)
     if stat.S_ISDIR(mode):
-        return Action(Kind.MKDIR if entry.empty_dir else Kind.DIR, rel, host, mode=perm, mtime_ns=mtime)
+        kind = Kind.MKDIR if entry.empty_dir else Kind.DIR
+        return Action(kind, rel, host, mode=perm, mtime_ns=mtime)
     if stat.S_ISLNK(mode):
         target = entry.link_target
         if target is None:
@@ -155,4 +156,5 @@ def classify(entry: WalkEntry) -> Action:
     for test, why in _SPECIAL:
         if test(mode):
             return Action(Kind.SKIP, rel, host, reason=why, mode=perm, mtime_ns=mtime)
-    return Action(Kind.SKIP, rel, host, reason=f"unknown file type {stat.S_IFMT(mode):#o}: not copied")
+    why = f"unknown file type {stat.S_IFMT(mode):#o}: not copied"
+    return Action(Kind.SKIP, rel, host, reason=why, mode=perm, mtime_ns=mtime)

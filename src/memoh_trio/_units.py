@@ -50,7 +50,9 @@ def parse_target(text: str) -> tuple[str, int]:
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
-            raise ConfigError(f"malformed target {text!r}: {host!r} is not an IPv6 address") from None
+            raise ConfigError(
+                f"malformed target {text!r}: {host!r} is not an IPv6 address"
+            ) from None
     else:
         host, sep, port_text = text.rpartition(":")
         if not sep or ":" in host:

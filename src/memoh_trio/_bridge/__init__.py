@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-import trio_asyncio  # noqa: I001  (must come before grpclib)
+import trio_asyncio  # first: the package init runs before client.py/server.py import grpclib
 
 
 @contextlib.asynccontextmanager

@@ -1,0 +1,67 @@
+"""The rename decision, as a pure function. No I/O here.
+
+The source is renamed to ``<src>.migrated`` if and only if:
+
+* the caller asked for the rename;
+* the walk finished without error (a walk error hides a subtree we never saw);
+* nothing was cancelled (deadline, Ctrl-C, a fatal error that cancelled the copy nursery);
+* there was no fatal error and no per-entry failure;
+* every entry that needed work (copy, create, mkdir, symlink) was done and verified.
+
+:func:`decide` is called by :mod:`memoh_trio._migrate` after the copy nursery has exited, and the
+``os.rename`` follows it with no checkpoint in between, so nothing can change under the decision.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened during a copy, as counted by the migrator.
+
+    Attributes:
+        rename_requested: the caller wants the source renamed on success.
+        walk_complete: the walk reached its end (every directory was listed).
+        cancelled: any cancellation reached the copy (deadline, interrupt, fatal error).
+        fatal: a fatal error that stopped the copy (e.g. the connection was lost), or ``None``.
+        required: entries that needed work (copy, create, mkdir, symlink, preserve).
+        done: entries whose work finished and was verified (including resume's unchanged files).
+        failures: entries that failed.
+    """
+
+    rename_requested: bool
+    walk_complete: bool
+    cancelled: bool
+    fatal: str | None
+    required: int
+    done: int
+    failures: int
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether to rename, and in plain words why not."""
+
+    rename: bool
+    reason: str
+
+
+def decide(outcome: Outcome) -> Decision:
+    """Decide whether the source may be renamed (see the module docstring)."""
+    o = outcome
+    if o.cancelled:
+        return Decision(False, "the migration was cancelled before it finished")
+    if o.fatal is not None:
+        return Decision(False, f"the migration stopped: {o.fatal}")
+    if not o.walk_complete:
+        return Decision(False, "the source tree could not be walked to the end")
+    if o.failures:
+        n = o.failures
+        return Decision(False, f"{n} {'entry' if n == 1 else 'entries'} failed")
+    if o.done != o.required:
+        return Decision(False, f"only {o.done} of {o.required} entries were confirmed")
+    if not o.rename_requested:
+        return Decision(False, "rename not requested")
+    return Decision(True, "every entry was copied and verified")

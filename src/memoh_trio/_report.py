@@ -1,0 +1,81 @@
+"""The result of one migration, as a plain dataclass with a stable JSON form."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+#: ``migrated``: copied and renamed (or copied with ``rename=False``);
+#: ``already-migrated`` / ``nothing-to-do``: no work was needed (seed semantics);
+#: ``dry-run``: walked and classified only; ``incomplete``: some entries failed or the copy was
+#: stopped, the source is kept as it was.
+Status = Literal["migrated", "already-migrated", "nothing-to-do", "dry-run", "incomplete"]
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An entry deliberately not copied (FIFO, socket, device), with the reason."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An entry that could not be copied, with the error in plain words."""
+
+    path: str
+    error: str
+
+
+@dataclass
+class MigrationReport:
+    """What one migration did.
+
+    Attributes:
+        source: the source directory on the host.
+        dest: the destination directory in the container ("" is the server's root).
+        status: see :data:`Status`.
+        renamed_to: the new name of the source when it was renamed, else ``None``.
+        files: regular files copied (empty files created included).
+        bytes: bytes copied.
+        dirs: empty directories created.
+        symlinks: symlinks recreated.
+        unchanged: files not resent because the destination already had them (same size + mtime).
+        skipped: entries deliberately not copied, with reasons.
+        failures: entries that failed, with the error.
+        error: why the source was not renamed, or a fatal error, in plain words (``None`` when
+            it was renamed).
+        seconds: wall time.
+    """
+
+    source: str
+    dest: str = ""
+    status: Status = "incomplete"
+    renamed_to: str | None = None
+    files: int = 0
+    bytes: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    unchanged: int = 0
+    skipped: list[Skipped] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        """True unless the migration is incomplete (the CLI's exit code 0 vs 1)."""
+        return self.status != "incomplete"
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``ok`` included)."""
+        d = asdict(self)
+        d["seconds"] = round(self.seconds, 3)
+        d["ok"] = self.ok
+        return d
+
+    def to_json(self, *, indent: int | None = None) -> str:
+        """The report as one JSON document."""
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)

@@ -1,0 +1,55 @@
+"""The rename decision: renamed iff the walk completed, nothing failed/was cancelled, all done."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from memoh_trio._finalize import Outcome, decide
+
+GOOD = Outcome(rename_requested=True, walk_complete=True, cancelled=False, fatal=None,
+               required=5, done=5, failures=0)
+
+
+def test_full_success_renames() -> None:
+    d = decide(GOOD)
+    assert d.rename
+    assert "every entry" in d.reason
+
+
+def test_each_condition_blocks_the_rename() -> None:
+    import dataclasses
+
+    for changes, words in [
+        ({"cancelled": True}, "cancelled"),
+        ({"fatal": "connection lost"}, "connection lost"),
+        ({"walk_complete": False}, "walked"),
+        ({"failures": 1}, "1 entry failed"),
+        ({"failures": 2}, "2 entries failed"),
+        ({"done": 4}, "4 of 5"),
+        ({"rename_requested": False}, "not requested"),
+    ]:
+        d = decide(dataclasses.replace(GOOD, **changes))  # type: ignore[arg-type]
+        assert not d.rename, changes
+        assert words in d.reason, (changes, d.reason)
+
+
+def test_empty_tree_renames() -> None:
+    import dataclasses
+
+    assert decide(dataclasses.replace(GOOD, required=0, done=0)).rename
+
+
+@given(
+    st.booleans(), st.booleans(), st.booleans(), st.none() | st.text(min_size=1),
+    st.integers(0, 5), st.integers(0, 5), st.integers(0, 3),
+)
+def test_decision_is_the_conjunction(requested: bool, walked: bool, cancelled: bool,
+                                     fatal: str | None, required: int, done: int,
+                                     failures: int) -> None:
+    o = Outcome(requested, walked, cancelled, fatal, required, done, failures)
+    expected = (requested and walked and not cancelled and fatal is None and failures == 0
+                and done == required)
+    d = decide(o)
+    assert d.rename == expected
+    assert d.reason

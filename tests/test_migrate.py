@@ -1,0 +1,587 @@
+"""The migrator against real servers: the trio server, and grpcio writing in place like the seed.
+
+Covers every classification row, resume, preserve, single flight, fatal connection loss,
+migrate_bot / migrate_all, and the guarantee as a hypothesis property:
+random tree, failure at a random chunk, cancellation at a random moment
+⇒ renamed ⇔ every file present and identical; never a partial file at a final path; no temporary
+file left; the source tree never modified.
+"""
+# ruff: noqa: ASYNC230, ASYNC240  (tests inspect small local trees synchronously, on purpose)
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from benchmarks.grpcio_peer import make_servicer, start_grpcio_server
+from memoh_trio import _migrate
+from memoh_trio._client import connect
+from memoh_trio._errors import ConfigError, MigrationBusy, SourceError, Unavailable
+from memoh_trio._lock import single_flight
+from memoh_trio._migrate import (
+    MIGRATED_SUFFIX,
+    PART_PREFIX,
+    list_bots,
+    migrate,
+    migrate_all,
+    migrate_bot,
+)
+from memoh_trio._pool import Pool
+from memoh_trio._progress import Progress
+from memoh_trio._server import ServerHooks, serve
+
+CHUNK = 4096  # small chunks: several per file, so faults land mid-file
+
+# --------------------------------------------------------------------------- helpers
+
+
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    """Everything the migrator must leave untouched in a source tree (and its dest comparison)."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            s = os.lstat(full)
+            if stat.S_ISREG(s.st_mode):
+                with open(full, "rb") as f:
+                    body: Any = f.read()
+            elif stat.S_ISLNK(s.st_mode):
+                body = os.readlink(full)
+            else:
+                body = None
+            out[rel] = (stat.S_IFMT(s.st_mode), stat.S_IMODE(s.st_mode), s.st_mtime_ns, body)
+    return out
+
+
+def content_view(snap: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]:
+    """Type + content only (what 'identical at the destination' means without preserve)."""
+    return {k: (v[0], v[3]) for k, v in snap.items() if v[0] in (stat.S_IFREG, stat.S_IFLNK)
+            or v[0] == stat.S_IFDIR}
+
+
+def temp_files(root: Path) -> list[str]:
+    return [
+        os.path.join(d, n) for d, dirs, files in os.walk(root) for n in files + dirs
+        if n.startswith((PART_PREFIX, ".memoh-tmp-"))
+    ]
+
+
+def write_tree(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+
+
+@dataclass
+class Target:
+    kind: str
+    root: Path
+    address: str
+    hooks: ServerHooks | None
+
+
+@pytest.fixture(params=["trio", "grpcio"])
+async def target(request: pytest.FixtureRequest, tmp_path: Path,
+                 nursery: trio.Nursery) -> AsyncIterator[Target]:
+    root = tmp_path / "container"
+    root.mkdir()
+    if request.param == "trio":
+        hooks = ServerHooks()
+        addr = await nursery.start(functools.partial(serve, root, hooks=hooks))
+        yield Target("trio", root, str(addr), hooks)
+        return
+    server, port = start_grpcio_server(root, max_workers=32)
+    try:
+        yield Target("grpcio", root, f"127.0.0.1:{port}", None)
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def src(tmp_path: Path) -> Path:
+    path = tmp_path / "data" / "bots" / "bot1"
+    path.mkdir(parents=True)
+    return path
+
+
+# --------------------------------------------------------------------------- classification
+
+
+async def test_every_classification_row(target: Target, src: Path) -> None:
+    write_tree(src, {"a/b/c.bin": os.urandom(3 * CHUNK + 17), "top.txt": b"hello",
+                     "a/other": b"x" * CHUNK})
+    (src / "empty.txt").touch()
+    (src / "a" / "emptydir").mkdir()
+    (src / "deep" / "er" / "empty").mkdir(parents=True)
+    (src / "rel-link").symlink_to("a/b/c.bin")
+    (src / "abs-link").symlink_to("/etc/passwd")
+    (src / "dangling").symlink_to("no/such/file")
+    (src / "dirlink").symlink_to("a")
+    os.mkfifo(src / "pipe")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    before = snapshot(src)
+
+    progress = Progress()
+    with trio.fail_after(20):  # a FIFO opened by mistake would hang here
+        async with connect(target.address, chunk_size=CHUNK) as client:
+            report = await migrate(src, client, progress=progress)
+    sock.close()
+
+    assert report.status == "migrated", report
+    assert report.renamed_to == str(src) + MIGRATED_SUFFIX
+    assert not src.exists()
+    moved = Path(report.renamed_to)
+    after = snapshot(moved)
+    assert after == before  # the source itself was never modified
+
+    dest = snapshot(target.root)
+    expected = {k: v for k, v in content_view(before).items() if k not in ("pipe", "sock")}
+    assert content_view(dest) == expected
+    assert os.readlink(target.root / "abs-link") == "/etc/passwd"  # never followed
+    assert (target.root / "empty.txt").stat().st_size == 0
+    assert (target.root / "deep" / "er" / "empty").is_dir()
+    assert {s.path for s in report.skipped} == {"pipe", "sock"}
+    assert all(s.reason for s in report.skipped)
+    assert (report.files, report.symlinks, report.dirs) == (4, 4, 2)
+    assert report.bytes == 3 * CHUNK + 17 + 5 + CHUNK
+    state = progress.state
+    assert state.finished and state.files_done == state.files_total == 4
+    assert state.bytes_done == state.bytes_total == report.bytes
+    assert temp_files(target.root) == []
+
+
+async def test_non_utf8_name_fails_and_blocks_rename(target: Target, src: Path) -> None:
+    write_tree(src, {"good.txt": b"good"})
+    with open(os.fsencode(str(src)) + b"/bad-\xff", "wb") as f:
+        f.write(b"data")
+    async with connect(target.address) as client:
+        report = await migrate(src, client)
+    assert report.status == "incomplete" and not report.ok
+    assert report.renamed_to is None and src.is_dir()
+    assert [f.path for f in report.failures] == ["bad-\\xff"]
+    assert "UTF-8" in report.failures[0].error
+    assert report.error is not None and "1 entry failed" in report.error
+    assert (target.root / "good.txt").read_bytes() == b"good"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+async def test_unreadable_entries_fail(target: Target, src: Path) -> None:
+    write_tree(src, {"ok": b"1", "locked/inner": b"2", "secret": b"3"})
+    (src / "locked").chmod(0)
+    (src / "secret").chmod(0)
+    try:
+        async with connect(target.address) as client:
+            report = await migrate(src, client)
+    finally:
+        (src / "locked").chmod(0o755)
+    assert report.status == "incomplete"
+    assert {f.path for f in report.failures} == {"locked", "secret"}
+    assert src.is_dir()
+
+
+async def test_server_write_failure_is_a_clear_per_file_error(target: Target, src: Path) -> None:
+    if target.hooks is None:
+        pytest.skip("fault hooks are a trio-server feature")
+    write_tree(src, {f"f{i}": os.urandom(2 * CHUNK) for i in range(4)})
+    target.hooks.fail_write_nth = 3
+    async with connect(target.address, chunk_size=CHUNK) as client:
+        report = await migrate(src, client)
+    assert report.status == "incomplete" and src.is_dir()
+    assert len(report.failures) == 1
+    assert "space" in report.failures[0].error.lower()
+    assert temp_files(target.root) == []
+    failed = target.root / report.failures[0].path
+    assert not failed.exists()  # never a partial file at the final path
+    # a rerun with the fault gone completes, resending only the failed file
+    writes_before = target.hooks.writes
+    async with connect(target.address, chunk_size=CHUNK) as client:
+        report2 = await migrate(src, client)
+    assert report2.status == "migrated"
+    assert report2.unchanged == 3 and report2.files == 1
+    assert target.hooks.writes - writes_before == 2  # one file of two chunks
+    assert content_view(snapshot(target.root)) == content_view(snapshot(Path(report2.renamed_to
+                                                                               or "")))
+
+
+async def test_file_growing_between_walk_and_copy_fails(target: Target, src: Path) -> None:
+    write_tree(src, {"grows": b"a" * CHUNK})
+    path = src / "grows"
+    progress = Progress()
+
+    async def grow_when_found() -> None:
+        await progress.value.wait_value(lambda s: s.files_total >= 1)
+        with path.open("ab") as f:
+            f.write(b"more")
+
+    async with connect(target.address, chunk_size=CHUNK) as client, trio.open_nursery() as n:
+        n.start_soon(grow_when_found)
+        report = await migrate(src, client, progress=progress)
+    if report.status == "migrated":  # the growth landed before the walk's lstat: copied whole
+        moved = Path(str(src) + MIGRATED_SUFFIX) / "grows"
+        assert (target.root / "grows").read_bytes() == moved.read_bytes()
+        return
+    assert "changed" in report.failures[0].error or "size" in report.failures[0].error
+    assert not (target.root / "grows").exists()
+    assert temp_files(target.root) == []
+
+
+# --------------------------------------------------------------------------- resume / preserve
+
+
+async def test_resume_skips_unchanged_files(target: Target, src: Path) -> None:
+    write_tree(src, {"a": b"1" * 100, "d/b": b"2" * 200, "c": b"3"})
+    async with connect(target.address) as client:
+        first = await migrate(src, client, rename=False)
+        assert first.status == "migrated" and first.renamed_to is None and src.is_dir()
+        assert first.files == 3
+        (src / "c").write_bytes(b"changed")  # size differs → resent
+        second = await migrate(src, client)
+    assert second.unchanged == 2 and second.files == 1
+    assert second.status == "migrated"
+    assert (target.root / "c").read_bytes() == b"changed"
+
+
+async def test_preserve_modes_and_mtimes(target: Target, src: Path) -> None:
+    write_tree(src, {"x/run.sh": b"#!/bin/sh\n", "x/private": b"p", "pub": b"q"})
+    (src / "emptyd").mkdir()
+    (src / "x" / "run.sh").chmod(0o751)
+    (src / "x" / "private").chmod(0o600)
+    (src / "emptyd").chmod(0o700)
+    for i, rel in enumerate(["x/run.sh", "x/private", "pub", "emptyd", "x"]):
+        os.utime(src / rel, ns=(1, 1_600_000_000_123_456_789 + i * 10**9))
+    before = snapshot(src)
+    async with connect(target.address) as client:
+        report = await migrate(src, client)
+    assert report.status == "migrated"
+    dest = snapshot(target.root)
+    for rel in ["x/run.sh", "x/private", "pub", "emptyd", "x"]:
+        assert dest[rel][1] == before[rel][1], rel  # permission bits
+        assert dest[rel][2] == before[rel][2], rel  # mtime, to the nanosecond
+
+
+async def test_preserve_with_shell_only(target: Target, src: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Containers without python3: chmod + touch per entry, batched in one shell script."""
+    monkeypatch.setattr(_migrate, "USE_PYTHON_META", False)
+    write_tree(src, {"d/-dash": b"1", "d/sp ace": b"2", "d/new\nline": b"3", "d/quo'te": b"4"})
+    for i, rel in enumerate(["d/-dash", "d/sp ace", "d/new\nline", "d/quo'te", "d"]):
+        (src / rel).chmod(0o640 if i % 2 else 0o755)
+        os.utime(src / rel, ns=(1, 1_500_000_000_000_000_007 + i * 10**9))
+    before = snapshot(src)
+    async with connect(target.address) as client:
+        report = await migrate(src, client)
+    assert report.status == "migrated", report.failures
+    dest = snapshot(target.root)
+    for rel, v in before.items():
+        assert dest[rel][1:3] == v[1:3], rel
+
+
+async def test_stalled_stream_fails_that_file(src: Path, tmp_path: Path,
+                                              nursery: trio.Nursery) -> None:
+    root = tmp_path / "c"
+    root.mkdir()
+    write_tree(src, {"big": os.urandom(64 * CHUNK)})
+    hooks = ServerHooks(stall_after_bytes=2 * CHUNK)
+    addr = await nursery.start(functools.partial(serve, root, hooks=hooks))
+    with trio.fail_after(15):
+        async with connect(str(addr), chunk_size=CHUNK) as client:
+            report = await migrate(src, client, stall_timeout=0.5)
+    assert report.status == "incomplete" and src.is_dir()
+    assert "no progress" in report.failures[0].error
+    assert hooks.stalls == 1
+    assert not (root / "big").exists()
+
+
+async def test_no_preserve_leaves_server_defaults(target: Target, src: Path) -> None:
+    write_tree(src, {"f": b"x"})
+    (src / "f").chmod(0o751)
+    os.utime(src / "f", ns=(1, 1_000_000_000))
+    async with connect(target.address) as client:
+        report = await migrate(src, client, preserve=False)
+    assert report.status == "migrated"
+    assert (target.root / "f").stat().st_mtime_ns != 1_000_000_000
+
+
+async def test_dest_subdirectory(target: Target, src: Path) -> None:
+    write_tree(src, {"a/b": b"x"})
+    (src / "e").mkdir()
+    async with connect(target.address) as client:
+        report = await migrate(src, client, dest="/data/bot1/", verify="sha256")
+    assert report.status == "migrated" and report.dest == "data/bot1"
+    assert (target.root / "data" / "bot1" / "a" / "b").read_bytes() == b"x"
+    assert (target.root / "data" / "bot1" / "e").is_dir()
+
+
+async def test_sha256_verify(target: Target, src: Path) -> None:
+    write_tree(src, {f"f{i}": os.urandom(i * 1000) for i in range(5)})
+    async with connect(target.address, chunk_size=CHUNK) as client:
+        report = await migrate(src, client, verify="sha256", concurrency=2)
+    assert report.status == "migrated" and report.files == 5
+
+
+async def test_dry_run_copies_nothing(target: Target, src: Path) -> None:
+    write_tree(src, {"a": b"1", "b/c": b"22"})
+    async with connect(target.address) as client:
+        report = await migrate(src, client, dry_run=True)
+    assert report.status == "dry-run" and report.ok
+    assert (report.files, report.bytes) == (2, 3)
+    assert list(target.root.iterdir()) == [] and src.is_dir()
+
+
+# --------------------------------------------------------------------------- errors, lock
+
+
+async def test_bad_source_and_options(target: Target, tmp_path: Path, src: Path) -> None:
+    async with connect(target.address) as client:
+        with pytest.raises(SourceError, match="does not exist"):
+            await migrate(tmp_path / "nope", client)
+        (tmp_path / "file").write_text("x")
+        with pytest.raises(SourceError, match="not a directory"):
+            await migrate(tmp_path / "file", client)
+        with pytest.raises(ConfigError, match="concurrency"):
+            await migrate(src, client, concurrency=0)
+        with pytest.raises(ConfigError, match="verify"):
+            await migrate(src, client, verify="md5")  # type: ignore[arg-type]
+    assert src.is_dir()
+
+
+async def test_single_flight(target: Target, src: Path) -> None:
+    write_tree(src, {"a": b"1"})
+    async with connect(target.address) as client:
+        async with single_flight(src):
+            with pytest.raises(MigrationBusy, match="another migration"):
+                await migrate(src, client)
+        # two runs at once with waiting: one migrates, the other finds it already done
+        reports = []
+
+        async def run() -> None:
+            reports.append(await migrate(src, client, lock_wait=math.inf))
+
+        async with trio.open_nursery() as n:
+            n.start_soon(run)
+            n.start_soon(run)
+    assert sorted(r.status for r in reports) == ["already-migrated", "migrated"]
+
+
+async def test_connection_loss_is_one_fatal_error(src: Path, tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    root.mkdir()
+    write_tree(src, {f"f{i:03}": os.urandom(8 * CHUNK) for i in range(40)})
+    hooks = ServerHooks(stall_after_bytes=6 * CHUNK)  # streams hang until the server dies
+    progress = Progress()
+    async with trio.open_nursery() as outer:
+        server_scope = trio.CancelScope()
+
+        async def run_server(task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            with server_scope:
+                await serve(root, hooks=hooks, task_status=task_status)
+
+        addr = await outer.start(run_server)
+
+        async def kill_server() -> None:
+            await progress.value.wait_value(lambda s: s.bytes_done >= 4 * CHUNK)
+            server_scope.cancel()
+
+        outer.start_soon(kill_server)
+        with trio.fail_after(15):
+            async with connect(str(addr), chunk_size=CHUNK) as client:
+                with pytest.raises(Unavailable, match="lost the connection"):
+                    await migrate(src, client, progress=progress, concurrency=4)
+    assert src.is_dir() and not Path(str(src) + MIGRATED_SUFFIX).exists()
+
+
+async def test_cancel_never_renames_and_cleans_up(target: Target, src: Path) -> None:
+    write_tree(src, {f"f{i:03}": os.urandom(16 * CHUNK) for i in range(30)})
+    progress = Progress()
+    async with connect(target.address, chunk_size=CHUNK) as client, trio.open_nursery() as n:
+        async def cancel_mid_copy() -> None:
+            await progress.value.wait_value(lambda s: s.bytes_done > 20 * CHUNK)
+            n.cancel_scope.cancel()
+
+        n.start_soon(cancel_mid_copy)
+        await migrate(src, client, progress=progress)
+        pytest.fail("migrate finished before the cancellation")  # pragma: no cover
+    assert src.is_dir()
+    assert temp_files(target.root) == []
+    for f in target.root.iterdir():  # never a partial file at a final path
+        assert f.read_bytes() == (src / f.name).read_bytes()
+
+
+# --------------------------------------------------------------------------- bots
+
+
+async def test_migrate_bot_seed_semantics(target: Target, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "bots" / "empty").mkdir(parents=True)
+    (data / "bots" / "done.migrated").mkdir()
+    (data / "bots" / "done").mkdir()
+    write_tree(data / "bots" / "b1", {"x": b"1"})
+    async with connect(target.address) as client:
+        assert (await migrate_bot("missing", data, client)).status == "nothing-to-do"
+        assert (await migrate_bot("empty", data, client)).status == "nothing-to-do"
+        assert (await migrate_bot("done", data, client)).status == "already-migrated"
+        first = await migrate_bot("b1", data, client)
+        assert first.status == "migrated"
+        again = await migrate_bot("b1", data, client)
+        assert again.status == "already-migrated" and again.ok
+        with pytest.raises(ConfigError):
+            await migrate_bot("../etc", data, client)
+    assert list_bots(data) == ["done", "empty"]
+
+
+@pytest.mark.parametrize("via", ["pool", "address-map"])
+@pytest.mark.parametrize("failure", ["bad-name", "unreachable"])
+async def test_migrate_all_one_failing_bot(target: Target, tmp_path: Path, via: str,
+                                           failure: str) -> None:
+    data = tmp_path / "data"
+    for bot in ("a", "b", "c"):
+        write_tree(data / "bots" / bot, {"f": bot.encode(), "sub/g": b"g"})
+    (data / "bots" / "z.migrated").mkdir()
+    addresses = {"a": target.address, "b": target.address, "c": target.address}
+    if failure == "unreachable":  # bot "b" lives in a container nobody listens on
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            addresses["b"] = f"127.0.0.1:{s.getsockname()[1]}"
+    else:  # bot "b" has an entry that cannot be copied
+        with open(os.fsencode(str(data / "bots" / "b")) + b"/\xff", "wb"):
+            pass
+    with trio.fail_after(20):
+        if via == "pool":
+            async with Pool(addresses, connect_timeout=2) as pool:
+                reports = await migrate_all(data, pool, bot_concurrency=2, file_concurrency=2)
+        else:
+            reports = await migrate_all(data, addresses, bot_concurrency=2)
+    by_bot = {Path(r.source).name: r for r in reports}
+    assert [Path(r.source).name for r in reports] == ["a", "b", "c"]
+    assert by_bot["a"].status == by_bot["c"].status == "migrated"
+    assert by_bot["b"].status == "incomplete" and by_bot["b"].error
+    assert not by_bot["b"].ok
+    assert (data / "bots" / "b").is_dir()
+    assert (data / "bots" / "a.migrated").is_dir() and (data / "bots" / "c.migrated").is_dir()
+    assert (target.root / "f").read_bytes() in (b"a", b"b", b"c")  # one shared container
+
+
+# --------------------------------------------------------------------------- the guarantee
+
+_names = st.sampled_from(["a", "b", "c", "d e", "-x", "ü", "n\nl"])
+_paths = st.lists(_names, min_size=1, max_size=3).map("/".join)
+_trees = st.dictionaries(_paths, st.integers(0, 6 * CHUNK), min_size=1, max_size=8)
+
+
+def _consistent(files: dict[str, int]) -> dict[str, int]:
+    """Drop paths that would need a file to also be a directory."""
+    out: dict[str, int] = {}
+    for path, size in sorted(files.items(), key=lambda kv: kv[0].count("/")):
+        parts = path.split("/")
+        if any("/".join(parts[:i]) in out for i in range(1, len(parts))):
+            continue
+        if any(p.startswith(path + "/") for p in out):
+            continue
+        out[path] = size
+    return out
+
+
+@dataclass
+class _Case:
+    files: dict[str, int]
+    fail_nth: int | None
+    cancel_after: float | None
+    concurrency: int
+
+
+async def _run_case(tmp: Path, case: _Case, kind: str) -> None:
+    src = tmp / "bots" / "b"
+    root = tmp / "container"
+    root.mkdir(parents=True)
+    write_tree(src, {p: os.urandom(n) for p, n in case.files.items()})
+    (src / "emptydir").mkdir(exist_ok=True)
+    before = snapshot(src)
+    renamed = Path(str(src) + MIGRATED_SUFFIX)
+    server: Any = None
+    scope = trio.CancelScope()
+    async with trio.open_nursery() as nursery:
+        if kind == "trio":
+            hooks = ServerHooks(fail_write_nth=case.fail_nth)
+            address = str(await nursery.start(functools.partial(serve, root, hooks=hooks)))
+        else:
+            server, port = start_grpcio_server(root, servicer=_failing_servicer(root,
+                                                                                case.fail_nth))
+            address = f"127.0.0.1:{port}"
+        try:
+            async with connect(address, chunk_size=CHUNK) as client:
+                with trio.move_on_after(case.cancel_after if case.cancel_after is not None
+                                        else math.inf) as scope:
+                    report = await migrate(src, client, concurrency=case.concurrency)
+                    assert report.ok == (report.renamed_to is not None)
+        finally:
+            if server is not None:
+                server.stop(grace=None)
+            nursery.cancel_scope.cancel()
+
+    after_src = renamed if renamed.exists() else src
+    assert renamed.exists() != src.exists()
+    assert snapshot(after_src) == before, "the source tree was modified"
+    dest = snapshot(root)
+    identical = all(
+        rel in dest and dest[rel][0] == v[0] and dest[rel][3] == v[3] for rel, v in before.items()
+    )
+    if scope.cancelled_caught:  # a cancellation that reached migrate() never renames
+        assert not renamed.exists(), case
+    else:  # migrate() returned: renamed iff everything is there
+        assert renamed.exists() == identical, (renamed.exists(), case)
+    for rel, v in dest.items():  # never a partial file at a final path
+        if v[0] == stat.S_IFREG:
+            assert rel in before and before[rel][3] == v[3], f"partial or foreign file {rel!r}"
+    assert temp_files(root) == []
+
+
+def _failing_servicer(root: Path, fail_nth: int | None) -> object:
+    """The grpcio in-place servicer, failing the Nth chunk after writing the earlier ones."""
+    servicer: Any = make_servicer(root)
+    if fail_nth is None:
+        return servicer
+    original = servicer.WriteRaw
+    counter = {"n": 0}
+
+    def counting(request_iterator: Iterator[Any]) -> Iterator[Any]:
+        for chunk in request_iterator:
+            counter["n"] += 1
+            if counter["n"] == fail_nth:
+                raise OSError(28, "injected: no space left on device")
+            yield chunk
+
+    def write_raw(request_iterator: Any, context: Any) -> Any:
+        return original(counting(request_iterator), context)
+
+    servicer.WriteRaw = write_raw
+    return servicer
+
+
+@pytest.mark.parametrize("kind", ["trio", "grpcio"])
+@settings(max_examples=25, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    files=_trees.map(_consistent),
+    fail_nth=st.none() | st.integers(1, 30),
+    cancel_after=st.none() | st.floats(0.0, 0.15),
+    concurrency=st.integers(1, 4),
+)
+def test_guarantee(tmp_path_factory: pytest.TempPathFactory, kind: str, files: dict[str, int],
+                   fail_nth: int | None, cancel_after: float | None, concurrency: int) -> None:
+    tmp = tmp_path_factory.mktemp("guarantee")
+    trio.run(_run_case, tmp, _Case(files, fail_nth, cancel_after, concurrency), kind)
