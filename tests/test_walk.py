@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from conftest import unprivileged
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -62,7 +63,7 @@ async def test_directories_come_before_their_contents(tmp_path: Path) -> None:
     assert order.index("d1") < order.index("d1/d2") < order.index("d1/d2/f")
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+@unprivileged
 async def test_unreadable_directory_is_an_error_entry(tmp_path: Path) -> None:
     locked = tmp_path / "locked"
     locked.mkdir()
