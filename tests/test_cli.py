@@ -42,6 +42,7 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
         (["migrate", "/x", "--target", "h:0"], "outside 1..65535"),
         (["migrate", "/x", "--target", "h:1", "--chunk-size", "lots"], "not a size"),
         (["migrate", "/x", "--target", "h:1", "--concurrency", "0"], "at least 1"),
+        (["migrate", "/x", "--target", "h:1", "--chunk-size", "10GiB"], "too large"),
         (["migrate", "/x", "--target", "h:1", "--verify", "md5"], "invalid choice"),
         (["migrate", "/x"], "--target"),
         (["migrate-all", "--data-root", "/x"], "--target-template"),

@@ -66,10 +66,17 @@ class _Interrupted(Exception):
 
 
 def _size_arg(text: str) -> int:
+    from ._client import MAX_CHUNK_SIZE
+
     try:
-        return parse_size(text)
+        size = parse_size(text)
     except errors.ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if size > MAX_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too large: chunks must stay at most {MAX_CHUNK_SIZE} bytes (below the "
+            "4 MiB message limit of grpcio and grpc-go servers)")
+    return size
 
 
 def _positive_int(text: str) -> int:
@@ -105,8 +112,8 @@ def _add_connection_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
     g.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
     g.add_argument("--tls-server-name", help="name to verify in the server certificate")
-    g.add_argument("--timeout", type=float, default=None,
-                   help="per-call timeout in seconds for unary calls (default: none)")
+    g.add_argument("--timeout", type=float, default=120.0,
+                   help="per-call timeout in seconds for unary calls (default: 120)")
 
 
 def _add_copy_options(p: argparse.ArgumentParser) -> None:
@@ -123,7 +130,8 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-rename", dest="rename", action="store_false",
                    help="copy but never rename the source to .migrated")
     g.add_argument("--stall-timeout", type=float, default=None,
-                   help="fail a file whose stream makes no progress for this many seconds")
+                   help="fail a file whose stream makes no progress for this many seconds "
+                   "(default: 60)")
     g.add_argument("--dry-run", action="store_true",
                    help="walk and classify the source, copy nothing, rename nothing")
     g.add_argument("--json", action="store_true", help="print one JSON report on stdout")
