@@ -1,0 +1,715 @@
+"""memoh-trio benchmarks: every contender side by side, in one run, on 127.0.0.1.
+
+    python benchmarks/run.py                      # all scenarios, 3 repetitions, medians
+    python benchmarks/run.py --smoke              # seconds: tiny trees, 1 repetition, temp dir
+    python benchmarks/run.py --scenarios a,b --repeat 5
+    python benchmarks/run.py --repeat-for d=1,e=1 # fewer repetitions for the big scenarios
+    python benchmarks/run.py --profile DIR        # cProfile memoh-trio's client and server
+
+Writes ``benchmarks/results/latest.md`` (tables and the targets of issue 5 as PASS/MISS) and
+``benchmarks/results/latest.png`` (throughput per scenario and contender); ``--smoke`` writes to a
+temporary directory unless ``--out`` says where.
+
+Every contender is a separate client process and, where there is one, a separate server process
+started fresh for each run on a fresh, empty root, so CPU seconds and peak RSS are measured for
+client and server apart (client: its own rusage over the timed region and ``wait4``'s peak RSS;
+server: ``/proc`` CPU time between "listening" and the client's exit, and ``VmHWM``). Each run's
+destination is checked against the source manifest (file count and bytes; full content in smoke
+runs), and a migrating contender must have renamed its source (renamed back for the next run).
+Repetitions interleave the contenders, and every ratio is taken between medians of this one run:
+the machine is shared and absolute figures move between runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import scenarios  # noqa: E402
+from benchmarks._measure import parse_result  # noqa: E402
+
+PY = sys.executable
+MiB = 1024 * 1024
+LISTEN_TIMEOUT = 30.0  # seconds for a server to print "listening on"
+RESULTS = REPO / "benchmarks" / "results"
+
+
+# ----------------------------------------------------------------------------------------------
+# Contenders
+
+
+@dataclass(frozen=True)
+class Contender:
+    key: str
+    label: str
+    server: str  # "memoh" | "grpcio" | "raw" | "none"
+    argv: Callable[[str, Path, Path], list[str]]  # (target, src, dest root) -> client command
+    migrates: bool  # renames its source to <src>.migrated on success
+    copy_subdir: str = ""  # where the copy lands under the destination root
+
+
+def _module(name: str, *extra: str) -> Callable[[str, Path, Path], list[str]]:
+    def argv(target: str, src: Path, dest: Path) -> list[str]:
+        return [PY, "-m", name, "--target", target, "--src", str(src), *extra]
+
+    return argv
+
+
+def _raw_argv(target: str, src: Path, dest: Path) -> list[str]:
+    return [PY, "-m", "benchmarks.raw_tcp", "send", "--target", target, "--src", str(src)]
+
+
+def _cp_argv(target: str, src: Path, dest: Path) -> list[str]:
+    return ["cp", "-r", str(src), str(dest / "copy")]
+
+
+CONTENDERS: tuple[Contender, ...] = (
+    Contender("memoh", "memoh-trio (defaults)", "memoh", _module("benchmarks.memoh_client"), True),
+    Contender("memoh@grpcio", "memoh-trio (defaults)", "grpcio",
+              _module("benchmarks.memoh_client"), True),
+    Contender("memoh-c1", "memoh-trio (concurrency 1)", "memoh",
+              _module("benchmarks.memoh_client", "--concurrency", "1"), True),
+    Contender("seed", "seed algorithm (grpcio client)", "grpcio",
+              _module("benchmarks.seed_grpcio"), True),
+    Contender("grpcio-fast", "grpcio fast (aio, 16 streams)", "grpcio",
+              _module("benchmarks.grpcio_fast"), True),
+    Contender("raw-tcp", "raw TCP socket copy", "raw", _raw_argv, False),
+    Contender("cp", "cp -r", "none", _cp_argv, False, copy_subdir="copy"),
+)
+SERVER_LABELS = {"memoh": "memoh-trio", "grpcio": "grpcio", "raw": "raw receiver", "none": "-"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a live process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+
+
+def _proc_peak_rss(pid: int) -> int:
+    """Peak resident set size in bytes (VmHWM) of a live process."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+class ServerProc:
+    """A server subprocess that has printed ``listening on HOST:PORT``."""
+
+    def __init__(self, argv: Sequence[str], log: IO[bytes]) -> None:
+        self.argv = list(argv)
+        self.proc = subprocess.Popen(
+            self.argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=log,
+            start_new_session=True,
+        )
+        self.log = log
+        self.target = self._await_listening()
+        self.cpu0 = _proc_cpu(self.proc.pid)
+        # Keep draining stdout so a chatty server never blocks on a full pipe.
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _await_listening(self) -> str:
+        assert self.proc.stdout is not None
+        found: list[str] = []
+
+        def reader() -> None:
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace").strip()
+                if "listening on " in line:
+                    found.append(line.rpartition("listening on ")[2].split()[0])
+                    return
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        t.join(LISTEN_TIMEOUT)
+        if not found:
+            self.stop()
+            raise RuntimeError(f"server did not start: {' '.join(self.argv)}\n{self.stderr()}")
+        return found[0]
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    def stderr(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-3000:]
+
+    def usage(self) -> tuple[float, int]:
+        """(CPU seconds since listening, peak RSS bytes)."""
+        return _proc_cpu(self.proc.pid) - self.cpu0, _proc_peak_rss(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@dataclass
+class ClientOutcome:
+    rc: int
+    wall: float
+    cpu: float  # whole process, from wait4
+    peak_rss: int
+    stdout: str
+    stderr: str
+
+
+def run_client(argv: Sequence[str], timeout: float) -> ClientOutcome:
+    """Run a client to completion, reaping it with ``wait4`` to get its own rusage."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(list(argv), cwd=REPO, env=_env(), stdout=out, stderr=err,
+                                start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(proc.pid, signal.SIGKILL))
+        timer.start()
+        # Peak RSS from /proc while it runs (wait4's ru_maxrss would include this harness's own
+        # RSS, inherited at fork); Python contenders also report their exact VmHWM themselves.
+        peak = [0]
+        done = threading.Event()
+
+        def poll() -> None:
+            while not done.wait(0.02):
+                with contextlib.suppress(OSError, ValueError):
+                    peak[0] = max(peak[0], _proc_peak_rss(proc.pid))
+
+        poller = threading.Thread(target=poll, daemon=True)
+        poller.start()
+        try:
+            _, status, ru = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+            done.set()
+            poller.join()
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return ClientOutcome(
+            rc=proc.returncode, wall=wall, cpu=ru.ru_utime + ru.ru_stime,
+            peak_rss=peak[0], stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+        )
+
+
+class Servers:
+    """Starts the server for a contender on a fresh root; remembers how to start memoh-trio's."""
+
+    def __init__(self, profile_dir: Path | None = None) -> None:
+        self.memoh_launcher = "cli"  # falls back to benchmarks.servers while the CLI cannot serve
+        self.profile_dir = profile_dir
+        self.profiles = 0
+
+    def _argv(self, kind: str, root: Path) -> list[str]:
+        if kind == "memoh" and self.profile_dir is None and self.memoh_launcher == "cli":
+            return [PY, "-m", "memoh_trio", "serve", "--root", str(root),
+                    "--listen", "127.0.0.1:0"]
+        if kind == "memoh":
+            argv = [PY, "-m", "benchmarks.servers", "memoh", "--root", str(root)]
+            if self.profile_dir is not None:
+                self.profiles += 1
+                argv += ["--profile", str(self.profile_dir / f"server-{self.profiles}.prof")]
+            return argv
+        if kind == "grpcio":
+            return [PY, "-m", "benchmarks.servers", "grpcio", "--root", str(root)]
+        if kind == "raw":
+            return [PY, "-m", "benchmarks.raw_tcp", "serve", "--root", str(root)]
+        raise ValueError(kind)
+
+    def start(self, kind: str, root: Path, log: IO[bytes]) -> ServerProc:
+        try:
+            return ServerProc(self._argv(kind, root), log)
+        except RuntimeError:
+            if kind != "memoh" or self.memoh_launcher != "cli" or self.profile_dir is not None:
+                raise
+            self.memoh_launcher = "benchmarks.servers (memoh_trio._server.serve)"
+            log.seek(0)
+            log.truncate()
+            return ServerProc(self._argv(kind, root), log)
+
+
+# ----------------------------------------------------------------------------------------------
+# One run
+
+
+@dataclass
+class RunResult:
+    seconds: float
+    files: int
+    bytes: int
+    client_cpu: float
+    client_rss: int
+    server_cpu: float | None
+    server_rss: int | None
+
+
+@dataclass
+class Cell:
+    """All runs of one contender on one scenario."""
+
+    runs: list[RunResult] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def median(self, attr: str) -> float | None:
+        values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
+        return statistics.median(values) if values else None
+
+    def peak(self, attr: str) -> int | None:
+        values = [getattr(r, attr) for r in self.runs if getattr(r, attr) is not None]
+        return max(values) if values else None
+
+
+def _timeout(manifest: scenarios.Manifest) -> float:
+    # Generous: a stuck contender must end the run, a slow one must not.
+    return 120.0 + manifest.bytes / (4 * 1000 * 1000) + manifest.files * 0.05
+
+
+def _rmtree(path: Path) -> None:
+    if path.exists():
+        shutil.rmtree(path)
+
+
+def run_once(c: Contender, src: Path, manifest: scenarios.Manifest, work: Path,
+             servers: Servers, *, full_check: bool, extra: Sequence[str] = ()) -> RunResult:
+    dest = work / "dest"
+    _rmtree(dest)
+    dest.mkdir(parents=True)
+    server: ServerProc | None = None
+    with tempfile.TemporaryFile() as log:
+        try:
+            if c.server != "none":
+                server = servers.start(c.server, dest, log)
+            target = server.target if server is not None else ""
+            outcome = run_client([*c.argv(target, src, dest), *extra], _timeout(manifest))
+            server_cpu = server_rss = None
+            if server is not None:
+                if server.proc.poll() is not None:
+                    raise RuntimeError(f"server died (rc {server.proc.returncode}):\n"
+                                       f"{server.stderr()}")
+                server_cpu, server_rss = server.usage()
+        finally:
+            if server is not None:
+                server.stop()
+        migrated = src.with_name(src.name + ".migrated")
+        try:
+            if outcome.rc != 0:
+                raise RuntimeError(
+                    f"client exit {outcome.rc}:\n{outcome.stderr[-3000:]}\n"
+                    f"{outcome.stdout[-1500:]}"
+                    + (f"\nserver log:\n{server.stderr()}" if server is not None else "")
+                )
+            result = parse_result(outcome.stdout) or {}
+            if c.migrates and not (migrated.is_dir() and not src.exists()):
+                raise RuntimeError(f"source was not renamed to {migrated.name}: {result}")
+            copy = dest / c.copy_subdir if c.copy_subdir else dest
+            files, nbytes = scenarios.tree_totals(copy)
+            if (files, nbytes) != (manifest.files, manifest.bytes):
+                raise RuntimeError(
+                    f"destination has {files} files/{nbytes} B, the source "
+                    f"{manifest.files}/{manifest.bytes}")
+            if full_check:
+                bad = scenarios.same_content(migrated if c.migrates else src, copy)
+                if bad:
+                    raise RuntimeError(f"{len(bad)} files differ, e.g. {bad[:3]}")
+        finally:
+            scenarios.restore_source(src)
+            _rmtree(dest)
+    return RunResult(
+        seconds=float(result.get("seconds", outcome.wall)),
+        files=manifest.files, bytes=manifest.bytes,
+        client_cpu=float(result.get("cpu", outcome.cpu)),
+        client_rss=int(result.get("peak_rss") or outcome.peak_rss),
+        server_cpu=server_cpu, server_rss=server_rss,
+    )
+
+
+def _warm(src: Path) -> None:
+    """Read every source byte once so no contender pays for a cold page cache."""
+    buf = bytearray(MiB)
+    for dirpath, _, filenames in os.walk(src):
+        for name in filenames:
+            with open(os.path.join(dirpath, name), "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value / MiB:,.0f}"
+
+
+def throughput(cell: Cell) -> tuple[float, float] | None:
+    """(MB/s, files/s) from the median time."""
+    seconds = cell.median("seconds")
+    if not seconds or not cell.runs:
+        return None
+    r = cell.runs[0]
+    return r.bytes / seconds / 1e6, r.files / seconds
+
+
+@dataclass
+class Target:
+    name: str
+    measured: str
+    goal: str
+    passed: bool | None  # None: not measured in this run
+
+
+def evaluate_targets(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[Target]:
+    def seconds(s: str, c: str) -> float | None:
+        cell = cells.get(s, {}).get(c)
+        return cell.median("seconds") if cell is not None and cell.runs else None
+
+    def ratio(s: str, fast: str, slow: str) -> float | None:
+        a, b = seconds(s, fast), seconds(s, slow)
+        return b / a if a and b else None  # speed ratio = inverse time ratio, same bytes
+
+    out: list[Target] = []
+
+    def add(name: str, value: float | None, goal: float, unit: str = "x",
+            at_most: bool = False) -> None:
+        if value is None:
+            out.append(Target(name, "not measured", f"{'<=' if at_most else '>='} {goal}{unit}",
+                              None))
+            return
+        ok = value <= goal if at_most else value >= goal
+        shown = f"{value:,.2f}{unit}" if unit == "x" else f"{value:,.0f} {unit}"
+        goal_s = f"{goal}{unit}" if unit == "x" else f"{goal:,.0f} {unit}"
+        out.append(Target(name, shown, f"{'<=' if at_most else '>='} {goal_s}", ok))
+
+    add("(a) small files: memoh-trio / seed algorithm, both on the grpcio server",
+        ratio("a", "memoh@grpcio", "seed"), 3.0)
+    add("(b) large files: memoh-trio / seed algorithm, both on the grpcio server",
+        ratio("b", "memoh@grpcio", "seed"), 1.0)
+    for s in ("a", "b", "c", "d", "e"):
+        if s in cells:
+            add(f"({s}) server: memoh-trio server / grpcio server, memoh-trio client",
+                ratio(s, "memoh", "memoh@grpcio"), 1.0)
+    e = cells.get("e", {}).get("memoh")
+    size = "8 MiB (smoke)" if smoke else "4 GiB"
+    for side in ("client", "server"):
+        rss = e.peak(f"{side}_rss") if e is not None else None
+        add(f"(e) memory: memoh-trio {side} peak RSS, {size}",
+            rss / MiB if rss else None, 100, "MiB", at_most=True)
+
+    def per_file(s: str) -> float | None:
+        cell = cells.get(s, {}).get("memoh")
+        t = seconds(s, "memoh")
+        return t / cell.runs[0].files if cell and cell.runs and t else None
+
+    pa, pd = per_file("a"), per_file("d")
+    add("(d) scale: per-file time, (d) / (a), memoh-trio on its server",
+        pd / pa if pa and pd else None, 1.2, at_most=True)
+    return out
+
+
+def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scenarios.Manifest],
+                    repeats: dict[str, int], contenders: Sequence[Contender], smoke: bool,
+                    command: str, launcher: str, started: datetime.datetime,
+                    elapsed: float) -> str:
+    lines: list[str] = []
+    w = lines.append
+    w("# memoh-trio benchmarks" + (" (smoke run: tiny trees, not a measurement)" if smoke else ""))
+    w("")
+    w(f"- When: {started:%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min; "
+      f"command: `{command}`")
+    w(f"- Where: 127.0.0.1, both ends on this machine: {os.cpu_count()} cores "
+      f"({platform.machine()}), Linux {platform.release()}, Python {platform.python_version()}; "
+      f"{_versions()}")
+    w(f"- memoh-trio server started with: {launcher}")
+    w("- Each cell: median of the runs (peak RSS: the largest); MB = 10^6 bytes. Time is the "
+      "client's connect + copy + final rename (interpreter start excluded), CPU seconds over the "
+      "same region; server CPU from 'listening' to the client's exit. Contenders are "
+      "interleaved within each repetition; every destination was checked against the source "
+      "(count and bytes" + ("; full content" if smoke else "") + ").")
+    w("- 'vs seed' = throughput relative to the seed algorithm on the grpcio server, same run.")
+    w("")
+    for key in cells:
+        m = manifests[key]
+        w(f"## ({key}) {scenarios.title(key, smoke)}: {m.files:,} files, "
+          f"{m.bytes / 1e6:,.1f} MB, {repeats[key]} run{'s' if repeats[key] != 1 else ''}")
+        w("")
+        w("| contender | server | MB/s | files/s | seconds | vs seed | client CPU s | "
+          "server CPU s | client peak RSS MiB | server peak RSS MiB |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        seed = cells[key].get("seed")
+        seed_t = seed.median("seconds") if seed and seed.runs else None
+        for c in contenders:
+            cell = cells[key].get(c.key)
+            if cell is None:
+                continue
+            tp = throughput(cell)
+            if tp is None:
+                err = cell.errors[0].splitlines()[0] if cell.errors else "no runs"
+                status = err if err.startswith("skipped") else f"FAILED: {err[:120]}"
+                w(f"| {c.label} | {SERVER_LABELS[c.server]} | {status} | | | | | | | |")
+                continue
+            t = cell.median("seconds")
+            vs = f"{seed_t / t:.2f}x" if seed_t and t else "-"
+            note = f" ({len(cell.errors)} failed)" if cell.errors else ""
+            per_s = _fmt(tp[1], 0 if tp[1] >= 10 else 2)
+            w(f"| {c.label}{note} | {SERVER_LABELS[c.server]} | {_fmt(tp[0])} | {per_s} "
+              f"| {_fmt(t, 3)} | {vs} | {_fmt(cell.median('client_cpu'), 2)} "
+              f"| {_fmt(cell.median('server_cpu'), 2)} | {_mib(cell.peak('client_rss'))} "
+              f"| {_mib(cell.peak('server_rss'))} |")
+        w("")
+    w("## Targets (issue 5): ratios of medians within this run")
+    w("")
+    w("| target | measured | goal | result |")
+    w("|---|---:|---:|---|")
+    for target in evaluate_targets(cells, smoke):
+        verdict = "-" if target.passed is None else ("PASS" if target.passed else "MISS")
+        w(f"| {target.name} | {target.measured} | {target.goal} | {verdict} |")
+    w("")
+    failures = [(k, ck, e) for k, row in cells.items() for ck, cell in row.items()
+                for e in cell.errors if not e.startswith("skipped")]
+    if failures:
+        w("## Failed runs")
+        w("")
+        for k, ck, e in failures:
+            w(f"- ({k}) {ck}: " + e.replace("\n", " / ")[:600])
+        w("")
+    return "\n".join(lines)
+
+
+def _versions() -> str:
+    from importlib import metadata
+
+    parts = []
+    for name in ("grpcio", "grpclib", "h2", "trio", "memoh-trio"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            parts.append(f"{name} {metadata.version(name)}")
+    return ", ".join(parts)
+
+
+def render_chart(cells: dict[str, dict[str, Cell]], contenders: Sequence[Contender],
+                 smoke: bool, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(cells)
+    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 2.2 + 0.45 * len(contenders) * len(keys)),
+                             squeeze=False)
+    colors = {"memoh": "#1f77b4", "grpcio": "#ff7f0e", "raw": "#2ca02c", "none": "#7f7f7f"}
+    for ax, key in zip(axes[:, 0], keys, strict=True):
+        labels: list[str] = []
+        values: list[float] = []
+        bar_colors: list[str] = []
+        notes: list[str] = []
+        for c in contenders:
+            cell = cells[key].get(c.key)
+            if cell is None:
+                continue
+            tp = throughput(cell)
+            labels.append(f"{c.label} @ {SERVER_LABELS[c.server]}")
+            values.append(tp[0] if tp else 0.0)
+            bar_colors.append(colors[c.server])
+            skipped = bool(cell.errors) and cell.errors[0].startswith("skipped")
+            notes.append(f"{tp[0]:,.1f} MB/s, {tp[1]:,.{0 if tp[1] >= 10 else 2}f} files/s" if tp
+                         else ("skipped" if skipped else "failed"))
+        ypos = list(range(len(labels)))[::-1]
+        ax.barh(ypos, values, color=bar_colors)
+        ax.set_yticks(ypos, labels, fontsize=8)
+        for y, v, n in zip(ypos, values, notes, strict=True):
+            ax.text(v, y, " " + n, va="center", fontsize=7)
+        ax.set_xlim(0, max([*values, 1.0]) * 1.45)
+        ax.set_title(f"({key}) {scenarios.title(key, smoke)}", fontsize=10, loc="left")
+        ax.set_xlabel("MB/s (median)", fontsize=8)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.suptitle("memoh-trio benchmarks: throughput on 127.0.0.1"
+                 + (" (smoke)" if smoke else ""), fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # leave room for the suptitle
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Profiling
+
+
+def profile(keys: Sequence[str], smoke: bool, cache: Path, out: Path) -> None:
+    """Run memoh-trio's client and server under cProfile on each scenario; print the hot spots."""
+    import pstats
+
+    out.mkdir(parents=True, exist_ok=True)
+    servers = Servers(profile_dir=out)
+    contender = next(c for c in CONTENDERS if c.key == "memoh")
+    for key in keys:
+        src, manifest = scenarios.ensure(cache, key, smoke)
+        _warm(src)
+        client_prof = out / f"client-{key}.prof"
+        with tempfile.TemporaryDirectory(dir=cache) as work:
+            r = run_once(contender, src, manifest, Path(work), servers, full_check=False,
+                         extra=["--profile", str(client_prof)])
+        server_prof = out / f"server-{servers.profiles}.prof"
+        server_prof.rename(out / f"server-{key}.prof")
+        print(f"\n=== ({key}) {scenarios.title(key, smoke)}: {r.seconds:.3f} s under cProfile, "
+              f"client CPU {r.client_cpu:.2f} s, server CPU {r.server_cpu or 0:.2f} s")
+        for side in ("client", "server"):
+            prof = out / f"{side}-{key}.prof"
+            print(f"--- {side}: top functions by own time ({prof})")
+            pstats.Stats(str(prof)).sort_stats("tottime").print_stats(25)
+
+
+# ----------------------------------------------------------------------------------------------
+# Main
+
+
+def _parse_repeat_for(text: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for part in filter(None, text.split(",")):
+        key, _, n = part.partition("=")
+        out[key.strip()] = int(n)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny trees, 1 repetition, results in a temporary directory")
+    ap.add_argument("--scenarios", default=",".join(scenarios.SCENARIOS),
+                    help="comma-separated scenario keys (default: all of a,b,c,d,e)")
+    ap.add_argument("--contenders", default=",".join(c.key for c in CONTENDERS),
+                    help="comma-separated contender keys (default: all)")
+    ap.add_argument("--repeat", type=int, default=None, help="runs per cell (default 3; smoke 1)")
+    ap.add_argument("--repeat-for", type=_parse_repeat_for, default={},
+                    help="per-scenario repetitions, e.g. d=1,e=1")
+    ap.add_argument("--skip", default="",
+                    help="cells to leave out, e.g. d:memoh-c1,e:memoh-c1 (shown as skipped)")
+    ap.add_argument("--out", type=Path, help="directory for latest.md and latest.png")
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path(os.environ.get("MEMOH_BENCH_CACHE",
+                                                Path.home() / ".cache" / "memoh-trio-bench")),
+                    help="where generated trees are kept between runs")
+    ap.add_argument("--profile", type=Path, metavar="DIR",
+                    help="instead of benchmarking, cProfile memoh-trio's client and server")
+    args = ap.parse_args(argv)
+
+    keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in scenarios.SCENARIOS]
+    wanted = [k.strip() for k in args.contenders.split(",") if k.strip()]
+    bad = [k for k in wanted if k not in {c.key for c in CONTENDERS}]
+    if unknown or bad:
+        ap.error(f"unknown scenario(s) {unknown} or contender(s) {bad}")
+    contenders = [c for c in CONTENDERS if c.key in wanted]
+    cache: Path = args.cache_dir
+    cache.mkdir(parents=True, exist_ok=True)
+    if args.profile is not None:
+        profile(keys, args.smoke, cache, args.profile)
+        return 0
+
+    skip = {part.strip() for part in args.skip.split(",") if part.strip()}
+    repeat = args.repeat if args.repeat is not None else (1 if args.smoke else 3)
+    repeats = {k: args.repeat_for.get(k, repeat) for k in keys}
+    if args.out is not None:
+        out: Path = args.out
+    elif args.smoke:  # kept, so the table can be read afterwards
+        out = Path(tempfile.mkdtemp(prefix="memoh-trio-bench-smoke-"))
+    else:
+        out = RESULTS
+    out.mkdir(parents=True, exist_ok=True)
+
+    started = datetime.datetime.now(datetime.UTC)
+    t_start = time.perf_counter()
+    servers = Servers()
+    cells: dict[str, dict[str, Cell]] = {}
+    manifests: dict[str, scenarios.Manifest] = {}
+    failed = False
+    for key in keys:
+        t_gen = time.perf_counter()
+        src, manifest = scenarios.ensure(cache, key, args.smoke)
+        _warm(src)
+        manifests[key] = manifest
+        print(f"({key}) {scenarios.title(key, args.smoke)}: {manifest.files:,} files, "
+              f"{manifest.bytes / 1e6:,.1f} MB (ready in {time.perf_counter() - t_gen:.1f} s)",
+              flush=True)
+        row = cells.setdefault(key, {c.key: Cell() for c in contenders})
+        for c in contenders:
+            if f"{key}:{c.key}" in skip:
+                row[c.key].errors.append("skipped (--skip) to keep the run's time in budget")
+        with tempfile.TemporaryDirectory(prefix="work-", dir=cache) as work:
+            for rep in range(repeats[key]):
+                order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
+                for c in order:
+                    if f"{key}:{c.key}" in skip:
+                        continue
+                    try:
+                        r = run_once(c, src, manifest, Path(work), servers,
+                                     full_check=args.smoke)
+                    except Exception as exc:  # one broken contender must not hide the others
+                        failed = True
+                        row[c.key].errors.append(f"{type(exc).__name__}: {exc}")
+                        print(f"  {c.key:<13} run {rep + 1}: FAILED {exc}", flush=True)
+                        continue
+                    row[c.key].runs.append(r)
+                    print(f"  {c.key:<13} run {rep + 1}: {r.seconds:8.3f} s "
+                          f"{r.bytes / r.seconds / 1e6:9.1f} MB/s {r.files / r.seconds:9.0f} "
+                          f"files/s", flush=True)
+
+    command = " ".join(["python benchmarks/run.py",
+                        *(sys.argv[1:] if argv is None else argv)])
+    md = render_markdown(cells, manifests, repeats, contenders, args.smoke, command,
+                         servers.memoh_launcher if servers.memoh_launcher != "cli"
+                         else "`python -m memoh_trio serve --root DIR --listen 127.0.0.1:0`",
+                         started, time.perf_counter() - t_start)
+    (out / "latest.md").write_text(md + "\n")
+    render_chart(cells, contenders, args.smoke, out / "latest.png")
+    print(md)
+    print(f"\nwrote {out / 'latest.md'} and {out / 'latest.png'}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
