@@ -576,3 +576,46 @@ async def test_body_exception_is_not_wrapped(server: Server) -> None:
         async with connect(server.target):
             raise KeyError("from the body")
 
+
+
+async def test_write_raw_server_fails_midway_surfaces_its_status(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    """Regression: a server ending WriteRaw with an error while we still send (h2 then raised a
+    raw StreamClosedError on the next frame or on END_STREAM) surfaces the server's status.
+
+    Only memoh-trio's server has the fault hook, so this test is not parametrized over grpcio.
+    """
+    from memoh_trio._fs import ServerHooks
+    from memoh_trio._server import serve
+
+    root = tmp_path / "root"
+    root.mkdir()
+    src = tmp_path / "src"
+    src.mkdir()
+    hooks = ServerHooks(fail_errno=errno.ENOSPC)
+    addr = await nursery.start(functools.partial(serve, root, hooks=hooks))
+    async with connect(str(addr), chunk_size=64 * KiB) as c:
+        for size in (100, 70_000, 300_000):
+            path = src / f"s{size}"
+            path.write_bytes(os.urandom(size))
+            for i in range(30):
+                hooks.writes = 0
+                hooks.fail_write_nth = 1 + i % (size // (64 * KiB) + 1)
+                with pytest.raises(_errors.ResourceExhausted, match="injected fault"):
+                    await c.write_raw(f"f{size}-{i}", path, expected_size=size)
+        hooks.fail_write_nth = None
+        await c.write_raw("after.bin", b"ok")  # the connection survived every failure
+    assert sorted(p.name for p in root.iterdir()) == ["after.bin"]
+
+
+def test_map_error_never_leaks_h2_exceptions() -> None:
+    import h2.exceptions
+
+    from memoh_trio._bridge.client import map_error
+
+    closed = map_error(h2.exceptions.StreamClosedError(1), "WriteRaw", "t:1")
+    assert isinstance(closed, _errors.RPCError) and not isinstance(closed, _errors.Unavailable)
+    assert closed.method == "WriteRaw"
+    broken = map_error(h2.exceptions.ProtocolError("bad frame"), "Exec", "t:1")
+    assert isinstance(broken, _errors.Unavailable) and "bad frame" in str(broken)

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 import trio
+from conftest import unprivileged
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -41,6 +42,7 @@ from memoh_trio._migrate import (
 from memoh_trio._pool import Pool
 from memoh_trio._progress import Progress
 from memoh_trio._server import ServerHooks, serve
+from memoh_trio._tarbatch import TAR_PREFIX
 
 CHUNK = 4096  # small chunks: several per file, so faults land mid-file
 
@@ -75,7 +77,7 @@ def content_view(snap: dict[str, tuple[Any, ...]]) -> dict[str, tuple[Any, ...]]
 def temp_files(root: Path) -> list[str]:
     return [
         os.path.join(d, n) for d, dirs, files in os.walk(root) for n in files + dirs
-        if n.startswith((PART_PREFIX, ".memoh-tmp-"))
+        if n.startswith((PART_PREFIX, ".memoh-tmp-", TAR_PREFIX))
     ]
 
 
@@ -109,6 +111,16 @@ async def target(request: pytest.FixtureRequest, tmp_path: Path,
         yield Target("grpcio", root, f"127.0.0.1:{port}", None)
     finally:
         server.stop(grace=None)
+
+
+@pytest.fixture
+async def trio_target(tmp_path: Path, nursery: trio.Nursery) -> Target:
+    """memoh-trio's server only: it has the fault-injection hooks the grpcio peer lacks."""
+    root = tmp_path / "container"
+    root.mkdir()
+    hooks = ServerHooks()
+    addr = await nursery.start(functools.partial(serve, root, hooks=hooks))
+    return Target("trio", root, str(addr), hooks)
 
 
 @pytest.fixture
@@ -179,7 +191,7 @@ async def test_non_utf8_name_fails_and_blocks_rename(target: Target, src: Path) 
     assert (target.root / "good.txt").read_bytes() == b"good"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")
+@unprivileged
 async def test_unreadable_entries_fail(target: Target, src: Path) -> None:
     write_tree(src, {"ok": b"1", "locked/inner": b"2", "secret": b"3"})
     (src / "locked").chmod(0)
@@ -194,13 +206,15 @@ async def test_unreadable_entries_fail(target: Target, src: Path) -> None:
     assert src.is_dir()
 
 
-async def test_server_write_failure_is_a_clear_per_file_error(target: Target, src: Path) -> None:
-    if target.hooks is None:
-        pytest.skip("fault hooks are a trio-server feature")
+async def test_server_write_failure_is_a_clear_per_file_error(
+    trio_target: Target, src: Path
+) -> None:
+    target = trio_target
+    assert target.hooks is not None
     write_tree(src, {f"f{i}": os.urandom(2 * CHUNK) for i in range(4)})
     target.hooks.fail_write_nth = 3
     async with connect(target.address, chunk_size=CHUNK) as client:
-        report = await migrate(src, client)
+        report = await migrate(src, client, tar_batches=False)  # the fault is in WriteRaw
     assert report.status == "incomplete" and src.is_dir()
     assert len(report.failures) == 1
     assert "space" in report.failures[0].error.lower()
@@ -210,7 +224,7 @@ async def test_server_write_failure_is_a_clear_per_file_error(target: Target, sr
     # a rerun with the fault gone completes, resending only the failed file
     writes_before = target.hooks.writes
     async with connect(target.address, chunk_size=CHUNK) as client:
-        report2 = await migrate(src, client)
+        report2 = await migrate(src, client, tar_batches=False)
     assert report2.status == "migrated"
     assert report2.unchanged == 3 and report2.files == 1
     assert target.hooks.writes - writes_before == 2  # one file of two chunks
@@ -300,7 +314,7 @@ async def test_stalled_stream_fails_that_file(src: Path, tmp_path: Path,
     addr = await nursery.start(functools.partial(serve, root, hooks=hooks))
     with trio.fail_after(15):
         async with connect(str(addr), chunk_size=CHUNK) as client:
-            report = await migrate(src, client, stall_timeout=0.5)
+            report = await migrate(src, client, stall_timeout=0.5, tar_batches=False)
     assert report.status == "incomplete" and src.is_dir()
     assert "no progress" in report.failures[0].error
     assert hooks.stalls == 1
@@ -499,9 +513,27 @@ def _consistent(files: dict[str, int]) -> dict[str, int]:
 @dataclass
 class _Case:
     files: dict[str, int]
-    fail_nth: int | None
+    fail_nth: int | None  # the Nth WriteRaw chunk fails in the server (per-file path)
     cancel_after: float | None
     concurrency: int
+    tar: bool  # small files as tar batches through Exec
+    tar_cut: int | None  # a tar batch's stream is cut after this many bytes
+
+
+class _CutTarClient:
+    """A real client whose tar batches arrive cut short (what a dropped stream delivers)."""
+
+    def __init__(self, client: Any, cut: int | None) -> None:
+        self._client = client
+        self._cut = cut
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def exec(self, command: str, *, stdin: bytes = b"", **kwargs: Any) -> Any:
+        if self._cut is not None and stdin and "tar -x" in command:
+            stdin = stdin[:self._cut]
+        return await self._client.exec(command, stdin=stdin, **kwargs)
 
 
 async def _run_case(tmp: Path, case: _Case, kind: str) -> None:
@@ -526,7 +558,9 @@ async def _run_case(tmp: Path, case: _Case, kind: str) -> None:
             async with connect(address, chunk_size=CHUNK) as client:
                 with trio.move_on_after(case.cancel_after if case.cancel_after is not None
                                         else math.inf) as scope:
-                    report = await migrate(src, client, concurrency=case.concurrency)
+                    faulty: Any = _CutTarClient(client, case.tar_cut)
+                    report = await migrate(src, faulty,
+                                           concurrency=case.concurrency, tar_batches=case.tar)
                     assert report.ok == (report.renamed_to is not None)
         finally:
             if server is not None:
@@ -580,8 +614,67 @@ def _failing_servicer(root: Path, fail_nth: int | None) -> object:
     fail_nth=st.none() | st.integers(1, 30),
     cancel_after=st.none() | st.floats(0.0, 0.15),
     concurrency=st.integers(1, 4),
+    tar=st.booleans(),
+    tar_cut=st.none() | st.integers(0, 8 * 6 * CHUNK),
 )
 def test_guarantee(tmp_path_factory: pytest.TempPathFactory, kind: str, files: dict[str, int],
-                   fail_nth: int | None, cancel_after: float | None, concurrency: int) -> None:
+                   fail_nth: int | None, cancel_after: float | None, concurrency: int,
+                   tar: bool, tar_cut: int | None) -> None:
     tmp = tmp_path_factory.mktemp("guarantee")
-    trio.run(_run_case, tmp, _Case(files, fail_nth, cancel_after, concurrency), kind)
+    trio.run(_run_case, tmp, _Case(files, fail_nth, cancel_after, concurrency, tar, tar_cut),
+             kind)
+
+
+# --------------------------------------------------------------------------- tar batches
+
+
+async def test_small_files_go_through_tar_batches(target: Target, src: Path) -> None:
+    names = {"d/-dash": b"1", "d/sp ace": b"22", "d/new\nline": b"333", "q'u\"o$te": b"4",
+             "ü/x": os.urandom(5000), "big": os.urandom(300 * 1024), "e/empty": b""}
+    write_tree(src, names)
+    (src / "d" / "-dash").chmod(0o751)
+    os.utime(src / "d" / "sp ace", ns=(1, 1_600_000_000_123_456_789))
+    before = snapshot(src)
+    async with connect(target.address, chunk_size=64 * 1024) as client:
+        report = await migrate(src, client, verify="sha256")
+    assert report.status == "migrated", report.failures
+    assert report.files == len(names)
+    dest = snapshot(target.root)
+    for rel, v in before.items():
+        assert dest[rel][0] == v[0] and dest[rel][3] == v[3], rel
+        assert dest[rel][1:3] == v[1:3], rel  # modes and mtimes, through tar
+    assert temp_files(target.root) == []
+    if target.hooks is not None:  # only "big" (> 256 KiB) was streamed through WriteRaw
+        assert target.hooks.writes == 5
+
+
+async def test_container_without_exec_uses_write_raw(src: Path, tmp_path: Path) -> None:
+    import grpc
+
+    root = tmp_path / "c"
+    root.mkdir()
+    servicer: Any = make_servicer(root)
+
+    def no_exec(request_iterator: Any, context: Any) -> Any:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "exec is not available")
+
+    servicer.Exec = no_exec
+    server, port = start_grpcio_server(root, servicer=servicer)
+    try:
+        write_tree(src, {f"f{i}": os.urandom(100 * i + 1) for i in range(5)})
+        async with connect(f"127.0.0.1:{port}") as client:
+            report = await migrate(src, client, preserve=False)
+    finally:
+        server.stop(grace=None)
+    assert report.status == "migrated" and report.files == 5
+
+
+async def test_stale_staging_dirs_are_removed(target: Target, src: Path) -> None:
+    stale = target.root / (TAR_PREFIX + "dead") / "0"
+    stale.mkdir(parents=True)
+    (stale / "half").write_bytes(b"partial")
+    write_tree(src, {"a": b"1"})
+    async with connect(target.address) as client:
+        report = await migrate(src, client)
+    assert report.status == "migrated"
+    assert sorted(p.name for p in target.root.iterdir()) == ["a"]

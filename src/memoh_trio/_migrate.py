@@ -46,7 +46,7 @@ import stat
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
 
 import trio
 
@@ -73,6 +73,20 @@ from ._plan import (
 )
 from ._progress import Progress
 from ._report import Failure, MigrationReport, Skipped
+from ._tarbatch import (
+    MAX_MEMBER_SIZE,
+    TAR_FAILED_EXIT,
+    TAR_PREFIX,
+    Batcher,
+    Member,
+    extract_script,
+    layout,
+    move_script,
+    pack,
+    parse_failed_groups,
+    parse_listing,
+    probe_script,
+)
 from ._walk import walk
 
 if TYPE_CHECKING:
@@ -87,6 +101,11 @@ MIGRATED_SUFFIX = ".migrated"
 #: Prefix of the client-side temporary sibling a file is uploaded to before its Rename. Distinct
 #: from the server's own ``.memoh-tmp-`` so the two never collide.
 PART_PREFIX = ".memoh-part-"
+#: memoh-trio's server writes uploads to ``.memoh-tmp-*`` siblings; a server killed mid-stream
+#: (SIGKILL) leaves them behind, and the resume pass removes them like our own parts.
+SERVER_TEMP_PREFIX = ".memoh-tmp-"
+#: A stream with no progress for this long fails (the migration never hangs by default).
+DEFAULT_STALL_TIMEOUT = 60.0
 #: Walk entries buffered between the walk thread and the dispatcher.
 WALK_BUFFER = 1024
 #: Entries per batched Exec (symlinks, permissions and mtimes): keeps each script well below
@@ -103,6 +122,39 @@ USE_PYTHON_META = True
 FATAL_ERRORS: tuple[type[RPCError], ...] = (Unavailable, Unauthenticated)
 
 Verify = Literal["size", "sha256"]
+
+
+def control_timeout(stall_timeout: float) -> float:
+    """Deadline of one control call: ten stall timeouts, at least 10 s (pure)."""
+    return max(10.0 * stall_timeout, 10.0)
+
+
+class _Deadlined:
+    """A client whose calls, except ``write_raw``, fail as Unavailable past a deadline.
+
+    A connection that stalls (a dead peer behind a live TCP path) would otherwise hang a control
+    call forever; Unavailable is fatal to the run, which then stops promptly with one error.
+    """
+
+    def __init__(self, client: Client, seconds: float) -> None:
+        self._client = client
+        self._seconds = seconds
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name == "write_raw" or not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with trio.fail_after(self._seconds):
+                    return await attr(*args, **kwargs)
+            except trio.TooSlowError:
+                raise Unavailable(
+                    f"no answer from the container within {self._seconds:g} s",
+                    method=name) from None
+
+        return call
 
 
 class ClientSource(Protocol):
@@ -212,9 +264,14 @@ class _Run:
     def __init__(self, src: str, client: Client, *, dest: str, concurrency: int,
                  chunk_size: int | None, verify: Verify, preserve: bool, rename: bool,
                  dry_run: bool, resume: bool, progress: Progress,
-                 stall_timeout: float | None) -> None:
+                 stall_timeout: float | None, tar_batches: bool = True) -> None:
         self.src = src
-        self.client = client
+        # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
+        # the stall timeout; WriteRaw has its own progress-based stall detection.
+        self.client: Client = (
+            client if stall_timeout is None
+            else cast("Client", _Deadlined(client, control_timeout(stall_timeout)))
+        )
         self.dest = dest
         self.concurrency = concurrency
         self.chunk_size = chunk_size
@@ -237,6 +294,9 @@ class _Run:
         self.pending_meta: list[Action] = []  # files (and links' nothing): mode + mtime
         self.dir_meta: list[Action] = []  # directories: applied last, deepest first
         self.has_python: bool | None = None
+        self.tar_batches = tar_batches
+        self.tar_ok = False  # probed once per run (see _probe_tar)
+        self.batcher: Batcher[Action] = Batcher()
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -260,6 +320,8 @@ class _Run:
                     await self.client.mkdir(self.dest)
                 if self.resume:
                     await self._load_existing()
+                if self.tar_batches:
+                    self.tar_ok = await self._probe_tar()
             await self._copy_all()
             if not self.dry_run and self.fatal is None:
                 await self._finish_dirs()
@@ -336,16 +398,20 @@ class _Run:
         except RPCError:  # missing destination, or a listing too big for one message: no resume
             return
         stale: list[str] = []
+        staging: set[str] = set()
         for e in entries:
             rel = e.path.lstrip("/")
-            if posixpath.basename(rel).startswith(PART_PREFIX):
+            top = rel.split("/", 1)[0]
+            if top.startswith(TAR_PREFIX):  # staging dir of an interrupted tar batch
+                staging.add(top)
+            elif posixpath.basename(rel).startswith((PART_PREFIX, SERVER_TEMP_PREFIX)):
                 stale.append(rel)
             elif not e.is_dir:
                 self.existing[rel] = e
-        for rel in stale:
+        for rel in stale + sorted(staging):
             with trio.move_on_after(CLEANUP_TIMEOUT):
                 with contextlib.suppress(MemohError):
-                    await self.client.delete_file(_join(self.dest, rel))
+                    await self.client.delete_file(_join(self.dest, rel), recursive=rel in staging)
 
     def _unchanged(self, action: Action) -> bool:
         e = self.existing.get(action.rel)
@@ -362,6 +428,8 @@ class _Run:
                     await self._dispatch(classify(entry), nursery)
             if not self.dry_run:
                 self._flush_links(nursery, force=True)
+                if len(self.batcher):
+                    await self._start_tar(self.batcher.take(), nursery)
         if nursery.cancel_scope.cancelled_caught:
             self.cancelled = self.fatal is None
         if self.pending_meta and self.fatal is None:  # files finished after the last batch
@@ -408,6 +476,11 @@ class _Run:
             if self.preserve:
                 self._queue_meta(action, nursery)
             return
+        if kind is Kind.COPY and self.tar_ok and action.size <= MAX_MEMBER_SIZE:
+            full = self.batcher.add(action, action.size, action.rel)
+            if full:
+                await self._start_tar(full, nursery)
+            return
         token = object()
         await self.limiter.acquire_on_behalf_of(token)
         nursery.start_soon(self._entry_task, action, token, nursery)
@@ -429,14 +502,7 @@ class _Run:
                 self.report.dirs += 1
                 self.done += 1
             else:
-                ok = await self._copy_file(action)
-                if ok:
-                    self.done += 1
-                    self.report.files += 1
-                    self.report.bytes += action.size
-                    self.progress.file_done()
-                    if self.preserve:
-                        self._queue_meta(action, nursery)
+                await self._copy_one(action, nursery)
         except FATAL_ERRORS as exc:
             self._fatal(exc, nursery)
         except (MemohError, OSError) as exc:
@@ -445,6 +511,129 @@ class _Run:
             self._fail(action, f"unexpected error: {type(exc).__name__}: {exc}")
         finally:
             self.limiter.release_on_behalf_of(token)
+
+    async def _copy_one(self, action: Action, nursery: trio.Nursery) -> None:
+        """Copy one file through WriteRaw and count it (failures are recorded or raised)."""
+        if await self._copy_file(action):
+            self._copied(action)
+            if self.preserve:
+                self._queue_meta(action, nursery)
+
+    def _copied(self, action: Action) -> None:
+        self.done += 1
+        self.report.files += 1
+        self.report.bytes += action.size
+        self.progress.file_done()
+
+    # ------------------------------------------------------------------ tar batches
+
+    async def _probe_tar(self) -> bool:
+        """Whether the container can take tar batches (Exec, tar and friends): one Exec."""
+        try:
+            res = await self.client.exec(probe_script(self.verify), work_dir=self.dest,
+                                         timeout_seconds=30)
+        except FATAL_ERRORS:
+            raise
+        except (MemohError, OSError):  # no Exec (UNIMPLEMENTED), or no shell
+            return False
+        return res.exit_code == 0
+
+    async def _start_tar(self, batch: list[Action], nursery: trio.Nursery) -> None:
+        token = object()
+        await self.limiter.acquire_on_behalf_of(token)
+        nursery.start_soon(self._tar_task, batch, token, nursery)
+
+    async def _tar_task(self, batch: list[Action], token: object,
+                        nursery: trio.Nursery) -> None:
+        pending = list(batch)  # not yet copied nor failed
+        try:
+            members, changed = await trio.to_thread.run_sync(_read_members, batch)
+            # A file that changed while read goes the per-file way (which fails it if it
+            # keeps changing, or copies the new contents).
+            for action in changed:
+                pending.remove(action)
+                try:
+                    await self._copy_one(action, nursery)
+                except FATAL_ERRORS:
+                    raise
+                except (MemohError, OSError) as exc:
+                    self._fail(action, _plain(exc))
+            if members:
+                await self._send_tar(members, pending, nursery)
+        except FATAL_ERRORS as exc:
+            self._fatal(exc, nursery)
+        except (MemohError, OSError) as exc:
+            for action in pending:
+                self._fail(action, _plain(exc))
+        except Exception as exc:  # a bug below us fails these entries, not the whole run
+            for action in pending:
+                self._fail(action, f"unexpected error: {type(exc).__name__}: {exc}")
+        finally:
+            self.limiter.release_on_behalf_of(token)
+
+    async def _send_tar(self, members: list[tuple[Action, bytes, str | None]],
+                        pending: list[Action], nursery: trio.Nursery) -> None:
+        """Unpack one batch into a staging dir, verify, move the good files into place.
+
+        ``pending`` shrinks as members are settled, so the caller can fail the rest.
+        """
+        actions = [a for a, _, _ in members]
+        lay = layout([a.rel for a in actions])
+        payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
+                       preserve=self.preserve)
+        staging = TAR_PREFIX + secrets.token_hex(8)
+        nbytes = sum(a.size for a in actions)
+        placed = False
+        try:
+            res = await self.client.exec(extract_script(staging, lay, self.verify,
+                                                        preserve=self.preserve),
+                                         work_dir=self.dest, timeout_seconds=EXEC_TIMEOUT,
+                                         stdin=payload)
+            if res.exit_code != 0:
+                why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
+                what = ("cannot unpack the batch in the container"
+                        if res.exit_code == TAR_FAILED_EXIT else "the container's shell failed")
+                raise _BatchFailed(f"{what}: {why}")
+            self.progress.sent(nbytes)
+            listing = parse_listing(res.stdout, lay.staged, self.verify)
+            good: list[int] = []
+            for i, (action, data, digest) in enumerate(members):
+                want: int | str | None = len(data) if self.verify == "size" else digest
+                got = listing.get(i)
+                if got == want:
+                    good.append(i)
+                    continue
+                pending.remove(action)
+                self.progress.unsent(action.size)
+                if got is None:
+                    self._fail(action, "the file is missing from the unpacked batch")
+                else:
+                    self._fail(action, f"verification failed in the container: expected "
+                                       f"{want}, found {got}")
+            res = await self.client.exec(move_script(staging, lay, good), work_dir=self.dest,
+                                         timeout_seconds=EXEC_TIMEOUT)
+            placed = True  # the script removed the staging directory
+            failed_groups = parse_failed_groups(res.stdout)
+            for i in good:
+                action = actions[i]
+                pending.remove(action)
+                g = int(lay.staged[i].split("/", 1)[0])
+                if g in failed_groups:
+                    self.progress.unsent(action.size)
+                    self._fail(action, f"cannot move the file into place: {failed_groups[g]}")
+                elif res.exit_code != 0:
+                    self.progress.unsent(action.size)
+                    self._fail(action, f"the container's shell failed: exit {res.exit_code}")
+                else:
+                    self._copied(action)
+        except _BatchFailed as exc:
+            self.progress.unsent(nbytes)
+            for action in pending:
+                self._fail(action, str(exc))
+            pending.clear()
+        finally:
+            if not placed:
+                await self._discard(staging, recursive=True)
 
     async def _copy_file(self, action: Action) -> bool:
         """Copy one regular file through a temporary sibling; False if it failed (recorded)."""
@@ -490,12 +679,13 @@ class _Run:
                 self.progress.unsent(sent)
                 await self._discard(part)
 
-    async def _discard(self, part: str) -> None:
-        """Delete a temporary file, best effort, even when cancelled."""
+    async def _discard(self, part: str, *, recursive: bool = False) -> None:
+        """Delete a temporary file (or staging dir), best effort, even when cancelled."""
         timeout = 1.0 if self.fatal is not None else CLEANUP_TIMEOUT
         with trio.CancelScope(shield=True), trio.move_on_after(timeout), \
                 contextlib.suppress(MemohError, OSError):
-            await self.client.delete_file(part)
+            await self.client.delete_file(_join(self.dest, part) if recursive else part,
+                                          recursive=recursive)
 
     async def _verify_sha256(self, path: str, local: str | None) -> str | None:
         if local is None:
@@ -661,6 +851,33 @@ class _Run:
         return await self._exec_batch("", len(batch), stdin=records, command=_PY_META)
 
 
+class _BatchFailed(Exception):
+    """A whole tar batch failed in the container (its files are failed with this message)."""
+
+
+def _read_members(batch: Sequence[Action],
+                  ) -> tuple[list[tuple[Action, bytes, str | None]], list[Action]]:
+    """Worker thread: read each file of a batch whole, with its SHA-256.
+
+    Returns ``(members, changed)``: ``(action, data, sha256)`` for files read exactly as the walk
+    saw them, and the actions of files that changed (or vanished) in between.
+    """
+    members: list[tuple[Action, bytes, str | None]] = []
+    changed: list[Action] = []
+    for action in batch:
+        try:
+            with open(action.host_path, "rb") as f:
+                data = f.read(action.size + 1)
+        except OSError:
+            changed.append(action)  # the per-file path reports the error in its words
+            continue
+        if len(data) != action.size or _source_unchanged(action) is not None:
+            changed.append(action)
+            continue
+        members.append((action, data, hashlib.sha256(data).hexdigest()))
+    return members, changed
+
+
 #: Applies "MODE MTIME_NS PATH\0" records from stdin; prints "F index reason" per failure.
 _PY_META = "python3 -c " + shlex.quote(
     "import os,sys\n"
@@ -691,8 +908,9 @@ async def migrate(
     dry_run: bool = False,
     resume: bool = True,
     progress: Progress | None = None,
-    stall_timeout: float | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     lock_wait: float = 0.0,
+    tar_batches: bool = True,
 ) -> MigrationReport:
     """Copy the tree under ``src`` into the container and, on full success, rename ``src``.
 
@@ -709,8 +927,12 @@ async def migrate(
         dry_run: walk and classify only; copy and rename nothing.
         resume: skip files already at the destination with the same size and mtime.
         progress: updated as the copy goes (see :class:`memoh_trio.Progress`).
-        stall_timeout: fail a file whose stream makes no progress for this many seconds.
+        stall_timeout: fail a file whose stream makes no progress for this many seconds
+            (default 60 s; ``None`` waits forever).
         lock_wait: seconds to wait for another migration of ``src`` (0: fail at once).
+        tar_batches: send runs of small files as tar streams through Exec (see
+            :mod:`memoh_trio._tarbatch`) when the container has ``tar``; off: one WriteRaw +
+            Rename per file.
 
     Returns:
         The report; ``report.ok`` is false when some entries failed (the source is then kept).
@@ -731,7 +953,7 @@ async def migrate(
         run = _Run(path, client, dest=_norm_dest(dest), concurrency=concurrency,
                    chunk_size=chunk_size, verify=verify, preserve=preserve, rename=rename,
                    dry_run=dry_run, resume=resume, progress=progress,
-                   stall_timeout=stall_timeout)
+                   stall_timeout=stall_timeout, tar_batches=tar_batches)
         return await run.run()
 
 

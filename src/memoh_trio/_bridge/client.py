@@ -31,6 +31,7 @@ import grpclib.config
 import grpclib.const
 import grpclib.exceptions
 import grpclib.protocol
+import h2.exceptions
 import h2.settings
 import trio
 import trio_asyncio
@@ -208,6 +209,18 @@ def map_error(exc: BaseException, method: str, target: str) -> BaseException:
         return _errors.Unavailable(f"connection to {target} broke: {exc}", method=method)
     if isinstance(exc, grpclib.exceptions.ProtocolError):
         return _errors.Unavailable(f"protocol error talking to {target}: {exc}", method=method)
+    if isinstance(exc, h2.exceptions.NoSuchStreamError):
+        # Stream-level: the server closed (or reset) this one call; the connection is fine.
+        return _errors.RPCError(f"the server closed the {method} stream early",
+                                status=_errors.Status.UNKNOWN, method=method)
+    if isinstance(exc, h2.exceptions.H2Error):  # connection-level HTTP/2 error: it is dead
+        return _errors.Unavailable(f"HTTP/2 protocol error talking to {target}: {exc}",
+                                   method=method)
+    if isinstance(exc, AttributeError) and "_transport" in str(exc):
+        # grpclib 0.4 (protocol.py, Connection.create_stream) reads ``self._transport`` after
+        # connection_lost() deleted it: the peer accepted and closed at once.
+        return _errors.Unavailable(f"connection to {target} was closed by the peer",
+                                   method=method)
     if isinstance(exc, TimeoutError):  # grpclib's deadline (before OSError: TimeoutError is one)
         return _errors.DeadlineExceeded("deadline exceeded", method=method)
     if isinstance(exc, (ConnectionError, OSError, EOFError)):
@@ -512,11 +525,28 @@ class BridgeChannel:
                     method, grpclib.const.Cardinality.STREAM_UNARY, pb.WriteRawChunk,
                     pb.WriteRawResponse, rpc_timeout,
                 ) as stream:
+
+                    async def send(msg: pb.WriteRawChunk | None, end: bool = False) -> bool:
+                        """Send (``None``: end the stream); False if the server closed it.
+
+                        A server that fails a WriteRaw (ENOSPC, NotFound...) answers with its
+                        status and closes the stream while we may still be sending: h2 then
+                        raises StreamClosedError on our next frame. The status is read below.
+                        """
+                        try:
+                            if msg is None:
+                                await stream.end()
+                            else:
+                                await stream.send_message(msg, end=end)
+                        except h2.exceptions.StreamClosedError:
+                            return False
+                        return True
+
                     failure: BaseException | None = None
-                    await stream.send_message(pb.WriteRawChunk(path=path, data=data))
-                    if on_sent is not None and data:
+                    open_ = await send(pb.WriteRawChunk(path=path, data=data))
+                    if open_ and on_sent is not None and data:
                         on_sent(len(data))
-                    while data:
+                    while open_ and data:
                         try:
                             data = await reader.next()
                             total += len(data)
@@ -528,17 +558,20 @@ class BridgeChannel:
                             failure = exc
                             break
                         if data:
-                            await stream.send_message(pb.WriteRawChunk(data=data))
-                            if on_sent is not None:
+                            open_ = await send(pb.WriteRawChunk(data=data))
+                            if open_ and on_sent is not None:
                                 on_sent(len(data))
                     if failure is not None:
-                        await stream.send_message(pb.WriteRawChunk(abort=True), end=True)
+                        await send(pb.WriteRawChunk(abort=True), end=True)
                         # The server answers ABORTED (or, if it ignores abort, OK): either way
                         # the caller learns about the source failure, not the status.
                         with contextlib.suppress(Exception):
                             await stream.recv_message()
                         raise failure
-                    await stream.end()
+                    if open_:
+                        await send(None)
+                    # Closed early or not, the server's reply or status tells what happened
+                    # (recv_message raises GRPCError for a non-OK status).
                     reply = await stream.recv_message()
             finally:
                 await reader.aclose()

@@ -1,0 +1,157 @@
+"""memoh_trio._tarbatch: batch planning, the archive, the scripts (run by a real /bin/sh + tar
+here, as the container would) and the parsing of their output."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memoh_trio._tarbatch import (
+    DEFAULT_MODE,
+    TAR_FAILED_EXIT,
+    Batcher,
+    Check,
+    Member,
+    extract_script,
+    layout,
+    move_script,
+    pack,
+    parse_failed_groups,
+    parse_listing,
+    probe_script,
+)
+
+_names = st.sampled_from(["a", "-x", "d e", "ü", "n\nl", "q'\"$`\\", "--", "*", ".h"])
+_rels = st.lists(_names, min_size=1, max_size=3).map("/".join)
+
+
+def _sh(script: str, cwd: Path, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["/bin/sh", "-c", script], cwd=cwd, input=stdin, capture_output=True,
+                          check=False)
+
+
+def test_batcher_bounds() -> None:
+    b: Batcher[int] = Batcher(max_bytes=10, max_files=3, max_path_bytes=100)
+    assert b.add(1, 4, "a") is None
+    assert b.add(2, 4, "b") is None
+    assert b.add(3, 4, "c") == [1, 2]  # 12 bytes would exceed 10
+    assert b.add(4, 1, "d") is None and b.add(5, 1, "e") is None
+    assert b.add(6, 1, "f") == [3, 4, 5]  # a fourth file would exceed 3
+    assert b.add(7, 50, "g") == [6]  # an oversized item still gets a batch of its own
+    assert b.take() == [7] and len(b) == 0
+    p: Batcher[str] = Batcher(max_path_bytes=4)
+    assert p.add("x", 0, "üü") is None and p.add("y", 0, "z") == ["x"]  # UTF-8 bytes count
+
+
+def test_layout_groups_by_directory() -> None:
+    lay = layout(["a/x", "b", "a/y", "a/b/z", "c"])
+    assert lay.dirs == ("a", "", "a/b")
+    assert lay.groups == ((0, 2), (1, 4), (3,))
+    assert lay.staged == ("0/x", "1/b", "0/y", "2/z", "1/c")
+    with pytest.raises(ValueError):
+        layout(["a/"])
+
+
+def test_pack_is_a_valid_archive_with_modes_and_mtimes() -> None:
+    members = [Member("d/f", b"hello", 0o751, 1_600_000_000_123_456_789),
+               Member("g", b"", 0o600, 1_500_000_000_000_000_000)]
+    lay = layout([m.rel for m in members])
+    with tarfile.open(fileobj=io.BytesIO(pack(members, lay))) as tf:
+        infos = {i.name: i for i in tf.getmembers()}
+        assert set(infos) == {"0", "1", "0/f", "1/g"}
+        f = infos["0/f"]
+        assert f.mode == 0o751 and f.size == 5 and f.uid == 0
+        assert f.pax_headers["mtime"] == "1600000000.123456789"
+        assert tf.extractfile(f).read() == b"hello"  # type: ignore[union-attr]
+        assert "mtime" not in infos["1/g"].pax_headers
+    with tarfile.open(fileobj=io.BytesIO(pack(members, lay, preserve=False))) as tf:
+        assert tf.getmember("0/f").mode == DEFAULT_MODE
+
+
+@settings(max_examples=30, deadline=None)
+@given(rels=st.lists(_rels, min_size=1, max_size=6, unique=True), sha=st.booleans(),
+       drop=st.integers(0, 10))
+def test_scripts_round_trip_through_sh_and_tar(tmp_path_factory: pytest.TempPathFactory,
+                                               rels: list[str], sha: bool, drop: int) -> None:
+    rels = [r for r in rels if not any(o.startswith(r + "/") for o in rels)]
+    dest = tmp_path_factory.mktemp("dest")
+    members = [Member(r, r.encode() * 3, 0o640, 1_700_000_000_000_000_042) for r in rels]
+    lay = layout(rels)
+    check: Check = "sha256" if sha else "size"
+    res = _sh(extract_script(".memoh-tar-t", lay, check), dest, pack(members, lay))
+    assert res.returncode == 0, res.stderr
+    listing = parse_listing(res.stdout, lay.staged, check)
+    want = {i: hashlib.sha256(m.data).hexdigest() if sha else len(m.data)
+            for i, m in enumerate(members)}
+    assert listing == want
+    good = [i for i in range(len(members)) if i != drop]  # one member left out of the move
+    res = _sh(move_script(".memoh-tar-t", lay, good), dest)
+    assert res.returncode == 0 and parse_failed_groups(res.stdout) == {}, res
+    assert not (dest / ".memoh-tar-t").exists()
+    for i, m in enumerate(members):
+        p = dest / m.rel
+        if i in good:
+            assert p.read_bytes() == m.data
+            assert p.stat().st_mode & 0o777 == 0o640
+            assert p.stat().st_mtime_ns == m.mtime_ns
+        else:
+            assert not p.exists()
+
+
+def test_cut_archive_never_reaches_a_final_path(tmp_path: Path) -> None:
+    members = [Member(f"f{i}", os.urandom(3000), 0o644, 0) for i in range(3)]
+    lay = layout([m.rel for m in members])
+    archive = pack(members, lay)
+    for cut in (0, 700, 2000, len(archive) // 2, len(archive) - 1100):
+        dest = tmp_path / str(cut)
+        dest.mkdir()
+        res = _sh(extract_script(".memoh-tar-t", lay, "size"), dest, archive[:cut])
+        listing = parse_listing(res.stdout, lay.staged, "size")
+        ok = res.returncode == 0 and all(listing.get(i) == 3000 for i in range(3))
+        assert not ok, cut
+        assert [p.name for p in dest.iterdir()] in ([], [".memoh-tar-t"])
+        if res.returncode == TAR_FAILED_EXIT:
+            assert not (dest / ".memoh-tar-t").exists()
+
+
+def test_parse_listing_skips_missing_and_unescapes() -> None:
+    staged = ["0/a", "0/n\nl", "1/b\\c", "1/zz"]
+    sizes = b"3 0/a\n7 1/b\\c\n"  # 0/n\nl missing, 1/zz missing
+    assert parse_listing(sizes, staged, "size") == {0: 3, 2: 7}
+    assert parse_listing(b"5 0/a\nl\n", ["0/a\nl"], "size") == {0: 5}
+    h = "ab" * 32
+    gnu = f"{h}  0/a\n\\{h}  0/n\\nl\n\\{h}  1/b\\\\c\n".encode()
+    assert parse_listing(gnu, staged, "sha256") == {0: h, 1: h, 2: h}
+    busybox = f"{h.upper()}  0/n\nl\n".encode()
+    assert parse_listing(busybox, staged[1:2], "sha256") == {0: h}
+    assert parse_listing(b"garbage\n", staged, "size") == {}
+
+
+def test_move_script_reports_failed_groups(tmp_path: Path) -> None:
+    lay = layout(["blocked/x", "ok"])
+    staging = tmp_path / ".memoh-tar-t"
+    (staging / "0").mkdir(parents=True)
+    (staging / "1").mkdir()
+    (staging / "0" / "x").write_bytes(b"1")
+    (staging / "1" / "ok").write_bytes(b"2")
+    (tmp_path / "blocked").write_bytes(b"a file where a directory is needed")
+    res = _sh(move_script(".memoh-tar-t", lay, [0, 1]), tmp_path)
+    failed = parse_failed_groups(res.stdout)
+    assert list(failed) == [0] and failed[0]
+    assert (tmp_path / "ok").read_bytes() == b"2"
+    assert not staging.exists()
+
+
+def test_probe_script(tmp_path: Path) -> None:
+    assert _sh(probe_script("sha256"), tmp_path).returncode == 0
+    env_less = subprocess.run(["/bin/sh", "-c", probe_script("size")], env={"PATH": "/nonexistent"},
+                              capture_output=True, check=False)
+    assert env_less.returncode != 0
