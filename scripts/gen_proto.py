@@ -11,8 +11,8 @@ that the output is reproducible). Nobody edits ``_proto/`` by hand: change the .
 from __future__ import annotations
 
 import argparse
-import os
 import filecmp
+import os
 import shutil
 import subprocess
 import sys

@@ -132,6 +132,9 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stall-timeout", type=float, default=None,
                    help="fail a file whose stream makes no progress for this many seconds "
                    "(default: 60)")
+    g.add_argument("--no-tar-batches", dest="tar_batches", action="store_false",
+                   help="send every file through its own WriteRaw stream, never through tar "
+                   "batches over Exec")
     g.add_argument("--dry-run", action="store_true",
                    help="walk and classify the source, copy nothing, rename nothing")
     g.add_argument("--json", action="store_true", help="print one JSON report on stdout")
@@ -205,6 +208,7 @@ def _migrate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "dest": args.dest, "verify": args.verify, "preserve": args.preserve,
         "rename": args.rename and not args.dry_run, "dry_run": args.dry_run,
+        "tar_batches": args.tar_batches,
     }
     if args.concurrency is not None:
         kwargs["concurrency"] = args.concurrency

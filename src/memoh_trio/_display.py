@@ -86,7 +86,8 @@ def print_reports(reports: Sequence[MigrationReport], out: TextIO) -> None:
     for r in reports:
         rate = r.bytes / r.seconds / 2**20 if r.seconds > 0 else 0.0
         table.add_row(
-            os.path.basename(r.source.rstrip("/")) or r.source, r.status, str(r.files), format_size(r.bytes), str(r.dirs), str(r.symlinks),
+            os.path.basename(r.source.rstrip("/")) or r.source, r.status, str(r.files),
+            format_size(r.bytes), str(r.dirs), str(r.symlinks),
             str(r.unchanged), str(len(r.skipped)), str(len(r.failures)), f"{r.seconds:.2f}",
             f"{rate:.1f}",
         )
