@@ -460,8 +460,9 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
     w = lines.append
     w("# memoh-trio benchmarks" + (" (smoke run: tiny trees, not a measurement)" if smoke else ""))
     w("")
-    w(f"- When: {started:%Y-%m-%d %H:%M} UTC, {elapsed / 60:.1f} min; "
-      f"command: `{command}`")
+    finished = started + datetime.timedelta(seconds=elapsed)
+    w(f"- When: started {started:%Y-%m-%d %H:%M} UTC, finished {finished:%H:%M} UTC "
+      f"({elapsed / 60:.1f} min); command: `{command}`")
     w(f"- Where: 127.0.0.1, both ends on this machine: {os.cpu_count()} cores "
       f"({platform.machine()}), Linux {platform.release()}, Python {platform.python_version()}; "
       f"{_versions()}")

@@ -270,7 +270,11 @@ async def test_resume_skips_unchanged_files(target: Target, src: Path) -> None:
     assert (target.root / "c").read_bytes() == b"changed"
 
 
-async def test_preserve_modes_and_mtimes(target: Target, src: Path) -> None:
+@pytest.mark.parametrize("shell_max", [0, _migrate.SHELL_META_MAX], ids=["python3", "shell"])
+async def test_preserve_modes_and_mtimes(target: Target, src: Path, shell_max: int,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small batches go through the shell, larger ones through one python3: same result."""
+    monkeypatch.setattr(_migrate, "SHELL_META_MAX", shell_max)
     write_tree(src, {"x/run.sh": b"#!/bin/sh\n", "x/private": b"p", "pub": b"q"})
     (src / "emptyd").mkdir()
     (src / "x" / "run.sh").chmod(0o751)

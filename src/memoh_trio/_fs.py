@@ -27,6 +27,7 @@ import os
 import secrets
 import shutil
 import stat as stat_mod
+import threading
 from collections.abc import Iterator
 from typing import Literal
 
@@ -460,6 +461,10 @@ class RawWriter:
 
     The parent directory stays open for the whole upload, so swapping a directory on the path
     for a symlink during the upload cannot redirect it.
+
+    :meth:`write` may run in a worker thread while the event loop receives the next chunk; a
+    lock makes :meth:`discard` (at cancellation or shutdown, on the loop thread) wait for a
+    write in progress instead of closing the descriptor under it.
     """
 
     def __init__(self, root_fd: int, path: str, *, hooks: ServerHooks | None = None,
@@ -489,14 +494,18 @@ class RawWriter:
             self._res.close()
             raise
         self._done = False
+        self._lock = threading.Lock()
 
-    def write(self, data: bytes) -> None:
-        if self._hooks is not None:
-            self._hooks.before_write(len(data))
-        try:
-            self.bytes_written += _write_all(self._fd, data)
-        except OSError as exc:
-            raise _wrap(exc, self.path) from exc
+    def write(self, data: bytes | memoryview) -> None:
+        with self._lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, "upload already finished or discarded")
+            if self._hooks is not None:
+                self._hooks.before_write(len(data))
+            try:
+                self.bytes_written += _write_all(self._fd, data)
+            except OSError as exc:
+                raise _wrap(exc, self.path) from exc
 
     def commit(self) -> int:
         """Move the data into place; returns the byte count."""
@@ -515,6 +524,10 @@ class RawWriter:
 
     def discard(self) -> None:
         """Remove the temporary file (no-op once committed or discarded)."""
+        with self._lock:
+            self._discard()
+
+    def _discard(self) -> None:
         if self._fd >= 0:
             fd, self._fd = self._fd, -1
             os.close(fd)

@@ -36,8 +36,10 @@ import h2.settings
 import trio
 import trio_asyncio
 
-from .. import _errors
+from .. import _errors, _wire
 from .._proto import mcpcontainer as pb
+from . import h2patch, threads
+from .codec import Codec, Encoded
 
 T = TypeVar("T")
 
@@ -244,44 +246,102 @@ class SourceSpec:
     pipe: Pipe[bytes] | None = None
 
 
+#: ``preadv(..., RWF_NOWAIT)``: read only what the page cache already holds, never block.
+_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
+
+
 class _Reader:
-    """asyncio side: yields the source's chunks; file reads run in a worker thread, one ahead."""
+    """asyncio side: yields the source's chunks without blocking the event loop.
+
+    A file given by path is read with ``preadv(..., RWF_NOWAIT)`` on the loop thread while the
+    page cache holds its data (the usual case for a file being copied: a 1 MiB read from the
+    cache is cheaper than the hand-off to a worker thread and back, which was measured at
+    about 1 ms per chunk on 2 busy cores); when the data is not cached yet the kernel says
+    EAGAIN and that chunk is read in a worker thread. File objects, and reads that hash the
+    data (sha256 verification: hashing runs in the thread, where it releases the GIL), always
+    use the worker thread, one chunk ahead.
+
+    Chunks are read into two buffers used in turn, so a stream holds two chunks of the source
+    however long it is, and the memory is reused instead of allocated per chunk. (Returning a
+    fresh ``bytes`` per read left each chunk referenced from a reference cycle of the executor
+    future until the cyclic GC ran: 33 MiB of chunks alive at once were measured on a 2 x 128
+    MiB copy.) A chunk returned by :meth:`next` is valid only until the following call.
+    """
 
     def __init__(self, spec: SourceSpec, chunk_size: int, hasher: Any | None) -> None:
         self._spec = spec
         self._chunk = chunk_size
         self._hasher = hasher
         self._offset = 0
-        self._file: IO[bytes] | None = spec.file
-        self._owns_file = False
-        self._ahead: asyncio.Future[bytes] | None = None
+        self._fd = -1  # the source file, when opened here from spec.path
+        self._nowait = _NOWAIT is not None and hasher is None and spec.path is not None
+        self._ahead: asyncio.Future[memoryview] | None = None
+        self._buffers: list[bytearray] = []
+        self._turn = 0
 
-    def _read_blocking(self) -> bytes:
-        if self._file is None:
-            assert self._spec.path is not None
-            self._file = open(self._spec.path, "rb")  # noqa: SIM115  (closed in aclose)
-            self._owns_file = True
-        data = self._file.read(self._chunk)
-        if data is None:  # non-blocking raw file with nothing ready
-            raise OSError(errno.EAGAIN, "source file returned no data (non-blocking?)")
-        if self._hasher is not None and data:
-            self._hasher.update(data)
-        return bytes(data)
+    def _buffer(self) -> memoryview:
+        if len(self._buffers) < 2:
+            self._buffers.append(bytearray(self._chunk))
+        buf = self._buffers[self._turn % len(self._buffers)]
+        self._turn += 1
+        return memoryview(buf)
 
-    def _start_read(self) -> asyncio.Future[bytes]:
-        loop = asyncio.get_running_loop()
-        return cast("asyncio.Future[bytes]", loop.run_in_executor(None, self._read_blocking))
+    def _read_blocking(self, view: memoryview) -> memoryview:
+        spec = self._spec
+        if spec.path is not None:
+            if self._fd < 0:
+                self._fd = os.open(spec.path, os.O_RDONLY | os.O_CLOEXEC)
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+            n: int | None = os.preadv(self._fd, [view], self._offset)
+        else:
+            assert spec.file is not None
+            # read(), not readinto(): any file-like object has it (a RawIOBase subclass may
+            # implement read() alone); the copy into the buffer keeps the memory bounded.
+            data = spec.file.read(self._chunk)
+            n = None if data is None else len(data)
+            if data:
+                view[: len(data)] = data
+            if n is None:  # non-blocking raw file with nothing ready
+                raise OSError(errno.EAGAIN, "source file returned no data (non-blocking?)")
+        assert n is not None
+        self._offset += n
+        chunk = view[:n]
+        if self._hasher is not None and n:
+            self._hasher.update(chunk)
+        return chunk
 
-    async def next(self) -> bytes:
-        """Next chunk, ``b""`` at the end; raises _SourceFailure."""
+    def _read_cached(self) -> memoryview | None:
+        """A chunk straight from the page cache, or None when that would block."""
+        assert _NOWAIT is not None
+        view = self._buffer()
+        try:
+            n = os.preadv(self._fd, [view], self._offset, _NOWAIT)
+        except BlockingIOError:
+            self._turn -= 1  # the buffer was not used
+            return None
+        except OSError as exc:
+            if exc.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # no RWF_NOWAIT here
+                self._nowait = False
+                self._turn -= 1
+                return None
+            raise
+        self._offset += n
+        return view[:n]
+
+    def _start_read(self) -> asyncio.Future[memoryview]:
+        return threads.run(self._read_blocking, self._buffer())
+
+    async def next(self) -> bytes | memoryview:
+        """Next chunk, empty at the end; raises _SourceFailure."""
         spec = self._spec
         try:
             if spec.data is not None:
-                data = bytes(spec.data[self._offset : self._offset + self._chunk])
-                self._offset += len(data)
-                if self._hasher is not None and data:
-                    self._hasher.update(data)
-                return data
+                view = memoryview(spec.data)[self._offset : self._offset + self._chunk]
+                self._offset += len(view)
+                if self._hasher is not None and view:
+                    self._hasher.update(view)
+                return view
             if spec.pipe is not None:
                 item = await spec.pipe.aget()
                 if item is None:
@@ -289,10 +349,14 @@ class _Reader:
                 if self._hasher is not None:
                     self._hasher.update(item)
                 return item
+            if self._nowait and self._fd >= 0:
+                cached = self._read_cached()
+                if cached is not None:
+                    return cached
             fut = self._ahead if self._ahead is not None else self._start_read()
             self._ahead = None
             data = await fut
-            if data:
+            if data and not self._nowait:
                 self._ahead = self._start_read()
             return data
         except _SourceFailure:
@@ -309,8 +373,9 @@ class _Reader:
             self._ahead = None
         if self._spec.pipe is not None:
             self._spec.pipe.abandon()
-        if self._owns_file and self._file is not None:
-            self._file.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,6 +388,7 @@ class _Protocol(grpclib.protocol.H2Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         conn = self.connection._connection
+        h2patch.adopt(conn)
         conn.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_INBOUND_FRAME})
         self.connection.flush()
 
@@ -387,7 +453,9 @@ class BridgeChannel:
         metadata = [("authorization", f"Bearer {token}")] if token else []
 
         async def make() -> grpclib.client.Channel:
-            return _Channel(host, port, ssl=ssl_context, config=config)
+            # No status-details codec: memoh-trio reads only the status and its message.
+            return _Channel(host, port, ssl=ssl_context, config=config, codec=Codec(),
+                            status_details_codec=None)
 
         channel = await loop.run_aio_coroutine(make())
         self = cls(loop, channel, target, metadata, connect_timeout)
@@ -526,7 +594,7 @@ class BridgeChannel:
                     pb.WriteRawResponse, rpc_timeout,
                 ) as stream:
 
-                    async def send(msg: pb.WriteRawChunk | None, end: bool = False) -> bool:
+                    async def send(msg: Encoded | None, end: bool = False) -> bool:
                         """Send (``None``: end the stream); False if the server closed it.
 
                         A server that fails a WriteRaw (ENOSPC, NotFound...) answers with its
@@ -543,7 +611,7 @@ class BridgeChannel:
                         return True
 
                     failure: BaseException | None = None
-                    open_ = await send(pb.WriteRawChunk(path=path, data=data))
+                    open_ = await send(Encoded(_wire.encode_write_raw_chunk(path, data)))
                     if open_ and on_sent is not None and data:
                         on_sent(len(data))
                     while open_ and data:
@@ -558,11 +626,11 @@ class BridgeChannel:
                             failure = exc
                             break
                         if data:
-                            open_ = await send(pb.WriteRawChunk(data=data))
+                            open_ = await send(Encoded(_wire.encode_write_raw_chunk("", data)))
                             if open_ and on_sent is not None:
                                 on_sent(len(data))
                     if failure is not None:
-                        await send(pb.WriteRawChunk(abort=True), end=True)
+                        await send(Encoded(_wire.encode_write_raw_chunk(abort=True)), end=True)
                         # The server answers ABORTED (or, if it ignores abort, OK): either way
                         # the caller learns about the source failure, not the status.
                         with contextlib.suppress(Exception):

@@ -23,7 +23,6 @@ import socket
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from functools import partial
 from typing import Any, TypeVar
 
 import grpclib.const
@@ -36,7 +35,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 
-from .. import _exec, _fs
+from .. import _exec, _fs, _wire
 from .._errors import Status
 from .._paths import PathError
 from .._proto.mcpcontainer import (
@@ -64,7 +63,12 @@ from .._proto.mcpcontainer import (
     WriteRawChunk,
     WriteRawResponse,
 )
-from . import asyncio_loop
+from . import (
+    asyncio_loop,
+    h2patch,
+    threads,
+)
+from .codec import Codec, Encoded
 
 _T = TypeVar("_T")
 
@@ -89,6 +93,7 @@ class _FramedH2Protocol(H2Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        h2patch.adopt(self.connection._connection)
         if self.max_frame_size != 16384:
             h2_conn = self.connection._connection
             h2_conn.update_settings({SettingCodes.MAX_FRAME_SIZE: self.max_frame_size})
@@ -105,7 +110,7 @@ class _Server(grpclib.server.Server):
 
     def __init__(self, handlers: list[Any], *, config: Configuration,
                  max_frame_size: int) -> None:
-        super().__init__(handlers, config=config)
+        super().__init__(handlers, config=config, codec=Codec(), status_details_codec=None)
         self._max_frame_size = max_frame_size
         self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
@@ -149,6 +154,22 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
     async def _recv(self, stream: GStream) -> Any | None:
         """Next message, or None at the end of the client's stream; refuses a message over the
         limit from its length prefix, before buffering it."""
+        body = await self._recv_body(stream)
+        if body is None:
+            return None
+        return stream._codec.decode(body, stream._recv_type)
+
+    async def _recv_chunk(self, stream: GStream) -> _wire.DecodedWriteRawChunk | None:
+        """Next WriteRawChunk, parsed without copying its data (see :mod:`memoh_trio._wire`)."""
+        body = await self._recv_body(stream)
+        if body is None:
+            return None
+        try:
+            return _wire.decode_write_raw_chunk(body)
+        except _wire.WireError as exc:
+            raise _grpc_error(Status.INVALID_ARGUMENT, f"malformed WriteRawChunk: {exc}") from None
+
+    async def _recv_body(self, stream: GStream) -> bytes | None:
         h2_stream = stream._stream
         prefix = await h2_stream.recv_data(5)
         if not prefix:
@@ -163,10 +184,10 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
                 Status.RESOURCE_EXHAUSTED,
                 f"message of {length} bytes exceeds the server limit of {self._max} bytes",
             )
-        body = await h2_stream.recv_data(length) if length else b""
+        body: bytes = await h2_stream.recv_data(length) if length else b""
         if len(body) != length:
             raise _grpc_error(Status.INVALID_ARGUMENT, "truncated gRPC message")
-        return stream._codec.decode(body, stream._recv_type)
+        return body
 
     async def _recv_one(self, stream: GStream) -> Any:
         message = await self._recv(stream)
@@ -176,8 +197,7 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
 
     @staticmethod
     async def _offload(fn: Callable[..., _T], *args: Any) -> _T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, partial(fn, *args))
+        return await threads.run(fn, *args)
 
     def _handler(self, fn: Callable[[GStream], Awaitable[None]],
                  cardinality: grpclib.const.Cardinality, request: type, reply: type,
@@ -272,12 +292,12 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         fd = _fs.open_regular(self._root_fd, req.path)
         try:
             while data := os.read(fd, READ_RAW_CHUNK):
-                await stream.send_message(DataChunk(data=data))
+                await stream.send_message(Encoded(_wire.encode_data_chunk(data)))
         finally:
             os.close(fd)
 
     async def _rpc_write_raw(self, stream: GStream) -> None:
-        first = await self._recv(stream)
+        first = await self._recv_chunk(stream)
         if first is None:
             raise _grpc_error(Status.INVALID_ARGUMENT,
                               "WriteRaw stream had no chunk (the first chunk carries the path)")
@@ -288,8 +308,12 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         hooks = self._hooks
         writer = _fs.RawWriter(self._root_fd, first.path, hooks=hooks, durable=self._durable)
         self.writers.add(writer)
+        loop = asyncio.get_running_loop()
+        # The write of one chunk runs in a worker thread while the next one is received; at most
+        # one write is in flight, so chunks land in order and memory stays at two chunks.
+        pending: asyncio.Future[None] | None = None
         try:
-            chunk = first
+            chunk: _wire.DecodedWriteRawChunk | None = first
             received = 0
             while chunk is not None:
                 if chunk.abort:
@@ -301,13 +325,24 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
                 data = chunk.data
                 if data:
                     received += len(data)
-                    writer.write(data)
+                    if pending is not None:
+                        await pending  # raises that write's error
+                    pending = threads.run(writer.write, data)
                     if hooks is not None and hooks.should_stall(received):
                         hooks.stalls += 1
-                        await asyncio.get_running_loop().create_future()  # until cancelled
-                chunk = await self._recv(stream)
+                        await loop.create_future()  # until cancelled
+                chunk = await self._recv_chunk(stream)
+            if pending is not None:
+                await pending
             written = writer.commit()
         finally:
+            if pending is not None:
+                # On failure or cancellation discard() below waits for a write still running in
+                # its thread (RawWriter's lock); its outcome no longer matters but is retrieved.
+                if pending.done():
+                    _retrieve(pending)
+                else:
+                    pending.add_done_callback(_retrieve)
             writer.discard()
             self.writers.discard(writer)
         await stream.send_message(WriteRawResponse(bytes_written=written))
@@ -338,6 +373,11 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         except ValueError as exc:  # e.g. a NUL byte in the command
             raise _grpc_error(Status.INVALID_ARGUMENT, str(exc)) from None
         await stream.send_message(ExecOutput(stream=ExecOutputStream.EXIT, exit_code=code))
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _auth_hook(
