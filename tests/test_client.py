@@ -220,6 +220,63 @@ async def test_write_raw_from_path_and_file(
         assert (server.root / f"p/{name}.bin").read_bytes() == data
 
 
+async def test_write_raw_from_path_cached_and_not_cached(
+    client: Client, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A path source is read on the event loop while the page cache holds it and in a worker
+    thread when it does not (RWF_NOWAIT says EAGAIN): same bytes either way."""
+    from memoh_trio._bridge import client as bridge_client
+    from memoh_trio._bridge import threads
+
+    if bridge_client._NOWAIT is None:
+        pytest.skip("no RWF_NOWAIT on this platform")
+    data = os.urandom(6 * MiB + 5)
+    src = tmp_path / "src.bin"
+    with src.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    thread_reads: list[str] = []
+    real_run = threads.run
+
+    def recording_run(fn: Any, *args: Any) -> Any:
+        thread_reads.append(getattr(fn, "__name__", ""))
+        return real_run(fn, *args)
+
+    monkeypatch.setattr(threads, "run", recording_run)
+
+    fd = os.open(src, os.O_RDONLY)
+    try:
+
+        def evict(nbytes: int = 0) -> None:  # clean pages: dropped from the page cache
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+        evict()
+        probe = bytearray(4096)
+        try:
+            cached = os.preadv(fd, [probe], 3 * MiB, bridge_client._NOWAIT) > 0
+        except BlockingIOError:
+            cached = False
+        if cached:
+            pytest.skip("this filesystem keeps the file cached (tmpfs?)")
+        # Evicted again after every chunk sent (on_progress runs before the next read), so the
+        # kernel's read-ahead cannot make the rest of the file cached behind our back.
+        res = await client.write_raw("cold.bin", src, chunk_size=MiB, expected_size=len(data),
+                                     on_progress=evict)
+    finally:
+        os.close(fd)
+    cold = thread_reads.count("_read_blocking")
+    thread_reads.clear()
+    src.read_bytes()  # now in the page cache
+    await client.write_raw("warm.bin", src, chunk_size=MiB, expected_size=len(data))
+    warm = thread_reads.count("_read_blocking")
+    assert res.bytes_written == len(data)
+    assert (server.root / "cold.bin").read_bytes() == data
+    assert (server.root / "warm.bin").read_bytes() == data
+    assert warm == 1  # only the first read, which opens the file
+    assert cold > 1  # at least one chunk fell back to the worker thread
+
+
 async def test_write_raw_from_async_iterable(client: Client, server: Server) -> None:
     data = os.urandom(MiB + 5)
     res = await client.write_raw("it/a.bin", chunks_of(data, 100 * KiB), hash_sha256=True)

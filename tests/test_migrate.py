@@ -682,3 +682,46 @@ async def test_stale_staging_dirs_are_removed(target: Target, src: Path) -> None
         report = await migrate(src, client)
     assert report.status == "migrated"
     assert sorted(p.name for p in target.root.iterdir()) == ["a"]
+
+
+# --------------------------------------------------------------------------- early writeback
+
+
+class _RecordingClient:
+    """A real client that records the commands it sends through Exec."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.commands: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def exec(self, command: str, **kwargs: Any) -> Any:
+        self.commands.append(command)
+        return await self._client.exec(command, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["migrate", "no-rename", "dry-run"])
+async def test_early_writeback_syncs_while_copying(
+    target: Target, src: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
+) -> None:
+    monkeypatch.setattr(_migrate, "WRITEBACK_BYTES", 400 * 1024)
+    files = {f"f{i}": os.urandom(300 * 1024) for i in range(6)}  # streamed, not tar-batched
+    write_tree(src, files)
+    async with connect(target.address, chunk_size=64 * 1024) as real:
+        client: Any = _RecordingClient(real)
+        report = await migrate(src, client, concurrency=1, rename=mode != "no-rename",
+                               dry_run=mode == "dry-run")
+    syncs = client.commands.count("sync")
+    if mode == "migrate":
+        assert report.status == "migrated", report.failures
+        # 1.8 MB sent in 300 KiB files: a first sync once 400 KiB were sent, then one per
+        # 400 KiB more sent after the previous sync returned (fewer when the copy outruns the
+        # syncs), then the final sync before the rename.
+        assert 2 <= syncs <= 1 + 4, client.commands
+        assert client.commands[-1] == "sync", client.commands
+        assert sorted(p.name for p in target.root.iterdir()) == sorted(files)
+    else:
+        # Nothing will be renamed: no early sync (and none at the end either).
+        assert syncs == 0, client.commands

@@ -45,6 +45,11 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
+def _nbytes(data: bytes | memoryview) -> int:
+    """Length in bytes (a memoryview's ``len`` counts items, which may be wider than a byte)."""
+    return data.nbytes if isinstance(data, memoryview) else len(data)
+
+
 def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
     result = 0
     shift = 0
@@ -130,7 +135,7 @@ def encode_write_raw_chunk(
     path: str = "", data: bytes | memoryview = b"", abort: bool = False
 ) -> bytes:
     """The encoded message, byte for byte what betterproto2 produces."""
-    out = encode_write_raw_chunk_head(path, len(data)) + data
+    out = encode_write_raw_chunk_head(path, _nbytes(data)) + data
     if abort:
         out += b"\x18\x01"
     return out
@@ -166,7 +171,7 @@ def encode_data_chunk_head(data_len: int) -> bytes:
 
 
 def encode_data_chunk(data: bytes | memoryview) -> bytes:
-    return encode_data_chunk_head(len(data)) + data
+    return encode_data_chunk_head(_nbytes(data)) + data
 
 
 def decode_data_chunk(message: bytes | bytearray | memoryview) -> memoryview:

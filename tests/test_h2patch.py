@@ -1,0 +1,414 @@
+"""The h2/hyperframe fixes of _bridge.h2patch against the upstream code they replace.
+
+The DATA-frame repr must be the string hyperframe's ``Frame._body_repr`` builds, and a patched
+connection must put on the wire exactly the bytes a plain h2 connection does.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+
+import h2.config
+import h2.connection
+import h2.exceptions
+import h2.settings
+import pytest
+from hyperframe.frame import DataFrame, Frame, PingFrame, SettingsFrame, WindowUpdateFrame
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memoh_trio._bridge import h2patch
+
+MAX_FRAME = 2**20
+MAX_WINDOW = 2**31 - 1
+
+
+def _payload(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that are not all alike (a misplaced byte shows)."""
+    pattern = bytes((i * 7 + seed) & 0xFF for i in range(256))
+    return (pattern * (size // 256 + 1))[:size]
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The DATA-frame repr
+
+
+def _upstream_body_repr(frame: DataFrame) -> str:
+    """What hyperframe shows for a frame: its ``Frame._body_repr`` on a copy of the frame."""
+    copy = DataFrame(frame.stream_id, data=bytes(frame.data), pad_length=frame.pad_length)
+    copy.flags = frame.flags
+    return Frame._body_repr(copy)
+
+
+def test_repr_fix_installed() -> None:
+    assert DataFrame.__dict__["_body_repr"] is h2patch._data_body_repr
+    # hyperframe itself has no DataFrame-specific repr: the fallback is Frame's.
+    assert Frame.__dict__["_body_repr"] is not h2patch._data_body_repr
+
+
+@pytest.mark.parametrize(
+    ("data", "flags", "pad_length", "body"),
+    [
+        (b"", (), 0, "None"),
+        (b"hello", (), 0, "<hex:68656c6c6f>"),
+        (bytes(range(10)), (), 0, "<hex:00010203040506070809>"),
+        (bytes(range(11)), (), 0, "<hex:00010203040506070809...>"),
+        (bytes(range(1, 5)), ("PADDED",), 3, "<hex:0301020304000000>"),
+        (b"", ("PADDED",), 0, "<hex:00>"),
+        (b"\xff" * 9, ("PADDED",), 0, "<hex:00ffffffffffffffffff>"),
+        (b"\xff" * 9, ("PADDED",), 1, "<hex:01ffffffffffffffffff...>"),
+        (b"x" * (1 << 20), ("END_STREAM",), 0, "<hex:78787878787878787878...>"),
+    ],
+)
+def test_data_frame_repr_known_values(
+    data: bytes, flags: Sequence[str], pad_length: int, body: str
+) -> None:
+    frame = DataFrame(3, data=data, pad_length=pad_length)
+    for flag in flags:
+        frame.flags.add(flag)
+    assert frame._body_repr() == body == _upstream_body_repr(frame)
+    assert repr(frame) == f"DataFrame(stream_id=3, flags={frame.flags!r}): {body}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=24),
+        st.integers(0, 70000).map(_payload),
+    ),
+    padded=st.booleans(),
+    end_stream=st.booleans(),
+    pad_length=st.integers(0, 255),
+    as_view=st.booleans(),
+)
+def test_data_frame_repr_matches_upstream(
+    data: bytes, padded: bool, end_stream: bool, pad_length: int, as_view: bool
+) -> None:
+    frame = DataFrame(1, data=data, pad_length=pad_length)
+    if as_view:  # as h2 sends it when given a memoryview (hyperframe annotates bytes only)
+        frame.data = memoryview(data)  # type: ignore[assignment]
+    if padded:
+        frame.flags.add("PADDED")
+    if end_stream:
+        frame.flags.add("END_STREAM")
+    assert frame._body_repr() == _upstream_body_repr(frame)
+    assert repr(frame).endswith(": " + _upstream_body_repr(frame))
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.binary(max_size=40), pad_length=st.one_of(st.none(), st.integers(0, 255)))
+def test_parsed_data_frame_repr_matches_upstream(data: bytes, pad_length: int | None) -> None:
+    # h2 builds the repr of frames it has just parsed: the case that matters.
+    sent = DataFrame(5, data=data, pad_length=pad_length or 0)
+    if pad_length is not None:
+        sent.flags.add("PADDED")
+    wire = memoryview(sent.serialize())
+    frame, length = Frame.parse_frame_header(wire[:9])
+    frame.parse_body(wire[9 : 9 + length])
+    assert isinstance(frame, DataFrame)
+    assert frame._body_repr() == Frame._body_repr(frame)
+
+
+def test_data_frame_repr_does_not_serialize_the_body(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The point of the fix: no copy and hex-encoding of the whole payload.
+    def refuse(self: DataFrame) -> bytes:
+        raise AssertionError("serialize_body called")
+
+    monkeypatch.setattr(DataFrame, "serialize_body", refuse)
+    frame = DataFrame(1, data=b"\x01" * (1 << 20))
+    assert frame._body_repr() == "<hex:01010101010101010101...>"
+
+
+def test_install_repr_fix_keeps_an_existing_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    def other(self: DataFrame) -> str:
+        return "other"
+
+    monkeypatch.setattr(DataFrame, "_body_repr", other)
+    h2patch.install_repr_fix()
+    assert DataFrame.__dict__["_body_repr"] is other
+
+
+def test_loading_the_module_again_does_not_patch_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = DataFrame.__dict__["_body_repr"]
+    monkeypatch.setattr(DataFrame, "_body_repr", installed)  # restored whatever happens below
+    h2patch.install_repr_fix()
+    assert DataFrame.__dict__["_body_repr"] is installed
+    # A second, independent copy of the module runs its import-time install again.
+    spec = importlib.util.spec_from_file_location("_h2patch_again", h2patch.__file__)
+    assert spec is not None
+    assert spec.loader is not None
+    again = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(again)
+    assert again._data_body_repr is not installed
+    assert DataFrame.__dict__["_body_repr"] is installed
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. The outbound path: the same bytes as h2
+
+
+def _connection(*, client_side: bool, patched: bool) -> h2.connection.H2Connection:
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+    )
+    if patched:
+        h2patch.adopt(conn)
+        assert type(conn) is h2patch.H2Connection
+    return conn
+
+
+#: What the peer says first: large frames and windows, so big DATA frames may be sent.
+_PEER_SETTINGS = (
+    SettingsFrame(
+        0,
+        settings={
+            h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: MAX_WINDOW,
+        },
+    ).serialize()
+    + WindowUpdateFrame(0, window_increment=MAX_WINDOW - 65535).serialize()
+)
+_REQUEST = [(b":method", b"POST"), (b":scheme", b"http"), (b":path", b"/x"), (b":authority", b"a")]
+_RESPONSE = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+
+
+def _request_bytes() -> bytes:
+    """A client preface, SETTINGS and request HEADERS on stream 1, for a server to receive."""
+    client = _connection(client_side=True, patched=False)
+    client.initiate_connection()
+    client.send_headers(1, _REQUEST)
+    return client.data_to_send() + _PEER_SETTINGS
+
+
+#: One send: (payload size, pad length or None, send a memoryview, read this much or all).
+Send = tuple[int, int | None, bool, int | None]
+
+
+def _drive(
+    conn: h2.connection.H2Connection,
+    sends: Sequence[Send],
+    *,
+    client_side: bool,
+    end_with_data: bool = False,
+) -> list[bytes]:
+    """Run a stream through ``conn``; every chunk ``data_to_send`` handed out, as bytes.
+
+    The stream ends with the last DATA frame (``end_with_data``) or after it: with an empty
+    DATA frame (client) or trailers (server).
+    """
+    out: list[bytes] = []
+
+    def take(amount: int | None = None) -> None:
+        chunk = conn.data_to_send(amount)
+        assert isinstance(chunk, bytes | bytearray)
+        out.append(bytes(chunk))
+
+    if client_side:
+        conn.initiate_connection()
+        take()
+        conn.receive_data(_PEER_SETTINGS)  # queues the SETTINGS ACK
+        conn.send_headers(1, _REQUEST)
+    else:
+        conn.initiate_connection()
+        conn.receive_data(_request_bytes())
+        take()
+        conn.send_headers(1, _RESPONSE)
+    for i, (size, pad_length, as_view, amount) in enumerate(sends):
+        data = _payload(size, seed=i)
+        end = end_with_data and i == len(sends) - 1
+        conn.send_data(
+            1, memoryview(data) if as_view else data, end_stream=end, pad_length=pad_length
+        )
+        if i % 3 == 1:
+            conn.ping(i.to_bytes(8, "big"))
+        if amount is not None:
+            take(amount)
+    if not (end_with_data and sends):
+        if client_side:
+            conn.end_stream(1)  # an empty DATA frame with END_STREAM
+        else:
+            conn.send_headers(1, [(b"grpc-status", b"0")], end_stream=True)
+    take()
+    take()  # nothing left
+    return out
+
+
+_SENDS = st.lists(
+    st.tuples(
+        st.one_of(
+            st.integers(0, 300),
+            st.sampled_from([16383, 16384, 65535, 65536, 65537, MAX_FRAME - 256]),
+            st.integers(0, MAX_FRAME - 256),
+        ),
+        st.one_of(st.none(), st.integers(0, 255)),
+        st.booleans(),
+        st.one_of(st.none(), st.integers(0, 40000)),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sends=_SENDS, client_side=st.booleans(), end_with_data=st.booleans())
+def test_outbound_bytes_identical(
+    sends: list[Send], client_side: bool, end_with_data: bool
+) -> None:
+    plain, patched = (
+        _drive(
+            _connection(client_side=client_side, patched=patched),
+            sends,
+            client_side=client_side,
+            end_with_data=end_with_data,
+        )
+        for patched in (False, True)
+    )
+    assert patched == plain
+
+
+@pytest.mark.parametrize("client_side", [True, False])
+def test_outbound_bytes_identical_examples(client_side: bool) -> None:
+    sends: list[Send] = [
+        (0, None, False, None),
+        (1, None, True, None),
+        (16384, None, False, 100),
+        (70000, 0, False, None),  # padded, with zero padding
+        (300000, 255, True, 9),
+        (MAX_FRAME, None, False, None),  # exactly the peer's maximum frame size
+        (MAX_FRAME - 256, 255, False, None),  # padding fills the frame up to the maximum
+        (5, 7, True, None),
+    ]
+    plain = _drive(
+        _connection(client_side=client_side, patched=False), sends, client_side=client_side
+    )
+    patched = _drive(
+        _connection(client_side=client_side, patched=True), sends, client_side=client_side
+    )
+    assert patched == plain
+    assert sum(map(len, plain)) > 300000 + MAX_FRAME
+
+
+def _frames() -> list[Frame]:
+    padded = DataFrame(1, data=b"padded", pad_length=4)
+    padded.flags.add("PADDED")
+    last = DataFrame(1, data=memoryview(b"last"))  # type: ignore[arg-type]
+    last.flags.add("END_STREAM")
+    return [
+        DataFrame(1, data=b"first"),
+        PingFrame(0, opaque_data=b"12345678"),
+        padded,
+        DataFrame(1),
+        DataFrame(0x7FFFFFFF, data=_payload(70000)),
+        last,
+    ]
+
+
+def test_prepare_for_sending_mixed_frames() -> None:
+    # DATA frames between other frames in one call, as h2 may queue them.
+    plain = _connection(client_side=True, patched=False)
+    patched = _connection(client_side=True, patched=True)
+    plain.max_outbound_frame_size = patched.max_outbound_frame_size = MAX_FRAME
+    plain_frames, patched_frames = _frames(), _frames()
+    plain._prepare_for_sending(plain_frames)
+    patched._prepare_for_sending(patched_frames)
+    patched._prepare_for_sending([])
+    assert bytes(patched.data_to_send()) == bytes(plain.data_to_send())
+    # h2 checks body_len against the frame size limit: it must be set as hyperframe sets it.
+    assert [f.body_len for f in patched_frames] == [f.body_len for f in plain_frames]
+
+
+def test_data_frame_header_fields() -> None:
+    # Decode what the patched connection sent with hyperframe: length over all 24 bits,
+    # END_STREAM, stream id, payload.
+    conn = _connection(client_side=True, patched=True)
+    conn.initiate_connection()
+    conn.receive_data(_PEER_SETTINGS)
+    conn.send_headers(1, _REQUEST)
+    conn.data_to_send()
+    payload = _payload(MAX_FRAME, seed=3)  # 0x100000: only the top byte of the length is set
+    conn.send_data(1, payload, end_stream=True)
+    wire = memoryview(bytes(conn.data_to_send()))
+    frame, length = Frame.parse_frame_header(wire[:9])
+    assert isinstance(frame, DataFrame)
+    assert (length, frame.stream_id, set(frame.flags)) == (MAX_FRAME, 1, {"END_STREAM"})
+    frame.parse_body(wire[9:])
+    assert frame.data == payload
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_frame_larger_than_the_peer_allows_is_refused(patched: bool) -> None:
+    conn = _connection(client_side=True, patched=patched)
+    conn.initiate_connection()
+    conn.send_headers(1, _REQUEST)
+    conn.data_to_send()
+    assert conn.max_outbound_frame_size == 16384
+    with pytest.raises(h2.exceptions.FrameTooLargeError):
+        conn.send_data(1, b"x" * 16385)
+    with pytest.raises(h2.exceptions.FrameTooLargeError):
+        conn.send_data(1, b"x" * 16200, pad_length=200)  # 16200 + 201
+    assert bytes(conn.data_to_send()) == b""
+    conn.send_data(1, b"x" * 16383, pad_length=0)  # 16383 + 1 length byte: fits
+    assert len(conn.data_to_send()) == 9 + 16384
+
+
+def test_handed_out_buffer_is_not_reused() -> None:
+    # data_to_send() hands out the buffer itself: later sends must not write into it.
+    conn = _connection(client_side=True, patched=True)
+    conn.initiate_connection()
+    conn.send_headers(1, _REQUEST)
+    first = conn.data_to_send()
+    snapshot = bytes(first)
+    conn.send_data(1, b"later")
+    conn.ping(b"12345678")
+    assert bytes(first) == snapshot
+    second = conn.data_to_send()
+    assert second is not first
+    assert bytes(second).endswith(PingFrame(0, opaque_data=b"12345678").serialize())
+    assert bytes(conn.data_to_send()) == b""
+
+
+def test_partial_reads_of_the_patched_connection() -> None:
+    conn = _connection(client_side=True, patched=True)
+    conn.initiate_connection()
+    conn.send_headers(1, _REQUEST)
+    conn.send_data(1, b"abcdef")
+    whole = bytes(conn._data_to_send)
+    assert whole.endswith(b"abcdef")
+    head = conn.data_to_send(10)
+    assert type(head) is bytes
+    assert head == whole[:10]
+    assert bytes(conn.data_to_send()) == whole[10:]
+
+
+# ----------------------------------------------------------------------------------------------
+# adopt()
+
+
+def test_adopt_switches_a_plain_connection() -> None:
+    conn = _connection(client_side=True, patched=False)
+    conn.initiate_connection()
+    state = dict(vars(conn))
+    assert h2patch.adopt(conn) is None  # type: ignore[func-returns-value]
+    assert type(conn) is h2patch.H2Connection
+    assert isinstance(conn, h2.connection.H2Connection)
+    assert vars(conn) == state  # no state added or changed
+    assert bytes(conn.data_to_send()).startswith(b"PRI * HTTP/2.0")
+
+
+def test_adopt_is_idempotent() -> None:
+    conn = _connection(client_side=True, patched=True)
+    h2patch.adopt(conn)
+    assert type(conn) is h2patch.H2Connection
+
+
+def test_adopt_leaves_other_subclasses_alone() -> None:
+    class Custom(h2.connection.H2Connection):
+        pass
+
+    class MorePatched(h2patch.H2Connection):
+        pass
+
+    for cls in (Custom, MorePatched):
+        conn = cls(h2.config.H2Configuration(client_side=True))
+        h2patch.adopt(conn)
+        assert type(conn) is cls
