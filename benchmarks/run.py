@@ -314,6 +314,10 @@ def run_once(c: Contender, src: Path, manifest: scenarios.Manifest, work: Path,
     dest = work / "dest"
     _rmtree(dest)
     dest.mkdir(parents=True)
+    # Untimed: flush what earlier runs (and the dataset's generation) left dirty in the page
+    # cache. Contenders that end with a sync (memoh-trio syncs before it renames the source)
+    # would otherwise pay for the writes of the ones that do not (the seed, grpcio, cp).
+    os.sync()
     server: ServerProc | None = None
     with tempfile.TemporaryFile() as log:
         try:
@@ -469,7 +473,9 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
     w(f"- memoh-trio server started with: {launcher}")
     w("- Each cell: median of the runs (peak RSS: the largest); MB = 10^6 bytes. Time is the "
       "client's connect + copy + final rename (interpreter start excluded), CPU seconds over the "
-      "same region; server CPU from 'listening' to the client's exit. Contenders are "
+      "same region; server CPU from 'listening' to the client's exit. Dirty pages are "
+      "flushed (untimed `sync`) before every run, so no run pays for an earlier one's writes; "
+      "memoh-trio's own `sync` before it renames the source is timed. Contenders are "
       "interleaved within each repetition; every destination was checked against the source "
       "(count and bytes" + ("; full content" if smoke else "") + ").")
     w("- 'vs seed' = throughput relative to the seed algorithm on the grpcio server, same run.")
