@@ -69,6 +69,9 @@ def test_parser_defaults() -> None:
     assert (args.verify, args.preserve, args.rename, args.dry_run, args.json) == (
         "size", True, True, False, False,
     )
+    serve = build_parser().parse_args(["serve", "--root", "/x"])
+    assert (serve.durable, serve.direct_io) == (False, True)
+    assert build_parser().parse_args(["serve", "--root", "/x", "--no-direct-io"]).direct_io is False
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from memoh_trio import _fs
 from memoh_trio._errors import Status
@@ -252,6 +254,92 @@ def test_hooks_fail_nth_write(root: Path, fd: int) -> None:
     assert hooks.writes == 2 and not (root / "h").exists() and _no_temp_files(root)
     assert hooks.should_stall(0) is False
     assert _fs.ServerHooks(stall_after_bytes=5).should_stall(5)
+
+
+# --------------------------------------------------------------------------- direct I/O
+
+KiB = 1024
+
+
+def _direct_probe(directory: Path, length: int) -> bool:
+    """Does this filesystem take an O_DIRECT write of ``length`` bytes at offset 0?"""
+    import mmap
+
+    fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
+    buf = mmap.mmap(-1, _fs.DIRECT_BUFFER)
+    try:
+        with memoryview(buf) as mv:
+            os.write(fd, mv[:length])
+        return True
+    except OSError:
+        return False
+    finally:
+        buf.close()
+        os.close(fd)
+        os.unlink(directory / "probe")
+
+
+_sizes = st.one_of(st.integers(0, 9000), st.integers(_fs.DIRECT_MIN_CHUNK - 5, 2_200_000))
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sizes=st.lists(_sizes, min_size=1, max_size=6), direct=st.booleans(),
+       seed=st.integers(0, 255))
+def test_raw_writer_direct_io_same_bytes(root: Path, fd: int, sizes: list[int], direct: bool,
+                                         seed: int) -> None:
+    """Any sequence of chunk sizes (aligned or not, small or past the staging buffer), direct or
+    through the page cache: the committed file is the concatenation of the chunks."""
+    chunks = [bytes((seed + i + j) % 251 for j in range(n)) for i, n in enumerate(sizes)]
+    w = _fs.RawWriter(fd, "dio.bin", direct=direct)
+    try:
+        for chunk in chunks:
+            w.write(chunk)
+        assert w.commit() == sum(sizes)
+    finally:
+        w.discard()
+    assert (root / "dio.bin").read_bytes() == b"".join(chunks)
+    assert _no_temp_files(root)
+    if not direct:
+        assert w.direct_bytes == 0
+    elif sizes[0] >= _fs.DIRECT_MIN_CHUNK and _direct_probe(root, _fs.DIRECT_ALIGN):
+        # Direct from the first chunk on: everything but the last partial block (and the
+        # chunks that came before the first big one) bypassed the page cache.
+        assert w.direct_bytes == sum(sizes) - sum(sizes) % _fs.DIRECT_ALIGN
+
+
+def test_raw_writer_direct_io_refused_falls_back(root: Path, fd: int,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A filesystem that refuses a direct write (EINVAL, here a real one from the kernel: an
+    unaligned length) gets the rest of the upload through the page cache, nothing lost."""
+    if not _direct_probe(root, _fs.DIRECT_ALIGN):
+        pytest.skip("no O_DIRECT on this filesystem: every write already goes the buffered way")
+    if _direct_probe(root, 1000):
+        pytest.skip("this filesystem takes unaligned direct writes (tmpfs?)")
+    monkeypatch.setattr(_fs, "DIRECT_ALIGN", 1)  # flush every byte directly: refused
+    data = os.urandom(_fs.DIRECT_MIN_CHUNK + 12345)
+    w = _fs.RawWriter(fd, "refused.bin", direct=True)
+    w.write(data)
+    w.write(data[:777])
+    assert w.commit() == len(data) + 777
+    assert (root / "refused.bin").read_bytes() == data + data[:777]
+    assert w.direct_bytes == 0
+
+
+def test_raw_writer_direct_io_discard_and_buffer_reuse(root: Path, fd: int) -> None:
+    first = _fs.RawWriter(fd, "gone.bin", direct=True)
+    first.write(os.urandom(_fs.DIRECT_MIN_CHUNK + 1))
+    stage = first._stage
+    first.discard()
+    assert first._stage is None and not (root / "gone.bin").exists() and _no_temp_files(root)
+    with pytest.raises(OSError):
+        first.write(b"late")  # after discard: EBADF, nothing written anywhere
+    if stage is not None:  # the staging buffer went back to the pool for the next upload
+        second = _fs.RawWriter(fd, "kept.bin", direct=True)
+        second.write(b"z" * _fs.DIRECT_MIN_CHUNK)
+        assert second._stage is stage
+        second.commit()
+        assert (root / "kept.bin").read_bytes() == b"z" * _fs.DIRECT_MIN_CHUNK
 
 
 @pytest.mark.parametrize(

@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
     p.add_argument("--durable", action="store_true",
                    help="fdatasync every uploaded file before it is renamed into place")
+    p.add_argument("--no-direct-io", dest="direct_io", action="store_false",
+                   help="write uploads through the page cache (default: large uploads are "
+                        "written with O_DIRECT where the filesystem allows it)")
 
     p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
     p.add_argument("--files", type=_positive_int, default=400,
@@ -335,7 +338,8 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     async with trio.open_nursery() as nursery:
         addr = await nursery.start(functools.partial(serve, args.root, host, port,
                                                      token=args.token, tls=tls,
-                                                     durable=args.durable))
+                                                     durable=args.durable,
+                                                     direct_io=args.direct_io))
         print(f"listening on {addr}", flush=True)
     return EXIT_OK
 

@@ -149,11 +149,13 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
     """
 
     def __init__(self, root_fd: int, *, max_message_size: int,
-                 hooks: _fs.ServerHooks | None = None, durable: bool = False) -> None:
+                 hooks: _fs.ServerHooks | None = None, durable: bool = False,
+                 direct_io: bool = False) -> None:
         self._root_fd = root_fd
         self._max = max_message_size
         self._hooks = hooks
         self._durable = durable
+        self._direct_io = direct_io
         #: uploads in progress (discarded at shutdown if their handler did not get to it).
         self.writers: set[_fs.RawWriter] = set()
 
@@ -314,7 +316,8 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         if not first.path:
             raise _grpc_error(Status.INVALID_ARGUMENT, "first chunk must include path")
         hooks = self._hooks
-        writer = _fs.RawWriter(self._root_fd, first.path, hooks=hooks, durable=self._durable)
+        writer = _fs.RawWriter(self._root_fd, first.path, hooks=hooks, durable=self._durable,
+                               direct=self._direct_io)
         self.writers.add(writer)
         loop = asyncio.get_running_loop()
         # The write of one chunk runs in a worker thread while the next one is received; at most
@@ -437,6 +440,7 @@ async def run_server(
     max_message_size: int,
     hooks: _fs.ServerHooks | None,
     durable: bool,
+    direct_io: bool,
     window_size: int,
     max_frame_size: int,
     task_status: trio.TaskStatus[Any],
@@ -448,7 +452,7 @@ async def run_server(
     connections are closed, then this returns (re-raising the cancellation).
     """
     service = ContainerService(root_fd, max_message_size=max_message_size, hooks=hooks,
-                               durable=durable)
+                               durable=durable, direct_io=direct_io)
     config = Configuration(http2_connection_window_size=window_size,
                            http2_stream_window_size=window_size)
     async with asyncio_loop():
