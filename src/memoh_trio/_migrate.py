@@ -8,9 +8,11 @@ How one :func:`migrate` runs:
    (rsync's quick check: same size and same mtime second → not resent). Stale temporary files of
    an earlier interrupted run are deleted.
 3. The walk (:mod:`memoh_trio._walk`) streams entries from a worker thread into a channel; each
-   entry is classified by pure code (:func:`memoh_trio._plan.classify`) and dispatched. A
-   ``CapacityLimiter`` bounds the file streams in flight; the dispatcher waits for a slot before
-   starting the next, so neither tasks nor memory grow with the tree.
+   entry is classified by pure code (:func:`memoh_trio._plan.classify`) and dispatched: small
+   files into tar batches, the others into a bounded queue of file streams. A
+   ``CapacityLimiter`` bounds the streams and batches in flight; a feeder task waits for a slot
+   before starting the next stream, so neither tasks nor memory grow with the tree, and the walk
+   is never held up by large files while small ones could already be batched.
 4. Each file goes to a temporary sibling name through ``WriteRaw`` (size pinned to the size seen at
    ``lstat`` time; optional SHA-256 computed while reading), is verified (bytes read ==
    bytes written == size; the source unchanged since; with ``verify="sha256"`` the container's hash
@@ -109,6 +111,11 @@ SERVER_TEMP_PREFIX = ".memoh-tmp-"
 DEFAULT_STALL_TIMEOUT = 60.0
 #: Walk entries buffered between the walk thread and the dispatcher.
 WALK_BUFFER = 1024
+#: Files waiting for a stream slot. The dispatcher only blocks once this many are queued, so
+#: small files found behind a run of large ones are batched (and their tar batch started) while
+#: the large ones stream: on the mixed tree (c) the batches began at 0.34-0.44 s, after the
+#: large files, when the dispatcher waited for a slot for each large file in walk order.
+STREAM_QUEUE = 4096
 #: Entries per batched Exec (symlinks, permissions and mtimes): keeps each script well below
 #: the message size limit (a 4 KiB path quoted twice per entry, 1000 entries ~ 8 MiB worst case).
 EXEC_BATCH = 1000
@@ -446,24 +453,37 @@ class _Run:
 
     async def _copy_tree(self) -> None:
         send, recv = trio.open_memory_channel[WalkEntry](WALK_BUFFER)
+        streams, stream_queue = trio.open_memory_channel[Action](STREAM_QUEUE)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._walk, send)
-            async with recv:
-                async for entry in recv:
-                    await self._dispatch(classify(entry), nursery)
-            if not self.dry_run:
-                self._flush_links(nursery, force=True)
-                if len(self.batcher):
-                    await self._start_tar(self.batcher.take(), nursery)
+            nursery.start_soon(self._feed_streams, stream_queue, nursery)
+            async with streams:
+                async with recv:
+                    async for entry in recv:
+                        await self._dispatch(classify(entry), streams, nursery)
+                if not self.dry_run:
+                    self._flush_links(nursery, force=True)
+                    if len(self.batcher):
+                        await self._start_tar(self.batcher.take(), nursery)
         if nursery.cancel_scope.cancelled_caught:
             self.cancelled = self.fatal is None
+
+    async def _feed_streams(self, queue: trio.MemoryReceiveChannel[Action],
+                            nursery: trio.Nursery) -> None:
+        """Start each queued entry's stream once the limiter has a slot for it."""
+        async with queue:
+            async for action in queue:
+                token = object()
+                await self.limiter.acquire_on_behalf_of(token)
+                nursery.start_soon(self._entry_task, action, token, nursery)
 
     async def _walk(self, send: trio.MemorySendChannel[WalkEntry]) -> None:
         await walk(self.src, send)
         self.walk_complete = True
         self.progress.scan_finished()
 
-    async def _dispatch(self, action: Action, nursery: trio.Nursery) -> None:
+    async def _dispatch(self, action: Action, streams: trio.MemorySendChannel[Action],
+                        nursery: trio.Nursery) -> None:
         kind = action.kind
         if kind in REQUIRED_KINDS:
             self.required += 1
@@ -503,9 +523,7 @@ class _Run:
             if full:
                 await self._start_tar(full, nursery)
             return
-        token = object()
-        await self.limiter.acquire_on_behalf_of(token)
-        nursery.start_soon(self._entry_task, action, token, nursery)
+        await streams.send(action)
 
     def _count_dry(self, action: Action) -> None:
         if action.kind in (Kind.COPY, Kind.CREATE):
