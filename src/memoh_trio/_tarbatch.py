@@ -222,10 +222,17 @@ def parse_listing(output: bytes, staged: Sequence[str], check: Check) -> dict[in
 
 
 def move_script(staging: str, lay: Layout, members: Sequence[int]) -> str:
-    """Move the staged ``members`` (indexes) into place, one ``mkdir -p`` + ``mv`` per
-    destination directory, then delete the staging directory. Prints ``F <group> <error>`` for
-    each group that failed."""
+    """Move the staged ``members`` (indexes) into place: one ``mv`` per destination directory
+    (after a ``mkdir -p`` when it does not exist yet), then delete the staging directory. Prints
+    ``F <group> <error>`` for each group that failed.
+
+    A group that succeeds costs one process (``mv``), two when its directory is new: a subshell
+    capturing each group's messages made it three (measured: ~3.4 ms per group, 0.3 s for the
+    65 directories of one batch of the mixed tree). Messages go to a file in the staging
+    directory, read only when the group failed.
+    """
     wanted = set(members)
+    err = _q(f"./{staging}/.err")  # staged groups are named by number: no clash
     lines = []
     for g, (d, idx) in enumerate(zip(lay.dirs, lay.groups, strict=True)):
         chosen = [i for i in idx if i in wanted]
@@ -234,8 +241,9 @@ def move_script(staging: str, lay: Layout, members: Sequence[int]) -> str:
         target = _q("./" + d + "/" if d else "./")
         srcs = " ".join(_q(f"./{staging}/{lay.staged[i]}") for i in chosen)
         lines.append(
-            f"out=$( {{ mkdir -p -- {target} && mv -f -- {srcs} {target} ; }} 2>&1 ) || "
-            f"printf 'F %d %s\\n' {g} \"$(printf %s \"$out\" | tr '\\n' ' ')\""
+            f"if {{ [ -d {target} ] || mkdir -p -- {target}; }} 2>{err} && "
+            f"mv -f -- {srcs} {target} 2>{err}; then :; else "
+            f"printf 'F %d %s\\n' {g} \"$(tr '\\n' ' ' < {err})\"; fi"
         )
     lines.append(f"rm -rf -- {_q('./' + staging)}")
     return "\n".join(lines) + "\n"
