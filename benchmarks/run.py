@@ -309,8 +309,37 @@ def _rmtree(path: Path) -> None:
         shutil.rmtree(path)
 
 
+#: Run outputs with at least this many files are put aside, not deleted, after their run.
+KEEP_ASIDE_MIN_FILES = 100
+
+
+class Trash:
+    """Run outputs put aside (one rename each) and deleted when the harness ends.
+
+    A file system may pass over recently freed inodes when it allocates one: ext4 without a
+    journal does for 60 s (``recently_deleted()`` in ``fs/ext4/ialloc.c``), checking each freed
+    inode in turn. Deleting a run's thousands of files then made every file the next runs
+    created cost up to 0.6 ms (perf: ``find_inode_bit``, ``recently_deleted``): 3,000 small
+    files took 0.46 s in the first run of a scenario and 1.4-1.8 s in the later ones, whoever
+    ran them. Outputs with few files (the large-file scenarios) are deleted at once.
+    """
+
+    def __init__(self, parent: Path) -> None:
+        self.dir = parent / f"trash-{os.getpid()}"
+        self.count = 0
+
+    def put(self, path: Path) -> None:
+        self.dir.mkdir(exist_ok=True)
+        path.rename(self.dir / str(self.count))
+        self.count += 1
+
+    def empty(self) -> None:
+        _rmtree(self.dir)
+
+
 def run_once(c: Contender, src: Path, manifest: scenarios.Manifest, work: Path,
-             servers: Servers, *, full_check: bool, extra: Sequence[str] = ()) -> RunResult:
+             servers: Servers, *, full_check: bool, extra: Sequence[str] = (),
+             trash: Trash | None = None) -> RunResult:
     dest = work / "dest"
     _rmtree(dest)
     dest.mkdir(parents=True)
@@ -357,7 +386,10 @@ def run_once(c: Contender, src: Path, manifest: scenarios.Manifest, work: Path,
                     raise RuntimeError(f"{len(bad)} files differ, e.g. {bad[:3]}")
         finally:
             scenarios.restore_source(src)
-            _rmtree(dest)
+            if trash is not None and manifest.files >= KEEP_ASIDE_MIN_FILES and dest.exists():
+                trash.put(dest)
+            else:
+                _rmtree(dest)
     return RunResult(
         seconds=float(result.get("seconds", outcome.wall)),
         files=manifest.files, bytes=manifest.bytes,
@@ -474,7 +506,9 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
     w("- Each cell: median of the runs (peak RSS: the largest); MB = 10^6 bytes. Time is the "
       "client's connect + copy + final rename (interpreter start excluded), CPU seconds over the "
       "same region; server CPU from 'listening' to the client's exit. Dirty pages are "
-      "flushed (untimed `sync`) before every run, so no run pays for an earlier one's writes; "
+      "flushed (untimed `sync`) before every run, so no run pays for an earlier one's writes, "
+      f"and outputs of {KEEP_ASIDE_MIN_FILES}+ files are deleted only at the end, so none "
+      "pays for an earlier one's deletions (see `Trash` in run.py); "
       "memoh-trio's own `sync` before it renames the source is timed. Contenders are "
       "interleaved within each repetition; every destination was checked against the source "
       "(count and bytes" + ("; full content" if smoke else "") + ").")
@@ -621,6 +655,45 @@ def _parse_repeat_for(text: str) -> dict[str, int]:
     return out
 
 
+def _run_all(keys: Sequence[str], contenders: list[Contender], skip: set[str],
+             repeats: dict[str, int], cache: Path, cells: dict[str, dict[str, Cell]],
+             manifests: dict[str, scenarios.Manifest], servers: Servers, trash: Trash, *,
+             smoke: bool) -> bool:
+    """Every scenario and contender, interleaved; fills ``cells``. True if a run failed."""
+    failed = False
+    for key in keys:
+        t_gen = time.perf_counter()
+        src, manifest = scenarios.ensure(cache, key, smoke)
+        _warm(src)
+        manifests[key] = manifest
+        print(f"({key}) {scenarios.title(key, smoke)}: {manifest.files:,} files, "
+              f"{manifest.bytes / 1e6:,.1f} MB (ready in {time.perf_counter() - t_gen:.1f} s)",
+              flush=True)
+        row = cells.setdefault(key, {c.key: Cell() for c in contenders})
+        for c in contenders:
+            if f"{key}:{c.key}" in skip:
+                row[c.key].errors.append("skipped (--skip) to keep the run's time in budget")
+        with tempfile.TemporaryDirectory(prefix="work-", dir=cache) as work:
+            for rep in range(repeats[key]):
+                order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
+                for c in order:
+                    if f"{key}:{c.key}" in skip:
+                        continue
+                    try:
+                        r = run_once(c, src, manifest, Path(work), servers,
+                                     full_check=smoke, trash=trash)
+                    except Exception as exc:  # one broken contender must not hide the others
+                        failed = True
+                        row[c.key].errors.append(f"{type(exc).__name__}: {exc}")
+                        print(f"  {c.key:<13} run {rep + 1}: FAILED {exc}", flush=True)
+                        continue
+                    row[c.key].runs.append(r)
+                    print(f"  {c.key:<13} run {rep + 1}: {r.seconds:8.3f} s "
+                          f"{r.bytes / r.seconds / 1e6:9.1f} MB/s {r.files / r.seconds:9.0f} "
+                          f"files/s", flush=True)
+    return failed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -673,37 +746,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers = Servers()
     cells: dict[str, dict[str, Cell]] = {}
     manifests: dict[str, scenarios.Manifest] = {}
-    failed = False
-    for key in keys:
-        t_gen = time.perf_counter()
-        src, manifest = scenarios.ensure(cache, key, args.smoke)
-        _warm(src)
-        manifests[key] = manifest
-        print(f"({key}) {scenarios.title(key, args.smoke)}: {manifest.files:,} files, "
-              f"{manifest.bytes / 1e6:,.1f} MB (ready in {time.perf_counter() - t_gen:.1f} s)",
-              flush=True)
-        row = cells.setdefault(key, {c.key: Cell() for c in contenders})
-        for c in contenders:
-            if f"{key}:{c.key}" in skip:
-                row[c.key].errors.append("skipped (--skip) to keep the run's time in budget")
-        with tempfile.TemporaryDirectory(prefix="work-", dir=cache) as work:
-            for rep in range(repeats[key]):
-                order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
-                for c in order:
-                    if f"{key}:{c.key}" in skip:
-                        continue
-                    try:
-                        r = run_once(c, src, manifest, Path(work), servers,
-                                     full_check=args.smoke)
-                    except Exception as exc:  # one broken contender must not hide the others
-                        failed = True
-                        row[c.key].errors.append(f"{type(exc).__name__}: {exc}")
-                        print(f"  {c.key:<13} run {rep + 1}: FAILED {exc}", flush=True)
-                        continue
-                    row[c.key].runs.append(r)
-                    print(f"  {c.key:<13} run {rep + 1}: {r.seconds:8.3f} s "
-                          f"{r.bytes / r.seconds / 1e6:9.1f} MB/s {r.files / r.seconds:9.0f} "
-                          f"files/s", flush=True)
+    for stale in cache.glob("trash-*"):  # left by a harness that was killed
+        _rmtree(stale)
+    trash = Trash(cache)
+    try:
+        failed = _run_all(keys, contenders, skip, repeats, cache, cells, manifests, servers,
+                          trash, smoke=args.smoke)
+    finally:
+        if trash.count:
+            print(f"removing the {trash.count} run outputs kept aside (untimed)", flush=True)
+        trash.empty()
 
     command = " ".join(["python benchmarks/run.py",
                         *(sys.argv[1:] if argv is None else argv)])

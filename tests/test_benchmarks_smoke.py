@@ -19,19 +19,22 @@ REPO = Path(__file__).resolve().parent.parent
 def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--scenarios", "a,e",
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--scenarios", "a,d,e",
          "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = (out / "latest.md").read_text()
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
-    for section in ("## (a)", "## (e)", "## Targets"):
+    for section in ("## (a)", "## (d)", "## (e)", "## Targets"):
         assert section in table
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     for c in CONTENDERS:
         row = f"| {c.label} | {SERVER_LABELS[c.server]} |"
         matching = [r for r in rows if r.startswith(row)]
-        assert len(matching) == 2, f"{row} should appear once per scenario:\n{table}"
+        assert len(matching) == 3, f"{row} should appear once per scenario:\n{table}"
         assert all("FAILED" not in r for r in matching), table
     assert "## Failed runs" not in table
+    # Outputs of the many-file scenario (d) were put aside during the run, removed at its end.
+    assert "run outputs kept aside" in proc.stdout
+    assert not list((tmp_path / "cache").glob("trash-*"))
