@@ -38,3 +38,27 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
     # Outputs of the many-file scenario (d) were put aside during the run, removed at its end.
     assert "run outputs kept aside" in proc.stdout
     assert not list((tmp_path / "cache").glob("trash-*"))
+
+
+def test_ab_servers_smoke(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab_servers", "--smoke", "--scenario", "c",
+         "--rounds", "1", "--server", "memoh", "--server", "memoh --no-direct-io@1",
+         "--server", "grpcio", "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    medians = proc.stdout.split("medians:")[1].splitlines()
+    for label in ("memoh ", "memoh --no-direct-io@1", "grpcio"):
+        assert any(line.strip().startswith(label.strip()) and " s " in line for line in medians)
+
+
+def test_bench_direct_io_smoke(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_direct_io", "--size-mib", "4", "--rounds", "1",
+         "--dir", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "page cache  median" in proc.stdout and "O_DIRECT    median" in proc.stdout
+    assert not list(tmp_path.glob("direct-io-*"))  # its temporary directory is gone

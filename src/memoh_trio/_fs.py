@@ -516,11 +516,11 @@ class RawWriter:
     With ``direct=True``, an upload arriving in chunks of :data:`DIRECT_MIN_CHUNK` or more is
     written with ``O_DIRECT``, bypassing the page cache: each chunk is copied into a reused,
     page-aligned staging buffer and its 4 KiB-aligned part written straight to the device; the
-    last partial block goes through the page cache at :meth:`commit`. Measured on 256 MiB
-    written in 1 MiB chunks, then fsync'd (this machine, ext4 on virtio): buffered 0.105-0.384
-    s with 0.04-0.32 s of kernel CPU (allocating and filling page-cache pages; the spread is
-    first-touch faults of guest memory), direct 0.090-0.098 s with 0.02 s. The migrator's
-    ``sync`` before it renames the source then has nothing of these files left to flush. A
+    last partial block goes through the page cache at :meth:`commit`. Filling page-cache pages
+    not in use is the cost this avoids: a 4 GiB upload took 0.9 s of the server's kernel CPU
+    with O_DIRECT and 10.0 s without (``python -m benchmarks.ab_servers --scenario e``); with
+    hot pages the two are even (``benchmarks/bench_direct_io.py``). The migrator's ``sync``
+    before it renames the source then has nothing of these files left to flush. A
     filesystem that refuses O_DIRECT (at ``fcntl`` or at a write, ``EINVAL``) gets the rest of
     the upload through the page cache: same bytes, same result.
     """
