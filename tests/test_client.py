@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import hashlib
 import io
 import os
 import socket
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -545,6 +547,20 @@ async def test_tls(make_server: MakeServer, certs: Certs) -> None:
     with pytest.raises(_errors.Unavailable):  # plaintext client, TLS server
         async with connect(server.target, connect_timeout=3) as c:
             await c.stat("tls.bin")
+
+
+async def test_tls_close_leaves_no_socket_open(make_server: MakeServer, certs: Certs) -> None:
+    """Closing a TLS connection waits for the TLS shutdown to close the socket (it used to be
+    left to the garbage collector: an unclosed socket and transport per connection)."""
+    server = await make_server(tls=ServerTLS(cert=certs.server_cert, key=certs.server_key))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        for _ in range(3):
+            async with connect(server.target, tls=ClientTLS(ca=certs.ca)) as c:
+                await c.write_raw("tls.bin", b"secret")
+        gc.collect()
+    leaks = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
+    assert leaks == []
 
 
 async def test_mtls(make_server: MakeServer, certs: Certs) -> None:
