@@ -57,6 +57,7 @@ from ._errors import (
     ConfigError,
     InvalidArgument,
     MemohError,
+    NotFound,
     RPCError,
     SourceError,
     Unauthenticated,
@@ -128,6 +129,8 @@ EXEC_TIMEOUT = 300
 WRITEBACK_BYTES = 32 * 1024 * 1024
 #: Seconds allowed to delete a temporary file after a failure (shielded from cancellation).
 CLEANUP_TIMEOUT = 5.0
+#: Pause between attempts to delete a staging directory a cancelled Exec may still write into.
+CLEANUP_RETRY = 0.05
 #: Apply modes/mtimes with one python3 process per batch when the container has python3 (else
 #: one shell ``chmod`` + ``touch`` per entry). A switch so tests can exercise both paths.
 USE_PYTHON_META = True
@@ -722,10 +725,24 @@ class _Run:
     async def _discard(self, part: str, *, recursive: bool = False) -> None:
         """Delete a temporary file (or staging dir), best effort, even when cancelled."""
         timeout = 1.0 if self.fatal is not None else CLEANUP_TIMEOUT
-        with trio.CancelScope(shield=True), trio.move_on_after(timeout), \
-                contextlib.suppress(MemohError, OSError):
-            await self.client.delete_file(_join(self.dest, part) if recursive else part,
-                                          recursive=recursive)
+        path = _join(self.dest, part) if recursive else part
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+            while True:
+                with contextlib.suppress(MemohError, OSError):
+                    await self.client.delete_file(path, recursive=recursive)
+                if not recursive:
+                    return
+                # A staging directory: the Exec cancelled just before may still be running its
+                # script in it for a moment (the server kills the script once it sees the
+                # cancellation) and write into it after it was deleted (seen: 1 run in 20 of
+                # test_cancel_never_renames_and_cleans_up). Delete until it is gone.
+                try:
+                    await self.client.stat(path)
+                except NotFound:
+                    return
+                except (MemohError, OSError):
+                    return  # cannot tell: the next run removes stale staging dirs
+                await trio.sleep(CLEANUP_RETRY)
 
     async def _verify_sha256(self, path: str, local: str | None) -> str | None:
         if local is None:
