@@ -36,7 +36,7 @@ from memoh_trio._report import MigrationReport
 from memoh_trio._server import ServerAddress, serve
 
 #: Temporary names at the destination: the server's upload temp and the migrator's part file.
-TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-")
+TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-", ".memoh-tar-")  # server, client, tar staging
 CHUNK = 64 * 1024
 MIGRATED = ".migrated"
 
@@ -393,7 +393,7 @@ async def test_server_sigkill_mid_copy_then_restart(
         assert src.is_dir() and not Path(str(src) + MIGRATED).exists()
         assert tree_files(src) == files
         for rel, data in tree_files(root).items():
-            if not os.path.basename(rel).startswith(TEMP_PREFIXES):
+            if not any(part.startswith(TEMP_PREFIXES) for part in rel.split("/")):
                 assert data == files[rel], f"partial file at a final path: {rel}"
         async with server_process(root) as (_server, target):
             client = await migrate_process(src, target)
