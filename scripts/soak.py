@@ -44,7 +44,7 @@ from memoh_trio._migrate import migrate
 from memoh_trio._server import serve
 
 FAULTS = ["none", "delay", "stall", "cut-up", "cut-down", "nth-write", "enospc", "stop-reading"]
-TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-")
+TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-", ".memoh-tar-")  # server, client, tar staging
 STALL_TIMEOUT = 1.0
 RUN_LIMIT = 60.0  # one migration attempt, seconds
 
@@ -154,7 +154,7 @@ async def one_round(n: int, rng: random.Random, work: Path, totals: Totals) -> N
                         totals.broken_promises.append(f"round {n}: renamed after a failure")
                     # Nothing partial at a final path, ever.
                     for rel, data in tree_files(root).items():
-                        if os.path.basename(rel).startswith(TEMP_PREFIXES):
+                        if any(part.startswith(TEMP_PREFIXES) for part in rel.split("/")):
                             continue
                         if files.get(rel) != data:
                             totals.broken_promises.append(
