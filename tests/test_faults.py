@@ -311,6 +311,31 @@ async def test_proxy_stall_mid_copy_stall_detection_fires(
             assert_migrated(await run_migrate(proxy.target, src), src, root, files)
 
 
+async def test_dead_link_with_many_large_files_stops_promptly(tmp_path: Path) -> None:
+    """A link that stops forwarding while files stream one at a time: the first stalled stream
+    fails that file, and its cleanup gets no answer either, which makes the run stop with
+    Unavailable instead of stalling (and cleaning up) once per remaining file (the soak saw a
+    run go past 60 s that way; 12 files here would take more than 60 s)."""
+    src = tmp_path / "bot"
+    root = tmp_path / "root"
+    src.mkdir()
+    root.mkdir()
+    files = {f"big{i:02}.bin": os.urandom(300 * 1024) for i in range(12)}  # not tar-batched
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    with trio.fail_after(40):
+        async with proxied(root) as (_addr, proxy):
+            proxy.stall_after(UP, 700_000)
+            start = trio.current_time()
+            with pytest.raises(_errors.Unavailable, match="no answer from the container"):
+                await run_migrate(proxy.target, src, concurrency=1, stall_timeout=0.5)
+            elapsed = trio.current_time() - start
+            assert elapsed < 20, f"took {elapsed:.1f} s to give up on a dead link"
+            proxy.cut()
+            await wait_until(lambda: not any(".memoh-tmp-" in p for p in temp_entries(root)))
+            assert_nothing_lost(src, root, files, allow_part_files=True)
+
+
 async def test_proxy_refuses_connections(dirs: tuple[Path, Path, dict[str, bytes]]) -> None:
     src, root, files = dirs
     with trio.fail_after(30):

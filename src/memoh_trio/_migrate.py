@@ -317,6 +317,7 @@ class _Run:
         self.tar_batches = tar_batches
         self.tar_ok = False  # probed once per run (see _probe_tar)
         self.batcher: Batcher[Action] = Batcher()
+        self.copy_nursery: trio.Nursery | None = None  # while the copy runs
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -458,6 +459,7 @@ class _Run:
         send, recv = trio.open_memory_channel[WalkEntry](WALK_BUFFER)
         streams, stream_queue = trio.open_memory_channel[Action](STREAM_QUEUE)
         async with trio.open_nursery() as nursery:
+            self.copy_nursery = nursery
             nursery.start_soon(self._walk, send)
             nursery.start_soon(self._feed_streams, stream_queue, nursery)
             async with streams:
@@ -468,6 +470,7 @@ class _Run:
                     self._flush_links(nursery, force=True)
                     if len(self.batcher):
                         await self._start_tar(self.batcher.take(), nursery)
+        self.copy_nursery = None
         if nursery.cancel_scope.cancelled_caught:
             self.cancelled = self.fatal is None
 
@@ -726,7 +729,7 @@ class _Run:
         """Delete a temporary file (or staging dir), best effort, even when cancelled."""
         timeout = 1.0 if self.fatal is not None else CLEANUP_TIMEOUT
         path = _join(self.dest, part) if recursive else part
-        with trio.CancelScope(shield=True), trio.move_on_after(timeout):
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout) as limit:
             while True:
                 with contextlib.suppress(MemohError, OSError):
                     await self.client.delete_file(path, recursive=recursive)
@@ -743,6 +746,13 @@ class _Run:
                 except (MemohError, OSError):
                     return  # cannot tell: the next run removes stale staging dirs
                 await trio.sleep(CLEANUP_RETRY)
+        if limit.cancelled_caught and self.fatal is None and self.copy_nursery is not None:
+            # Not one answer in CLEANUP_TIMEOUT: the connection is as good as gone (a stalled
+            # stream is a per-file failure, but on a dead link every next file would stall in
+            # turn, each with its own cleanup: the soak saw a run go past 60 s that way).
+            self._fatal(Unavailable(f"no answer from the container within {timeout:g} s "
+                                    f"(deleting {path})", method="DeleteFile"),
+                        self.copy_nursery)
 
     async def _verify_sha256(self, path: str, local: str | None) -> str | None:
         if local is None:
