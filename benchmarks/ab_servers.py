@@ -15,11 +15,9 @@ included). Where ``run.py`` compares contenders, this takes a few variants of on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks import scenarios
-from benchmarks._measure import RESULT_PREFIX
+from benchmarks._measure import parse_result
+from benchmarks.run import REPO, ServerProc, proc_peak_rss, proc_times
 
 PY = sys.executable
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
@@ -57,18 +55,6 @@ def parse_variant(text: str) -> Variant:
     return Variant(text, words[0], words[1:], int(conc) if conc else None)
 
 
-def _proc_stats(pid: int) -> tuple[float, float, int, int]:
-    tick = os.sysconf("SC_CLK_TCK")
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    rss_kib = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                rss_kib = int(line.split()[1])
-    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7]), rss_kib // 1024
-
-
 def run_one(v: Variant, src: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-root-"))
     if v.kind == "memoh":
@@ -76,27 +62,24 @@ def run_one(v: Variant, src: Path) -> None:
                 *v.options]
     else:
         argv = [PY, "-m", "benchmarks.servers", "grpcio", "--root", str(root)]
-    server = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                              text=True)
-    try:
-        assert server.stdout is not None
-        target = server.stdout.readline().split()[-1]
-        os.sync()
-        client = [PY, "-m", "benchmarks.memoh_client", "--target", target, "--src", str(src)]
-        if v.concurrency is not None:
-            client += ["--concurrency", str(v.concurrency)]
-        done = subprocess.run(client, cwd=REPO, capture_output=True, text=True, check=False)
-        result = next((json.loads(line[len(RESULT_PREFIX):])
-                       for line in done.stdout.splitlines() if line.startswith(RESULT_PREFIX)),
-                      None)
-        if done.returncode != 0 or result is None:
-            raise SystemExit(f"{v.label}: client failed ({done.returncode}):\n{done.stderr}")
-        user, system, faults, rss = _proc_stats(server.pid)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait()
-        scenarios.restore_source(src)
-        shutil.rmtree(root, ignore_errors=True)
+    with tempfile.TemporaryFile() as log:
+        server = ServerProc(argv, log)
+        try:
+            os.sync()
+            client = [PY, "-m", "benchmarks.memoh_client", "--target", server.target,
+                      "--src", str(src)]
+            if v.concurrency is not None:
+                client += ["--concurrency", str(v.concurrency)]
+            done = subprocess.run(client, cwd=REPO, capture_output=True, text=True, check=False)
+            result = parse_result(done.stdout)
+            if done.returncode != 0 or result is None:
+                raise SystemExit(f"{v.label}: client failed ({done.returncode}):\n{done.stderr}")
+            user, system, faults = proc_times(server.proc.pid)
+            rss = proc_peak_rss(server.proc.pid) // (1024 * 1024)
+        finally:
+            server.stop()
+            scenarios.restore_source(src)
+            shutil.rmtree(root, ignore_errors=True)
     v.seconds.append(float(result["seconds"]))
     v.user.append(user)
     v.system.append(system)

@@ -109,15 +109,22 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _proc_cpu(pid: int) -> float:
-    """CPU seconds (user + system, all threads) of a live process, from /proc."""
+def proc_times(pid: int) -> tuple[float, float, int]:
+    """(user CPU seconds, system CPU seconds, minor page faults) of a live process, all
+    threads, from /proc."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rpartition(")")[2].split()
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return int(fields[11]) / ticks, int(fields[12]) / ticks, int(fields[7])
 
 
-def _proc_peak_rss(pid: int) -> int:
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) of a live process."""
+    user, system, _ = proc_times(pid)
+    return user + system
+
+
+def proc_peak_rss(pid: int) -> int:
     """Peak resident set size in bytes (VmHWM) of a live process."""
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -173,7 +180,7 @@ class ServerProc:
 
     def usage(self) -> tuple[float, int]:
         """(CPU seconds since listening, peak RSS bytes)."""
-        return _proc_cpu(self.proc.pid) - self.cpu0, _proc_peak_rss(self.proc.pid)
+        return _proc_cpu(self.proc.pid) - self.cpu0, proc_peak_rss(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -211,7 +218,7 @@ def run_client(argv: Sequence[str], timeout: float) -> ClientOutcome:
         def poll() -> None:
             while not done.wait(0.02):
                 with contextlib.suppress(OSError, ValueError):
-                    peak[0] = max(peak[0], _proc_peak_rss(proc.pid))
+                    peak[0] = max(peak[0], proc_peak_rss(proc.pid))
 
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()

@@ -585,7 +585,6 @@ class RawWriter:
             self._direct_ok = False
             return
         self._stage = _take_buffer()
-        self._carry = 0
 
     def _write_staged(self, view: memoryview) -> None:
         pos, end = 0, len(view)
@@ -626,17 +625,14 @@ class RawWriter:
 
     def _stop_direct(self, start: int, end: int) -> None:
         """Leave direct mode; ``stage[start:end]`` goes through the page cache."""
-        stage, self._stage = self._stage, None
         self._direct_ok = False
-        self._carry = 0
         try:
             _set_direct(self._fd, False)
-            if stage is not None and end > start:
-                with memoryview(stage) as mv:
+            if self._stage is not None and end > start:
+                with memoryview(self._stage) as mv:
                     _write_all(self._fd, mv[start:end])
         finally:
-            if stage is not None:
-                _give_buffer(stage)
+            self._release_stage()
 
     def _release_stage(self) -> None:
         stage, self._stage = self._stage, None

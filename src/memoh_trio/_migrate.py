@@ -462,10 +462,9 @@ class _Run:
             self.copy_nursery = nursery
             nursery.start_soon(self._walk, send)
             nursery.start_soon(self._feed_streams, stream_queue, nursery)
-            async with streams:
-                async with recv:
-                    async for entry in recv:
-                        await self._dispatch(classify(entry), streams, nursery)
+            async with streams, recv:
+                async for entry in recv:
+                    await self._dispatch(classify(entry), streams, nursery)
                 if not self.dry_run:
                     self._flush_links(nursery, force=True)
                     if len(self.batcher):
