@@ -1,0 +1,36 @@
+"""The peer processes themselves work (Memoh's Go server and migrator, our server as a child)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server, run_memoh_go_seed
+
+import memoh_trio
+
+
+@pytest.mark.memoh_go
+async def test_memoh_go_seed_into_memoh_go_server(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a.txt").write_bytes(b"hello\n")
+    (src / "sub" / "b.bin").write_bytes(bytes(range(256)) * 300)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with memoh_go_server(dst) as peer:
+        code, out, err = await run_memoh_go_seed(src, peer.target)
+        assert code == 0, (out, err)
+        assert "migrated=2 failed=0 renamed=true" in out
+        async with memoh_trio.connect(peer.target) as client:
+            entry = await client.stat("sub/b.bin")
+    assert entry.size == 256 * 300
+    assert (dst / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 300
+    assert not src.exists() and (tmp_path / "src.migrated").is_dir()
+
+
+async def test_memoh_trio_server_child(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"x")
+    async with memoh_trio_server(tmp_path) as peer, \
+            memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+        assert (await client.stat("f")).size == 1
