@@ -53,3 +53,18 @@ def test_decision_is_the_conjunction(requested: bool, walked: bool, cancelled: b
     d = decide(o)
     assert d.rename == expected
     assert d.reason
+
+
+@given(st.booleans(), st.booleans(), st.booleans(), st.booleans(), st.integers(0, 3))
+def test_status_follows_the_decision(requested: bool, dry_run: bool, walked: bool,
+                                     cancelled: bool, failures: int) -> None:
+    o = Outcome(requested and not dry_run, walked, cancelled, None, 2, 2, failures,
+                dry_run=dry_run)
+    d = decide(o)
+    clean = walked and not cancelled and failures == 0
+    if not clean:
+        assert d.status == "incomplete" and not d.rename
+    elif dry_run:
+        assert d.status == "dry-run" and not d.rename
+    else:
+        assert d.status == "migrated" and d.rename == requested

@@ -27,7 +27,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.grpcio_peer import make_servicer, start_grpcio_server
-from memoh_trio import _migrate
 from memoh_trio._client import connect
 from memoh_trio._errors import ConfigError, MigrationBusy, SourceError, Unavailable
 from memoh_trio._lock import single_flight
@@ -39,6 +38,7 @@ from memoh_trio._migrate import (
     migrate_all,
     migrate_bot,
 )
+from memoh_trio._migrate import meta as migrate_meta
 from memoh_trio._pool import Pool
 from memoh_trio._progress import Progress
 from memoh_trio._server import ServerHooks, serve
@@ -270,11 +270,11 @@ async def test_resume_skips_unchanged_files(target: Target, src: Path) -> None:
     assert (target.root / "c").read_bytes() == b"changed"
 
 
-@pytest.mark.parametrize("shell_max", [0, _migrate.SHELL_META_MAX], ids=["python3", "shell"])
+@pytest.mark.parametrize("shell_max", [0, migrate_meta.SHELL_META_MAX], ids=["python3", "shell"])
 async def test_preserve_modes_and_mtimes(target: Target, src: Path, shell_max: int,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """Small batches go through the shell, larger ones through one python3: same result."""
-    monkeypatch.setattr(_migrate, "SHELL_META_MAX", shell_max)
+    monkeypatch.setattr(migrate_meta, "SHELL_META_MAX", shell_max)
     write_tree(src, {"x/run.sh": b"#!/bin/sh\n", "x/private": b"p", "pub": b"q"})
     (src / "emptyd").mkdir()
     (src / "x" / "run.sh").chmod(0o751)
@@ -295,7 +295,7 @@ async def test_preserve_modes_and_mtimes(target: Target, src: Path, shell_max: i
 async def test_preserve_with_shell_only(target: Target, src: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Containers without python3: chmod + touch per entry, batched in one shell script."""
-    monkeypatch.setattr(_migrate, "USE_PYTHON_META", False)
+    monkeypatch.setattr(migrate_meta, "USE_PYTHON_META", False)
     write_tree(src, {"d/-dash": b"1", "d/sp ace": b"2", "d/new\nline": b"3", "d/quo'te": b"4"})
     for i, rel in enumerate(["d/-dash", "d/sp ace", "d/new\nline", "d/quo'te", "d"]):
         (src / rel).chmod(0o640 if i % 2 else 0o755)
@@ -706,7 +706,7 @@ class _RecordingClient:
 async def test_early_writeback_syncs_while_copying(
     target: Target, src: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
 ) -> None:
-    monkeypatch.setattr(_migrate, "WRITEBACK_BYTES", 400 * 1024)
+    monkeypatch.setattr(migrate_meta, "WRITEBACK_BYTES", 400 * 1024)
     files = {f"f{i}": os.urandom(300 * 1024) for i in range(6)}  # streamed, not tar-batched
     write_tree(src, files)
     async with connect(target.address, chunk_size=64 * 1024) as real:

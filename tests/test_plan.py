@@ -13,12 +13,15 @@ from hypothesis import strategies as st
 
 from memoh_trio._plan import (
     REQUIRED_KINDS,
+    Action,
     Kind,
+    Route,
     WalkEntry,
     classify,
     describe_os_error,
     display_path,
     is_utf8,
+    route,
 )
 
 
@@ -160,3 +163,33 @@ def test_utf8_detection_matches_bytes(name: bytes) -> None:
         valid = False
     assert is_utf8(decoded) == valid
     assert os.fsencode(decoded) == name
+
+
+# --------------------------------------------------------------------------- route
+
+
+def _action(kind: Kind, size: int = 0) -> Action:
+    return Action(kind, "a", "/src/a", size=size, link_target="t" if kind is Kind.SYMLINK else None)
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "dry_run", "unchanged", "tar_max", "expected"),
+    [
+        (Kind.FAIL, 0, False, False, 10, Route.FAIL),
+        (Kind.SKIP, 0, True, False, 10, Route.SKIP),
+        (Kind.DIR, 0, True, False, 10, Route.DIR),
+        (Kind.COPY, 5, True, True, 10, Route.DRY),
+        (Kind.SYMLINK, 0, False, False, 10, Route.LINK),
+        (Kind.MKDIR, 0, False, True, 10, Route.ENTRY),
+        (Kind.COPY, 5, False, True, 10, Route.UNCHANGED),
+        (Kind.CREATE, 0, False, True, 10, Route.UNCHANGED),
+        (Kind.COPY, 10, False, False, 10, Route.TAR),
+        (Kind.COPY, 11, False, False, 10, Route.ENTRY),
+        (Kind.COPY, 1, False, False, 0, Route.ENTRY),  # no tar batches
+        (Kind.CREATE, 0, False, False, 10, Route.ENTRY),
+    ],
+)
+def test_route(kind: Kind, size: int, dry_run: bool, unchanged: bool, tar_max: int,
+               expected: Route) -> None:
+    assert route(_action(kind, size), dry_run=dry_run, unchanged=unchanged,
+                 tar_max_size=tar_max) is expected

@@ -14,20 +14,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memoh_trio._tarbatch import (
-    DEFAULT_MODE,
+from memoh_trio._scripts import (
     TAR_FAILED_EXIT,
-    Batcher,
     Check,
-    Member,
     extract_script,
-    layout,
     move_script,
-    pack,
-    parse_failed_groups,
     parse_listing,
     probe_script,
 )
+from memoh_trio._scripts import parse_failures as parse_failed_groups
+from memoh_trio._tarbatch import DEFAULT_MODE, Batcher, Member, layout, pack
 
 _names = st.sampled_from(["a", "-x", "d e", "ü", "n\nl", "q'\"$`\\", "--", "*", ".h"])
 _rels = st.lists(_names, min_size=1, max_size=3).map("/".join)

@@ -4,12 +4,15 @@ The public API is re-exported here; the modules behind it are private (``_name``
 
 Layout (the decision logic is pure and apart from I/O, as in h11):
 
-* ``_paths``, ``_plan``, ``_finalize``, ``_units`` — pure: path confinement, classification of
-  walk entries, the rename decision, parsing of sizes and targets;
+* ``_paths``, ``_plan``, ``_finalize``, ``_units``, ``_scripts``, ``_tarbatch``, ``_wire`` — pure:
+  path confinement, classification and routing of walk entries, the rename decision, parsing of
+  sizes and targets, every container-side shell script and its parser, tar batches, the
+  hand-written encoder of the two bulk messages;
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib (``_proto/``
   holds the generated betterproto2 stubs: never edit them by hand);
 * ``_client``, ``_pool`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the Trio server;
-* ``_walk``, ``_lock``, ``_migrate``, ``_progress``, ``_report`` — the migrator;
+* ``_walk``, ``_lock``, ``_migrate/`` (``run``, ``context``, ``stream``, ``tar``, ``meta``,
+  ``resume``, ``bots``), ``_progress``, ``_report``, ``_tasks`` — the migrator;
 * ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line.
 """
 

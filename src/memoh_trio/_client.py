@@ -27,6 +27,7 @@ from . import _errors
 from ._bridge import asyncio_loop
 from ._bridge import client as bridge
 from ._proto import mcpcontainer as pb
+from ._tasks import with_helpers
 from ._tls import ClientTLS
 from ._units import parse_target
 
@@ -84,31 +85,6 @@ def _entry(e: pb.FileEntry | None) -> FileEntry:
     if e is None:
         raise _errors.Internal("server sent no entry")
     return FileEntry(e.path, bool(e.is_dir), int(e.size), e.mode, e.mod_time)
-
-
-async def _with_helpers(
-    main: Callable[[], Awaitable[T]], helpers: Sequence[Callable[[], Awaitable[None]]]
-) -> T:
-    """Run ``main`` while ``helpers`` run beside it; cancel them when ``main`` ends.
-
-    ``main``'s exception comes out as itself, not wrapped in an ExceptionGroup by the nursery
-    (helpers never raise ``Exception``).
-    """
-    if not helpers:
-        return await main()
-    error: Exception | None = None
-    result: Any = None
-    async with trio.open_nursery() as nursery:
-        for helper in helpers:
-            nursery.start_soon(helper)
-        try:
-            result = await main()
-        except Exception as exc:
-            error = exc
-        nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return result  # type: ignore[no-any-return]
 
 
 class Client:
@@ -325,7 +301,7 @@ class Client:
             return None
 
         async with self._track():
-            outcome = await _with_helpers(main, helpers)
+            outcome = await with_helpers(main, helpers)
         if outcome is None:
             if stalled:
                 raise _errors.Stalled(
@@ -411,7 +387,7 @@ class Client:
             return await self._channel.exec(first, pipe, collect, rpc_timeout=self._timeout)
 
         async with self._track():
-            code = await _with_helpers(main, helpers)
+            code = await with_helpers(main, helpers)
         return ExecResult(code, b"".join(out), b"".join(err))
 
 

@@ -8,13 +8,17 @@ The source is renamed to ``<src>.migrated`` if and only if:
 * there was no fatal error and no per-entry failure;
 * every entry that needed work (copy, create, mkdir, symlink) was done and verified.
 
-:func:`decide` is called by :mod:`memoh_trio._migrate` after the copy nursery has exited, and the
-``os.rename`` follows it with no checkpoint in between, so nothing can change under the decision.
+:func:`decide` is called by :mod:`memoh_trio._migrate.run` after the copy nursery has exited, and
+the ``os.rename`` follows it with no checkpoint in between, so nothing can change under it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+#: The status of a run that reached its decision (see :class:`memoh_trio.MigrationReport`).
+RunStatus = Literal["migrated", "dry-run", "incomplete"]
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class Outcome:
 
     Attributes:
         rename_requested: the caller wants the source renamed on success.
+        dry_run: nothing was meant to be copied (walk and classify only).
         walk_complete: the walk reached its end (every directory was listed).
         cancelled: any cancellation reached the copy (deadline, interrupt, fatal error).
         fatal: a fatal error that stopped the copy (e.g. the connection was lost), or ``None``.
@@ -38,14 +43,16 @@ class Outcome:
     required: int
     done: int
     failures: int
+    dry_run: bool = False
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Whether to rename, and in plain words why not."""
+    """Whether to rename, the report's status, and in plain words why (not)."""
 
     rename: bool
     reason: str
+    status: RunStatus = "incomplete"
 
 
 def decide(outcome: Outcome) -> Decision:
@@ -62,6 +69,8 @@ def decide(outcome: Outcome) -> Decision:
         return Decision(False, f"{n} {'entry' if n == 1 else 'entries'} failed")
     if o.done != o.required:
         return Decision(False, f"only {o.done} of {o.required} entries were confirmed")
+    if o.dry_run:
+        return Decision(False, "dry run: nothing was copied", "dry-run")
     if not o.rename_requested:
-        return Decision(False, "rename not requested")
-    return Decision(True, "every entry was copied and verified")
+        return Decision(False, "rename not requested", "migrated")
+    return Decision(True, "every entry was copied and verified", "migrated")

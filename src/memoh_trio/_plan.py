@@ -158,3 +158,39 @@ def classify(entry: WalkEntry) -> Action:
             return Action(Kind.SKIP, rel, host, reason=why, mode=perm, mtime_ns=mtime)
     why = f"unknown file type {stat.S_IFMT(mode):#o}: not copied"
     return Action(Kind.SKIP, rel, host, reason=why, mode=perm, mtime_ns=mtime)
+
+
+class Route(enum.Enum):
+    """Where the migrator sends one classified entry (see :func:`route`)."""
+
+    FAIL = "fail"  # recorded as a failure
+    SKIP = "skip"  # reported as skipped
+    DIR = "dir"  # nothing to send: created by its entries; mode and mtime applied at the end
+    DRY = "dry"  # dry run: counted only
+    LINK = "link"  # a batched symlink script
+    UNCHANGED = "unchanged"  # resume: the destination already has it
+    TAR = "tar"  # a tar batch of small files
+    ENTRY = "entry"  # its own RPCs: Mkdir, or WriteRaw + Rename
+
+
+def route(action: Action, *, dry_run: bool, unchanged: bool, tar_max_size: int) -> Route:
+    """Route one entry (pure). ``unchanged``: resume found it at the destination already;
+    ``tar_max_size``: the largest file a tar batch takes (0: no tar batches)."""
+    kind = action.kind
+    if kind is Kind.FAIL:
+        return Route.FAIL
+    if kind is Kind.SKIP:
+        return Route.SKIP
+    if kind is Kind.DIR:
+        return Route.DIR
+    if dry_run:
+        return Route.DRY
+    if kind is Kind.SYMLINK:
+        return Route.LINK
+    if kind is Kind.MKDIR:
+        return Route.ENTRY
+    if unchanged:
+        return Route.UNCHANGED
+    if kind is Kind.COPY and action.size <= tar_max_size:
+        return Route.TAR
+    return Route.ENTRY

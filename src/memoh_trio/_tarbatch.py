@@ -8,10 +8,10 @@ runs of small files, with the per-file path's guarantees kept:
    ``<group>/<basename>``, one group per destination directory, so the staged names are safe and
    each group can be moved with one ``mv``. Modes and mtimes (nanoseconds, in a pax header) ride
    in the headers; owners are not kept (``uid``/``gid`` 0 and ``tar -o``).
-3. :func:`extract_script` (first Exec, the archive as stdin) unpacks into a fresh staging
-   directory ``.memoh-tar-<random>`` under the destination (same filesystem) and lists the size
-   (or SHA-256) of every staged file; :func:`parse_listing` reads that listing back.
-4. The client compares it with what it read; :func:`move_script` (second Exec) then moves only the
+3. The extract script (:mod:`memoh_trio._scripts`; first Exec, the archive as stdin) unpacks
+   into a fresh staging directory ``.memoh-tar-<random>`` under the destination (same
+   filesystem) and lists the size (or SHA-256) of every staged file, which is parsed back.
+4. The client compares it with what it read; the move script (second Exec) then moves only the
    verified files into place -- ``mv`` is ``rename(2)`` on one filesystem, so a final path holds
    either its old file or the complete new one -- and deletes the staging directory.
 
@@ -22,12 +22,10 @@ which is deleted (and stale ones from interrupted runs by the resume pass).
 from __future__ import annotations
 
 import posixpath
-import re
-import shlex
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -40,12 +38,6 @@ MAX_MEMBER_SIZE = 256 * 1024
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCH_FILES = 1000
 MAX_BATCH_PATH_BYTES = 1024 * 1024
-#: The commands a container needs for the tar path (probed once per run).
-REQUIRED_COMMANDS = ("tar", "stat", "mv", "mkdir", "rm")
-#: Exit code of the extract script when ``tar`` itself failed.
-TAR_FAILED_EXIT = 70
-
-Check = Literal["size", "sha256"]
 _BLOCK = 512
 
 
@@ -130,7 +122,7 @@ DEFAULT_MODE = 0o644
 
 def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True) -> bytes:
     """The tar archive (pax format) of ``members`` staged as ``lay`` says (without
-    ``preserve``: mode :data:`DEFAULT_MODE`, and :func:`extract_script` ignores the mtimes)."""
+    ``preserve``: mode :data:`DEFAULT_MODE`, and the extract script ignores the mtimes)."""
     out: list[bytes] = []
     for g in range(len(lay.dirs)):
         info = tarfile.TarInfo(str(g))
@@ -154,106 +146,3 @@ def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True) -> by
             out.append(b"\0" * pad)
     out.append(b"\0" * (2 * _BLOCK))
     return b"".join(out)
-
-
-def _q(path: str) -> str:
-    return shlex.quote(path)
-
-
-def probe_script(check: Check) -> str:
-    """Exit 0 iff the container has every command the tar path needs."""
-    cmds = REQUIRED_COMMANDS + (("sha256sum",) if check == "sha256" else ())
-    return " && ".join(f"command -v {c} >/dev/null 2>&1" for c in cmds)
-
-
-def extract_script(staging: str, lay: Layout, check: Check, *, preserve: bool = True) -> str:
-    """Unpack stdin into ``./staging``, then list each staged file (``size name`` or
-    ``sha256sum`` lines) in member order. Exit :data:`TAR_FAILED_EXIT` (staging removed) when
-    tar fails; a staged file that is missing simply has no line."""
-    s = _q("./" + staging)
-    names = " ".join(_q(n) for n in lay.staged)
-    lister = "sha256sum" if check == "sha256" else "stat -c '%s %n'"
-    # -p: exact modes; -m: do not restore mtimes; -o: do not restore owners (GNU and busybox).
-    flags = "-x -p -o" if preserve else "-x -m -o"
-    return (
-        f"mkdir -- {s} || exit 1\n"
-        f"if ! tar {flags} -f - -C {s}; then rm -rf -- {s}; exit {TAR_FAILED_EXIT}; fi\n"
-        f"cd -- {s} || exit 1\n"
-        f"{lister} -- {names}\n"
-        "exit 0\n"
-    )
-
-
-_SIZE = re.compile(rb"(\d+) ")
-_HEX = re.compile(rb"(\\?)([0-9a-fA-F]{64})  ")
-
-
-def _gnu_escape(name: bytes) -> bytes:
-    return name.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")
-
-
-def parse_listing(output: bytes, staged: Sequence[str], check: Check) -> dict[int, int | str]:
-    """Read :func:`extract_script`'s listing: ``{member index: size or lowercase hex}``.
-
-    Lines come in member order, but a file the lister could not read has none, and a name may
-    itself hold newlines; so each line is matched against the expected name in turn (GNU
-    ``sha256sum`` escapes names with ``\\`` or newline behind a leading backslash; busybox does
-    not). Members missing from the result failed the check.
-    """
-    out: dict[int, int | str] = {}
-    pos = 0
-    for i, name in enumerate(staged):
-        raw = name.encode("utf-8", "surrogateescape")
-        if check == "size":
-            m = _SIZE.match(output, pos)
-            if m and output.startswith(raw + b"\n", m.end()):
-                out[i] = int(m.group(1))
-                pos = m.end() + len(raw) + 1
-            continue
-        m = _HEX.match(output, pos)
-        if not m:
-            continue
-        for form in ((_gnu_escape(raw), raw) if m.group(1) else (raw,)):
-            if output.startswith(form + b"\n", m.end()):
-                out[i] = m.group(2).decode("ascii").lower()
-                pos = m.end() + len(form) + 1
-                break
-    return out
-
-
-def move_script(staging: str, lay: Layout, members: Sequence[int]) -> str:
-    """Move the staged ``members`` (indexes) into place: one ``mv`` per destination directory
-    (after a ``mkdir -p`` when it does not exist yet), then delete the staging directory. Prints
-    ``F <group> <error>`` for each group that failed.
-
-    A group that succeeds costs one process (``mv``), two when its directory is new: a subshell
-    capturing each group's messages made it three (measured: ~3.4 ms per group, 0.3 s for the
-    65 directories of one batch of the mixed tree). Messages go to a file in the staging
-    directory, read only when the group failed.
-    """
-    wanted = set(members)
-    err = _q(f"./{staging}/.err")  # staged groups are named by number: no clash
-    lines = []
-    for g, (d, idx) in enumerate(zip(lay.dirs, lay.groups, strict=True)):
-        chosen = [i for i in idx if i in wanted]
-        if not chosen:
-            continue
-        target = _q("./" + d + "/" if d else "./")
-        srcs = " ".join(_q(f"./{staging}/{lay.staged[i]}") for i in chosen)
-        lines.append(
-            f"if {{ [ -d {target} ] || mkdir -p -- {target}; }} 2>{err} && "
-            f"mv -f -- {srcs} {target} 2>{err}; then :; else "
-            f"printf 'F %d %s\\n' {g} \"$(tr '\\n' ' ' < {err})\"; fi"
-        )
-    lines.append(f"rm -rf -- {_q('./' + staging)}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_failed_groups(output: bytes) -> dict[int, str]:
-    """``{group: error}`` from :func:`move_script`'s output."""
-    failed: dict[int, str] = {}
-    for line in output.decode("utf-8", "replace").splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) >= 2 and parts[0] == "F" and parts[1].isdigit():
-            failed[int(parts[1])] = (parts[2] if len(parts) > 2 else "").strip() or "failed"
-    return failed

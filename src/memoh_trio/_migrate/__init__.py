@@ -1,0 +1,67 @@
+"""The migrator: copy a tree into a container; rename the source only if all of it made it.
+
+Its parts, each owning one thing and never calling back up:
+
+* :mod:`.run` -- :func:`migrate`: lock, resume, walk → route (pure, :func:`memoh_trio._plan.route`)
+  → dispatch under one nursery and ``CapacityLimiter``, decide (pure,
+  :func:`memoh_trio._finalize.decide`), rename;
+* :mod:`.context` -- the frozen options, the ledger (counts, failures, fatal), the client with
+  deadlines, shared constants;
+* :mod:`.stream` -- one file via WriteRaw → temporary sibling → verify → Rename;
+* :mod:`.tar` -- one tar batch of small files; returns what was copied, failed or changed;
+* :mod:`.meta` -- symlinks, permission bits and mtimes, the container's ``sync``;
+* :mod:`.resume` -- what is already at the destination; stale temporaries;
+* :mod:`.bots` -- :func:`migrate_bot`, :func:`migrate_all`, :func:`list_bots`.
+
+Every container-side script, and the parser of its output, is in :mod:`memoh_trio._scripts`.
+
+How one :func:`migrate` runs:
+
+1. The source is checked (:func:`check_source`) and the single-flight lock next to it is taken
+   (:mod:`memoh_trio._lock`).
+2. Resume: one recursive ``ListDir`` of the destination up front gives what is already there
+   (rsync's quick check: same size and same mtime second → not resent). Stale temporary files of
+   an earlier interrupted run are deleted.
+3. The walk (:mod:`memoh_trio._walk`) streams entries from a worker thread into a channel; each
+   entry is classified by pure code (:func:`memoh_trio._plan.classify`) and dispatched: small
+   files into tar batches, the others into a bounded queue of file streams. A
+   ``CapacityLimiter`` bounds the streams and batches in flight; a feeder task waits for a slot
+   before starting the next stream, so neither tasks nor memory grow with the tree, and the walk
+   is never held up by large files while small ones could already be batched.
+4. Each file goes to a temporary sibling name through ``WriteRaw`` (size pinned to the size seen at
+   ``lstat`` time; optional SHA-256 computed while reading), is verified (bytes read ==
+   bytes written == size; the source unchanged since; with ``verify="sha256"`` the container's hash
+   of the temporary file), and only then moved onto its final name with ``Rename``. On any failure
+   or cancellation the temporary file is deleted (shielded, bounded in time). So no final path
+   ever holds a partial file, even against a server that writes in place.
+5. Symlinks are recreated and permission bits / mtimes applied in the container through batched
+   ``Exec`` calls (one shell script per batch, not one RPC per entry); directories last, deepest
+   first, once nothing more is written into them.
+6. After the copy nursery has exited, :func:`memoh_trio._finalize.decide` rules on the rename and
+   ``os.rename`` follows with no checkpoint in between (and KeyboardInterrupt-protected), so a
+   cancellation, an interrupt or a fatal error can never reach the rename after a partial copy.
+
+Error handling:
+    A per-entry problem (unreadable file, file changed while copied, server refused a write,
+    stalled stream) becomes a :class:`~memoh_trio._report.Failure` in the report; the others go on
+    and the source is not renamed. A lost connection (:class:`~memoh_trio._errors.Unavailable`) or
+    a refused credential (:class:`~memoh_trio._errors.Unauthenticated`) is fatal: the remaining
+    work is cancelled promptly and that one error is raised. Bad arguments raise
+    :class:`~memoh_trio._errors.ConfigError`, a bad source :class:`~memoh_trio._errors.SourceError`.
+"""
+
+
+from .bots import ClientSource as ClientSource
+from .bots import list_bots as list_bots
+from .bots import migrate_all as migrate_all
+from .bots import migrate_bot as migrate_bot
+from .context import DEFAULT_BOT_CONCURRENCY as DEFAULT_BOT_CONCURRENCY
+from .context import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+from .context import DEFAULT_STALL_TIMEOUT as DEFAULT_STALL_TIMEOUT
+from .context import MIGRATED_SUFFIX as MIGRATED_SUFFIX
+from .context import PART_PREFIX as PART_PREFIX
+from .context import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
+from .context import Verify as Verify
+from .context import control_timeout as control_timeout
+from .run import check_source as check_source
+from .run import migrate as migrate

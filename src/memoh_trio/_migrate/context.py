@@ -1,0 +1,240 @@
+"""What the parts of one migration share: frozen options, the ledger, the client with deadlines.
+
+The transfer methods (:mod:`.stream`, :mod:`.tar`, :mod:`.meta`) get a :class:`Context`: the
+options (frozen), the client, the limiter, the progress observer and the :class:`Ledger`. They
+return what happened (copied, failed with a reason, changed) and the run records it; the one
+thing a part may do to the run is :meth:`Ledger.lose`: a fatal error (lost connection, refused
+credentials) that cancels the remaining work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import stat
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import trio
+
+from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
+from .._plan import Action, describe_os_error, display_path
+from .._progress import Progress
+from .._report import Failure, MigrationReport
+
+if TYPE_CHECKING:
+    from .._client import Client
+
+#: File streams in flight at once. Measured on 2 cores (see the closing note of issue 3).
+DEFAULT_CONCURRENCY = 8
+#: Bots migrated at once by :func:`memoh_trio.migrate_all`.
+DEFAULT_BOT_CONCURRENCY = 4
+#: Suffix of a migrated source (the seed's ``migratedSuffix``).
+MIGRATED_SUFFIX = ".migrated"
+#: Prefix of the client-side temporary sibling a file is uploaded to before its Rename. Distinct
+#: from the server's own ``.memoh-tmp-`` so the two never collide.
+PART_PREFIX = ".memoh-part-"
+#: memoh-trio's server writes uploads to ``.memoh-tmp-*`` siblings; a server killed mid-stream
+#: (SIGKILL) leaves them behind, and the resume pass removes them like our own parts.
+SERVER_TEMP_PREFIX = ".memoh-tmp-"
+#: A stream with no progress for this long fails (the migration never hangs by default).
+DEFAULT_STALL_TIMEOUT = 60.0
+#: Timeout given to the server for each batched Exec, in seconds.
+EXEC_TIMEOUT = 300
+#: Seconds allowed to delete a temporary file after a failure (shielded from cancellation).
+CLEANUP_TIMEOUT = 5.0
+#: Pause between attempts to delete a staging directory a cancelled Exec may still write into.
+CLEANUP_RETRY = 0.05
+#: Errors that doom every remaining file: cancel the run and raise them.
+FATAL_ERRORS: tuple[type[RPCError], ...] = (Unavailable, Unauthenticated)
+
+Verify = Literal["size", "sha256"]
+
+
+def control_timeout(stall_timeout: float) -> float:
+    """Deadline of one control call: ten stall timeouts, at least 10 s (pure)."""
+    return max(10.0 * stall_timeout, 10.0)
+
+
+@dataclass(frozen=True)
+class Options:
+    """The options of one :func:`memoh_trio.migrate` call (see its docstring)."""
+
+    dest: str = ""
+    concurrency: int = DEFAULT_CONCURRENCY
+    chunk_size: int | None = None
+    verify: Verify = "size"
+    preserve: bool = True
+    rename: bool = True
+    dry_run: bool = False
+    resume: bool = True
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT
+    tar_batches: bool = True
+
+
+class Deadlined:
+    """A client whose calls, except ``write_raw``, fail as Unavailable past a deadline.
+
+    A connection that stalls (a dead peer behind a live TCP path) would otherwise hang a control
+    call forever; Unavailable is fatal to the run, which then stops promptly with one error.
+    """
+
+    def __init__(self, client: Client, seconds: float) -> None:
+        self._client = client
+        self._seconds = seconds
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name == "write_raw" or not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                with trio.fail_after(self._seconds):
+                    return await attr(*args, **kwargs)
+            except trio.TooSlowError:
+                raise Unavailable(
+                    f"no answer from the container within {self._seconds:g} s",
+                    method=name) from None
+
+        return call
+
+
+class Ledger:
+    """The counts, failures and fatal error of one run: the only state its parts share.
+
+    Attributes:
+        report: the report being filled in.
+        progress: the observer the CLI draws from.
+        required: entries whose completion the rename waits for.
+        done: those completed and verified.
+        walk_complete: the walk reached its end.
+        fatal: the first fatal error, which cancelled the copy.
+        cancelled: a cancellation reached the copy.
+    """
+
+    def __init__(self, report: MigrationReport, progress: Progress) -> None:
+        self.report = report
+        self.progress = progress
+        self.required = 0
+        self.done = 0
+        self.walk_complete = False
+        self.fatal: RPCError | None = None
+        self.cancelled = False
+        self._scope: trio.CancelScope | None = None
+
+    def fail(self, action_or_rel: Action | str, error: str) -> None:
+        """Record one entry's failure."""
+        rel = action_or_rel.rel if isinstance(action_or_rel, Action) else action_or_rel
+        self.report.failures.append(Failure(display_path(rel) or ".", error))
+        self.progress.failed()
+
+    def copied(self, action: Action) -> None:
+        """Record one regular file copied and verified."""
+        self.done += 1
+        self.report.files += 1
+        self.report.bytes += action.size
+        self.progress.file_done()
+
+    def attach(self, scope: trio.CancelScope) -> None:
+        """From now on :meth:`lose` cancels ``scope`` (the copy nursery's)."""
+        self._scope = scope
+
+    def detach(self) -> None:
+        """The copy nursery has exited."""
+        self._scope = None
+
+    @property
+    def copy_running(self) -> bool:
+        return self._scope is not None
+
+    def lose(self, exc: RPCError) -> None:
+        """A fatal error: remember the first and cancel the remaining copy work."""
+        if self.fatal is None:
+            self.fatal = exc
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+@dataclass
+class Context:
+    """What a transfer method needs of its run."""
+
+    client: Client
+    opts: Options
+    ledger: Ledger
+    limiter: trio.CapacityLimiter
+
+    @property
+    def progress(self) -> Progress:
+        return self.ledger.progress
+
+    def path(self, rel: str) -> str:
+        """The container path of a source-relative path."""
+        return join(self.opts.dest, rel)
+
+    async def discard(self, path: str, *, recursive: bool = False) -> None:
+        """Delete a temporary file or staging dir (a container path), best effort, shielded.
+
+        A cleanup with no answer within :data:`CLEANUP_TIMEOUT` means the link is as good as
+        gone (a stalled stream is a per-file failure, but on a dead link every next file would
+        stall in turn, each with its own cleanup: the soak saw a run go past 60 s that way), so
+        it is fatal to the run.
+        """
+        timeout = 1.0 if self.ledger.fatal is not None else CLEANUP_TIMEOUT
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout) as limit:
+            while True:
+                with contextlib.suppress(MemohError, OSError):
+                    await self.client.delete_file(path, recursive=recursive)
+                if not recursive:
+                    return
+                # A staging directory: the Exec cancelled just before may still be running its
+                # script in it for a moment (the server kills the script once it sees the
+                # cancellation) and write into it after it was deleted (seen: 1 run in 20 of
+                # test_cancel_never_renames_and_cleans_up). Delete until it is gone.
+                try:
+                    await self.client.stat(path)
+                except NotFound:
+                    return
+                except (MemohError, OSError):
+                    return  # cannot tell: the next run removes stale staging dirs
+                await trio.sleep(CLEANUP_RETRY)
+        if limit.cancelled_caught and self.ledger.fatal is None and self.ledger.copy_running:
+            self.ledger.lose(Unavailable(f"no answer from the container within {timeout:g} s "
+                                         f"(deleting {path})", method="DeleteFile"))
+
+
+def norm_dest(dest: str) -> str:
+    """A destination directory as a clean relative path ("" = the server's root)."""
+    d = posixpath.normpath("/" + dest.replace(os.sep, "/")).lstrip("/")
+    return "" if d in (".", "") else d
+
+
+def join(dest: str, rel: str) -> str:
+    return f"{dest}/{rel}" if dest else rel
+
+
+def plain(exc: BaseException) -> str:
+    """An error in plain words for the report."""
+    if isinstance(exc, RPCError):
+        text = exc.message or exc.status.name.replace("_", " ").lower()
+        if isinstance(exc, Unimplemented):
+            return f"the server does not support this: {text}"
+        return text
+    if isinstance(exc, OSError):
+        return describe_os_error(exc)
+    return str(exc) or type(exc).__name__
+
+
+def source_unchanged(action: Action) -> str | None:
+    """``None`` if the file still has the size and mtime seen by the walk, else why not."""
+    try:
+        st = os.lstat(action.host_path)
+    except OSError as exc:
+        return f"the file changed while being copied ({describe_os_error(exc)})"
+    if not stat.S_ISREG(st.st_mode) or st.st_size != action.size:
+        return "the file changed while being copied (its size or type changed)"
+    if st.st_mtime_ns != action.mtime_ns:
+        return "the file changed while being copied (it was modified)"
+    return None

@@ -1,0 +1,159 @@
+"""One tar batch of small files through ``Exec`` (see :mod:`memoh_trio._tarbatch`).
+
+:func:`send_batch` reads the files, unpacks them in a fresh staging directory in the container,
+checks the container's listing against what it read, moves the verified files into place and
+returns what happened; it never records anything itself. A file that changed while it was read is
+handed back (``changed``) for the per-file path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import trio
+
+from .. import _scripts
+from .._errors import MemohError
+from .._plan import Action
+from .._tarbatch import TAR_PREFIX, Member, layout, pack
+from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, plain, source_unchanged
+
+
+@dataclass
+class BatchOutcome:
+    """What became of a batch's files (each file is in exactly one list)."""
+
+    copied: list[Action] = field(default_factory=list)
+    failed: list[tuple[Action, str]] = field(default_factory=list)
+    changed: list[Action] = field(default_factory=list)
+
+
+async def probe(ctx: Context) -> bool:
+    """Whether the container can take tar batches (Exec, tar and friends): one Exec."""
+    try:
+        res = await ctx.client.exec(_scripts.probe_script(ctx.opts.verify),
+                                    work_dir=ctx.opts.dest, timeout_seconds=30)
+    except FATAL_ERRORS:
+        raise
+    except (MemohError, OSError):  # no Exec (UNIMPLEMENTED), or no shell
+        return False
+    return res.exit_code == 0
+
+
+class _BatchFailed(Exception):
+    """A whole tar batch failed in the container (its files fail with this message)."""
+
+
+async def send_batch(ctx: Context, batch: Sequence[Action]) -> BatchOutcome:
+    """Copy ``batch`` as one tar stream; see the module docstring.
+
+    Raises:
+        Unavailable / Unauthenticated: fatal to the run (the staging directory is discarded).
+    """
+    out = BatchOutcome()
+    members, out.changed = await trio.to_thread.run_sync(read_members, batch)
+    if not members:
+        return out
+    settled: set[int] = set()  # member indexes copied or failed
+    try:
+        await _unpack_verify_move(ctx, members, out, settled)
+    except FATAL_ERRORS:
+        raise
+    except (MemohError, OSError, _BatchFailed) as exc:
+        why = str(exc) if isinstance(exc, _BatchFailed) else plain(exc)
+        for i, (action, _, _) in enumerate(members):
+            if i not in settled:
+                out.failed.append((action, why))
+    return out
+
+
+async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, str | None]],
+                              out: BatchOutcome, settled: set[int]) -> None:
+    verify, preserve = ctx.opts.verify, ctx.opts.preserve
+    actions = [a for a, _, _ in members]
+    lay = layout([a.rel for a in actions])
+    payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
+                   preserve=preserve)
+    staging = TAR_PREFIX + secrets.token_hex(8)
+    nbytes = sum(a.size for a in actions)
+    placed = False
+    try:
+        res = await ctx.client.exec(_scripts.extract_script(staging, lay, verify,
+                                                            preserve=preserve),
+                                    work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT,
+                                    stdin=payload)
+        if res.exit_code != 0:
+            why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
+            what = ("cannot unpack the batch in the container"
+                    if res.exit_code == _scripts.TAR_FAILED_EXIT
+                    else "the container's shell failed")
+            raise _BatchFailed(f"{what}: {why}")
+        ctx.progress.sent(nbytes)
+        counted = True
+        try:
+            listing = _scripts.parse_listing(res.stdout, lay.staged, verify)
+            good: list[int] = []
+            for i, (action, data, digest) in enumerate(members):
+                want: int | str | None = len(data) if verify == "size" else digest
+                got = listing.get(i)
+                if got == want:
+                    good.append(i)
+                    continue
+                settled.add(i)
+                ctx.progress.unsent(action.size)
+                out.failed.append((action, "the file is missing from the unpacked batch"
+                                   if got is None else
+                                   f"verification failed in the container: expected {want}, "
+                                   f"found {got}"))
+            res = await ctx.client.exec(_scripts.move_script(staging, lay, good),
+                                        work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT)
+            placed = True  # the script removed the staging directory
+            failed_groups = _scripts.parse_failures(res.stdout)
+            for i in good:
+                action = actions[i]
+                settled.add(i)
+                g = int(lay.staged[i].split("/", 1)[0])
+                if g in failed_groups:
+                    ctx.progress.unsent(action.size)
+                    out.failed.append((action, f"cannot move the file into place: "
+                                               f"{failed_groups[g]}"))
+                elif res.exit_code != 0:
+                    ctx.progress.unsent(action.size)
+                    out.failed.append((action, f"the container's shell failed: "
+                                               f"exit {res.exit_code}"))
+                else:
+                    out.copied.append(action)
+            counted = False
+        finally:
+            if counted:  # an error before every member was settled
+                ctx.progress.unsent(sum(a.size for i, a in enumerate(actions)
+                                        if i not in settled))
+    finally:
+        if not placed:
+            await ctx.discard(ctx.path(staging), recursive=True)
+
+
+def read_members(batch: Sequence[Action],
+                 ) -> tuple[list[tuple[Action, bytes, str | None]], list[Action]]:
+    """Worker thread: read each file of a batch whole, with its SHA-256.
+
+    Returns ``(members, changed)``: ``(action, data, sha256)`` for files read exactly as the walk
+    saw them, and the actions of files that changed (or vanished) in between.
+    """
+    members: list[tuple[Action, bytes, str | None]] = []
+    changed: list[Action] = []
+    for action in batch:
+        try:
+            with open(action.host_path, "rb") as f:
+                data = f.read(action.size + 1)
+        except OSError:
+            changed.append(action)  # the per-file path reports the error in its words
+            continue
+        if len(data) != action.size or source_unchanged(action) is not None:
+            changed.append(action)
+            continue
+        members.append((action, data, hashlib.sha256(data).hexdigest()))
+    return members, changed
