@@ -48,6 +48,10 @@ class MigrationReport:
         error: why the source was not renamed, or a fatal error, in plain words (``None`` when
             it was renamed).
         seconds: wall time.
+        mtime_precision: how exactly modification times were applied in the container:
+            ``"ns"`` (python3 or GNU ``touch``), ``"s"`` (whole seconds: busybox ``touch``
+            without python3), ``None`` when none was applied (``preserve=False``, dry run,
+            nothing to apply).
     """
 
     source: str
@@ -63,6 +67,7 @@ class MigrationReport:
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    mtime_precision: Literal["ns", "s"] | None = None
 
     @property
     def ok(self) -> bool:

@@ -26,6 +26,7 @@ from .._plan import (
 )
 from .._progress import Progress
 from .._report import Failure, MigrationReport, Skipped
+from .._scripts import Capabilities
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
 from .._walk import walk
@@ -112,7 +113,7 @@ class _Run:
         self.existing: dict[str, FileEntry] = {}
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
         self.batcher: Batcher[Action] = Batcher()
-        self.caps = meta.Capabilities()
+        self.caps = Capabilities()  # probed once at the start of a real run
         self.pending_links: list[Action] = []
         self.pending_meta: list[Action] = []  # files: mode + mtime
         self.dir_meta: list[Action] = []  # directories: applied last, deepest first
@@ -127,7 +128,8 @@ class _Run:
                     await self.ctx.client.mkdir(opts.dest)
                 if opts.resume:
                     self.existing = await resume.load_existing(self.ctx)
-                if opts.tar_batches and await tar.probe(self.ctx):
+                self.caps = await meta.probe(self.ctx)
+                if opts.tar_batches and self.caps.tar_ok(opts.verify):
                     self.tar_max_size = MAX_MEMBER_SIZE
             helpers = [] if opts.dry_run or not opts.rename else [self._writeback]
             await with_helpers(self._copy_tree, helpers)
@@ -368,7 +370,7 @@ class _Run:
         async with self.ctx.limiter:
             try:
                 if what == "links":
-                    failed = await meta.recreate_links(self.ctx, batch)
+                    failed = await meta.recreate_links(self.ctx, self.caps, batch)
                     for i, action in enumerate(batch):
                         if i in failed:
                             self.ledger.fail(action, f"cannot recreate the symlink: {failed[i]}")
@@ -392,7 +394,9 @@ class _Run:
             await self._apply_meta(entries[i:i + meta.EXEC_BATCH])
 
     async def _apply_meta(self, batch: list[Action]) -> None:
-        failed = await meta.apply_meta(self.ctx, self.caps, batch)
+        failed, precision = await meta.apply_meta(self.ctx, self.caps, batch)
+        if self.report.mtime_precision != "s":  # the coarsest precision any batch used
+            self.report.mtime_precision = precision
         for i, reason in failed.items():
             self.ledger.fail(batch[i], f"cannot apply permissions/mtime: {reason}")
 

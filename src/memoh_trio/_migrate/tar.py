@@ -31,18 +31,6 @@ class BatchOutcome:
     changed: list[Action] = field(default_factory=list)
 
 
-async def probe(ctx: Context) -> bool:
-    """Whether the container can take tar batches (Exec, tar and friends): one Exec."""
-    try:
-        res = await ctx.client.exec(_scripts.probe_script(ctx.opts.verify),
-                                    work_dir=ctx.opts.dest, timeout_seconds=30)
-    except FATAL_ERRORS:
-        raise
-    except (MemohError, OSError):  # no Exec (UNIMPLEMENTED), or no shell
-        return False
-    return res.exit_code == 0
-
-
 class _BatchFailed(Exception):
     """A whole tar batch failed in the container (its files fail with this message)."""
 
@@ -76,19 +64,21 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     actions = [a for a, _, _ in members]
     lay = layout([a.rel for a in actions])
     payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
-                   preserve=preserve)
+                   preserve=preserve,
+                   trailer=(_scripts.RUN_MEMBER,
+                            _scripts.listing_script(lay, verify).encode("utf-8",
+                                                                        "surrogateescape")))
     staging = TAR_PREFIX + secrets.token_hex(8)
     nbytes = sum(a.size for a in actions)
     placed = False
     try:
-        res = await ctx.client.exec(_scripts.extract_script(staging, lay, verify,
-                                                            preserve=preserve),
+        res = await ctx.client.exec(_scripts.extract_command(staging, preserve=preserve),
                                     work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT,
                                     stdin=payload)
         if res.exit_code != 0:
             why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
             what = ("cannot unpack the batch in the container"
-                    if res.exit_code == _scripts.TAR_FAILED_EXIT
+                    if res.exit_code in (_scripts.TAR_FAILED_EXIT, _scripts.NO_RUN_EXIT)
                     else "the container's shell failed")
             raise _BatchFailed(f"{what}: {why}")
         ctx.progress.sent(nbytes)
@@ -108,24 +98,27 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                                    if got is None else
                                    f"verification failed in the container: expected {want}, "
                                    f"found {got}"))
-            res = await ctx.client.exec(_scripts.move_script(staging, lay, good),
-                                        work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT)
-            placed = True  # the script removed the staging directory
-            failed_groups = _scripts.parse_failures(res.stdout)
+            script = _scripts.move_script(staging, lay, good)
+            res = await ctx.client.exec(_scripts.RUN_STDIN, work_dir=ctx.opts.dest,
+                                        timeout_seconds=EXEC_TIMEOUT,
+                                        stdin=script.encode("utf-8", "surrogateescape"))
+            records = _scripts.parse_records(res.stdout, len(members))
+            placed = res.exit_code == 0  # else the staging directory may be left: discard it
             for i in good:
                 action = actions[i]
                 settled.add(i)
-                g = int(lay.staged[i].split("/", 1)[0])
-                if g in failed_groups:
-                    ctx.progress.unsent(action.size)
-                    out.failed.append((action, f"cannot move the file into place: "
-                                               f"{failed_groups[g]}"))
-                elif res.exit_code != 0:
-                    ctx.progress.unsent(action.size)
-                    out.failed.append((action, f"the container's shell failed: "
-                                               f"exit {res.exit_code}"))
-                else:
+                record = records[i]
+                if record is None:
                     out.copied.append(action)
+                    continue
+                ctx.progress.unsent(action.size)
+                why = record
+                err = res.stderr.decode("utf-8", "replace").strip()
+                if why == _scripts.NO_RECORD:
+                    why = f"{why} (exit code {res.exit_code})"
+                if err:
+                    why = f"{why}: {err.splitlines()[0][:300]}"
+                out.failed.append((action, f"cannot move the file into place: {why}"))
             counted = False
         finally:
             if counted:  # an error before every member was settled
