@@ -15,12 +15,11 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from peers import RUN_IN, need_container
 
 from memoh_trio import _scripts as S
 from memoh_trio._plan import Action, Kind
 from memoh_trio._tarbatch import Member, layout, pack
-
-from peers import RUN_IN, need_container
 
 # --------------------------------------------------------------------------- pure
 
@@ -162,7 +161,8 @@ _rels = st.lists(_tricky, min_size=1, max_size=3).map("/".join)
 
 
 @pytest.mark.parametrize("kind", SHELLS)
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rels=st.lists(_rels, min_size=1, max_size=6, unique=True))
 def test_tar_links_meta_round_trip(kind: str, tmp_path_factory: pytest.TempPathFactory,
                                    rels: list[str]) -> None:
