@@ -72,7 +72,7 @@ def test_parse_probe_and_methods() -> None:
     assert S.method_precision("shell-s") == "s" and S.method_precision("python") == "ns"
 
 
-_names = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+_names = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="/\0"),
                  min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
 
 
