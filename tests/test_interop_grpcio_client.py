@@ -41,7 +41,9 @@ class ServerThread:
             with trio.CancelScope() as scope:
                 self._scope = scope
                 async with trio.open_nursery() as nursery:
-                    self.address = await nursery.start(partial(serve, self._root, **self._kwargs))
+                    kwargs = {"allow_unauthenticated": self._kwargs.get("token") is None,
+                              **self._kwargs}
+                    self.address = await nursery.start(partial(serve, self._root, **kwargs))
                     self._ready.set()
 
         try:

@@ -9,7 +9,6 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ import trio_asyncio
 from grpclib.client import Channel
 from grpclib.const import Status as G
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from helpers import running
 
 from memoh_trio import _fs
 from memoh_trio._bridge import asyncio_loop
@@ -74,14 +74,6 @@ async def call_stream(method: Callable[..., AsyncIterator[_T]], *args: Any,
         return await _collect(method(*args, **kwargs))
 
     return await aio(run)()
-
-
-@asynccontextmanager
-async def running(root: Path, **kwargs: Any) -> AsyncIterator[ServerAddress]:
-    async with trio.open_nursery() as nursery:
-        addr: ServerAddress = await nursery.start(partial(serve, root, **kwargs))
-        yield addr
-        nursery.cancel_scope.cancel()
 
 
 def temp_files(top: Path) -> list[Path]:
@@ -410,7 +402,7 @@ async def test_cancelling_serve_discards_in_flight_uploads(root: Path) -> None:
 
     async def run_server(task_status: trio.TaskStatus[ServerAddress]) -> None:
         with server_scope:
-            await serve(root, task_status=task_status)
+            await serve(root, allow_unauthenticated=True, task_status=task_status)
         server_done.set()
 
     with trio.fail_after(10):
@@ -481,9 +473,9 @@ async def test_many_concurrent_streams_from_several_clients(root: Path) -> None:
 
 async def test_serve_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        await serve(tmp_path / "missing")
+        await serve(tmp_path / "missing", allow_unauthenticated=True)
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="not a directory"):
-        await serve(tmp_path / "file")
+        await serve(tmp_path / "file", allow_unauthenticated=True)
     with pytest.raises(ConfigError, match="max_frame_size"):
-        await serve(tmp_path, max_frame_size=10)
+        await serve(tmp_path, max_frame_size=10, allow_unauthenticated=True)

@@ -68,6 +68,8 @@ def server_thread(root: Path, **kwargs: Any) -> Iterator[Served]:
     async def main() -> None:
         try:
             async with trio.open_nursery() as nursery:
+                if kwargs.get("token") is None:
+                    kwargs.setdefault("allow_unauthenticated", True)  # clients without a token
                 addr = await nursery.start(partial(serve, root, **kwargs))
                 token = trio.lowlevel.current_trio_token()
                 started.put((addr, token, nursery.cancel_scope))
