@@ -310,8 +310,11 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
     async def _rpc_write_raw(self, stream: GStream) -> None:
         first = await self._recv_chunk(stream)
         if first is None:
-            raise _grpc_error(Status.INVALID_ARGUMENT,
-                              "WriteRaw stream had no chunk (the first chunk carries the path)")
+            # No message at all: nothing to write and no path to write it to. Memoh's Go server
+            # answers OK with 0 bytes and creates nothing, and Memoh's migrator sends exactly
+            # this for an empty file (it sends a chunk only when a read returned bytes).
+            await stream.send_message(WriteRawResponse(bytes_written=0))
+            return
         if first.abort:
             raise _grpc_error(Status.ABORTED, "upload aborted by the client; nothing written")
         if not first.path:
