@@ -186,6 +186,7 @@ async def test_server_stops_reading_stall_detection(
             assert_migrated(await run_migrate(str(addr), src), src, root, files)
 
 
+@pytest.mark.slow  # waits out the default stall timeout (60 s): -m slow
 async def test_server_stops_reading_with_default_options_does_not_hang(
         dirs: tuple[Path, Path, dict[str, bytes]]) -> None:
     """The default configuration must detect a stalled stream too (issue 4: "no hang (stall
