@@ -730,3 +730,12 @@ async def test_early_writeback_syncs_while_copying(
     else:
         # Nothing will be renamed: no early sync (and none at the end either).
         assert syncs == 0, client.commands
+
+
+def test_symlink_on_the_way() -> None:
+    from memoh_trio._migrate.run import symlink_on_the_way
+    links = {"sub", "a/b"}
+    assert symlink_on_the_way("sub/file", links) == "sub"
+    assert symlink_on_the_way("a/b/c/d", links) == "a/b"
+    assert symlink_on_the_way("sub", links) is None  # the entry itself: replaced, not followed
+    assert symlink_on_the_way("a/bc/d", links) is None and symlink_on_the_way("x", set()) is None
