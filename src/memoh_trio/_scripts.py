@@ -144,6 +144,8 @@ def method_precision(method: MetaMethod) -> Precision:
 # --------------------------------------------------------------------------- records
 
 _RECORD = re.compile(r"^([OF]) (\d+)(?: (.*))?$")
+#: Why a staged file failed when its group's ``mv`` failed.
+MOVE_FAILED = "mv failed"
 #: Why an entry failed when its script printed nothing for it.
 NO_RECORD = "the container printed no record for it (the step did not run)"
 
@@ -320,7 +322,7 @@ def move_script(staging: str, lay: Layout, members: Sequence[int]) -> str:
         lines.append(
             f"  if [ $# -eq 0 ]; then :; elif mv -f -- \"$@\" {_q(target)}; then\n"
             "    for _i in $_ok; do echo \"O $_i\"; done\n"
-            "  else for _i in $_ok; do echo \"F $_i cannot move the file into place\"; done\n"
+            f"  else for _i in $_ok; do echo \"F $_i {MOVE_FAILED}\"; done\n"
             "  fi\n"
             f"else for _i in {' '.join(str(i) for i in chosen)}; do "
             "echo \"F $_i $_why\"; done\nfi")

@@ -2,8 +2,11 @@
 
 :func:`send_batch` reads the files, unpacks them in a fresh staging directory in the container,
 checks the container's listing against what it read, moves the verified files into place and
-returns what happened; it never records anything itself. A file that changed while it was read is
-handed back (``changed``) for the per-file path.
+returns what happened; it never records anything itself. A file that changed while it was read,
+and the files of a batch that failed as a whole in the container (tar failed, stdin dropped, the
+staging directory vanished, ``mv`` failed), are handed back (``changed``) for the per-file path,
+which proves or fails each one; conflicts the move script found (a symlink or a directory in the
+way) fail.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .. import _scripts
 from .._errors import MemohError
 from .._plan import Action
 from .._tarbatch import TAR_PREFIX, Member, layout, pack
-from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, plain, source_unchanged
+from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, source_unchanged
 
 
 @dataclass
@@ -50,11 +53,14 @@ async def send_batch(ctx: Context, batch: Sequence[Action]) -> BatchOutcome:
         await _unpack_verify_move(ctx, members, out, settled)
     except FATAL_ERRORS:
         raise
-    except (MemohError, OSError, _BatchFailed) as exc:
-        why = str(exc) if isinstance(exc, _BatchFailed) else plain(exc)
+    except (MemohError, OSError, _BatchFailed):
+        # The batch failed as a whole in the container (tar failed, the archive or the script
+        # did not arrive -- a server that drops stdin, a message over the peer's limit --, its
+        # staging directory vanished): its files go the per-file way, which proves each one or
+        # fails it with its own reason. Conflicts found by the scripts are not retried.
         for i, (action, _, _) in enumerate(members):
             if i not in settled:
-                out.failed.append((action, why))
+                out.changed.append(action)
     return out
 
 
@@ -112,13 +118,10 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     out.copied.append(action)
                     continue
                 ctx.progress.unsent(action.size)
-                why = record
-                err = res.stderr.decode("utf-8", "replace").strip()
-                if why == _scripts.NO_RECORD:
-                    why = f"{why} (exit code {res.exit_code})"
-                if err:
-                    why = f"{why}: {err.splitlines()[0][:300]}"
-                out.failed.append((action, f"cannot move the file into place: {why}"))
+                if record in (_scripts.NO_RECORD, _scripts.MOVE_FAILED):
+                    out.changed.append(action)  # as above: the per-file way decides
+                    continue
+                out.failed.append((action, f"cannot move the file into place: {record}"))
             counted = False
         finally:
             if counted:  # an error before every member was settled
