@@ -31,6 +31,8 @@ import grpclib.config
 import grpclib.const
 import grpclib.exceptions
 import grpclib.protocol
+import h2.errors
+import h2.events
 import h2.exceptions
 import h2.settings
 import trio
@@ -38,7 +40,7 @@ import trio_asyncio
 
 from .. import _errors, _wire
 from .._proto import mcpcontainer as pb
-from . import h2patch, threads
+from . import compat, h2patch, threads
 from .codec import Codec, Encoded
 
 T = TypeVar("T")
@@ -163,7 +165,7 @@ async def pump(source: AsyncIterable[bytes], pipe: Pipe[bytes]) -> None:
             if data and not await pipe.put(bytes(data)):
                 return
     except Exception as exc:
-        pipe.close(_SourceFailure(exc))
+        pipe.close(SourceFailure(exc))
     else:
         pipe.close()
     finally:
@@ -177,7 +179,7 @@ async def pump(source: AsyncIterable[bytes], pipe: Pipe[bytes]) -> None:
 # Error mapping
 
 
-class _SourceFailure(Exception):
+class SourceFailure(Exception):
     """Internal: reading the WriteRaw source failed (wraps the original error)."""
 
     def __init__(self, cause: BaseException) -> None:
@@ -185,7 +187,7 @@ class _SourceFailure(Exception):
         self.cause = cause
 
 
-class _SizeMismatch(Exception):
+class SizeMismatch(Exception):
     """Internal: the source did not have exactly ``expected_size`` bytes."""
 
 
@@ -333,7 +335,7 @@ class _Reader:
         return threads.run(self._read_blocking, self._buffer())
 
     async def next(self) -> bytes | memoryview:
-        """Next chunk, empty at the end; raises _SourceFailure."""
+        """Next chunk, empty at the end; raises SourceFailure."""
         spec = self._spec
         try:
             if spec.data is not None:
@@ -359,12 +361,12 @@ class _Reader:
             if data and not self._nowait:
                 self._ahead = self._start_read()
             return data
-        except _SourceFailure:
+        except SourceFailure:
             raise
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            raise _SourceFailure(exc) from exc
+            raise SourceFailure(exc) from exc
 
     async def aclose(self) -> None:
         if self._ahead is not None:
@@ -400,10 +402,18 @@ class _Protocol(grpclib.protocol.H2Protocol):
         self._lost = asyncio.get_running_loop().create_future()
         self._transport = transport
         super().connection_made(transport)
-        conn = self.connection._connection
+        conn = compat.h2_connection(self)
         h2patch.adopt(conn)
         conn.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_INBOUND_FRAME})
         self.connection.flush()
+        processors = compat.stream_processors(self)
+        upstream: Callable[[h2.events.StreamReset], None] = processors[h2.events.StreamReset]
+
+        def on_stream_reset(event: h2.events.StreamReset) -> None:
+            if not _answered_then_reset(self.processor, event):
+                upstream(event)
+
+        processors[h2.events.StreamReset] = on_stream_reset
 
     def connection_lost(self, exc: BaseException | None) -> None:
         super().connection_lost(exc)
@@ -427,6 +437,29 @@ class _Protocol(grpclib.protocol.H2Protocol):
         except TimeoutError:
             if isinstance(self._transport, asyncio.Transport):
                 self._transport.abort()
+
+
+def _answered_then_reset(processor: grpclib.protocol.EventsProcessor,
+                         event: h2.events.StreamReset) -> bool:
+    """True for RST_STREAM(NO_ERROR) after the server's complete answer, which is then kept.
+
+    RFC 9113, 8.1: a server may send a complete response before the client sent its whole
+    request and then ask it to stop sending with RST_STREAM(NO_ERROR); "clients MUST NOT
+    discard responses as a result of receiving such a RST_STREAM". grpc-go does exactly that
+    when a handler returns before the client half-closed (an Exec whose command exits without
+    reading all of its stdin; a WriteRaw failing early). grpclib terminates the stream on any
+    reset (``EventsProcessor.process_stream_reset``), so the buffered answer and its status
+    were lost ("Stream reset by remote party, error_code: 0"). Here such a reset only stops
+    our sending: a sender waiting for window wakes up and gets h2's StreamClosedError; the
+    answer, trailers and status are read as usual. Any other reset goes to grpclib.
+    """
+    if not event.remote_reset or event.error_code != h2.errors.ErrorCodes.NO_ERROR:
+        return False
+    stream = processor.streams.get(event.stream_id)
+    if stream is None or stream.trailers is None:
+        return False  # no complete answer yet: the reset really ends the call
+    stream.window_updated.set()
+    return True
 
 
 class _Channel(grpclib.client.Channel):
@@ -625,8 +658,8 @@ class BridgeChannel:
                     data = await reader.next()
                     total = len(data)
                     if expected_size is not None and total > expected_size:
-                        raise _SizeMismatch
-                except (_SourceFailure, _SizeMismatch):
+                        raise SizeMismatch
+                except (SourceFailure, SizeMismatch):
                     # Nothing sent yet: no stream, nothing created at the destination.
                     raise
                 async with self._request(
@@ -647,6 +680,7 @@ class BridgeChannel:
                             else:
                                 await stream.send_message(msg, end=end)
                         except h2.exceptions.StreamClosedError:
+                            compat.mark_sending_ended(stream)
                             return False
                         return True
 
@@ -659,10 +693,10 @@ class BridgeChannel:
                             data = await reader.next()
                             total += len(data)
                             if expected_size is not None and total > expected_size:
-                                raise _SizeMismatch
+                                raise SizeMismatch
                             if not data and expected_size is not None and total != expected_size:
-                                raise _SizeMismatch
-                        except (_SourceFailure, _SizeMismatch) as exc:
+                                raise SizeMismatch
+                        except (SourceFailure, SizeMismatch) as exc:
                             failure = exc
                             break
                         if data:
@@ -695,11 +729,11 @@ class BridgeChannel:
 
         try:
             return await self._call(method, go)
-        except _SizeMismatch:
+        except SizeMismatch:
             raise _errors.SourceChanged(
                 f"source of {path!r} changed while it was read: expected {expected_size} bytes"
             ) from None
-        except _SourceFailure as exc:
+        except SourceFailure as exc:
             raise _errors.SourceReadError(
                 f"cannot read the source of {path!r}: {exc.cause}"
             ) from exc.cause
@@ -756,55 +790,140 @@ class BridgeChannel:
     async def exec(
         self,
         first: pb.ExecInput,
-        stdin: Pipe[bytes] | None,
+        stdin: bytes | memoryview | Pipe[bytes] | None,
         on_output: Callable[[str, bytes], None],
         *,
         rpc_timeout: float | None,
     ) -> int:
-        """Run a command; output goes to ``on_output``; returns the exit code."""
-        method = "Exec"
+        """Run a command; output goes to ``on_output``; returns the exit code.
 
-        async def send_stdin(stream: grpclib.client.Stream[Any, Any]) -> None:
-            assert stdin is not None
-            while True:
-                data = await stdin.aget()
-                if data is None:
-                    break
-                await stream.send_message(pb.ExecInput(stdin_data=data))
-            await stream.end()
+        ``first`` carries the command alone: Memoh's server reads only command, work_dir, env
+        and timeout from the first message and drops its stdin. ``stdin`` follows in messages
+        of at most :data:`EXEC_STDIN_CHUNK` bytes.
+        """
+        method = "Exec"
+        if len(bytes(first)) + GRPC_FRAMING > MAX_SEND_MESSAGE:
+            raise _errors.InvalidArgument(
+                f"the command is too long for one gRPC message ({len(first.command)} bytes; "
+                f"servers refuse messages over {MAX_SEND_MESSAGE} bytes): send it as stdin",
+                method=method,
+            )
 
         async def go() -> int:
             async with self._request(
                 method, grpclib.const.Cardinality.STREAM_STREAM, pb.ExecInput, pb.ExecOutput,
                 rpc_timeout,
             ) as stream:
-                sender: asyncio.Task[None] | None = None
-                if stdin is None:
+                if not stdin:
                     await stream.send_message(first, end=True)
-                else:
-                    await stream.send_message(first)
-                    sender = asyncio.ensure_future(send_stdin(stream))
-                exit_code: int | None = None
-                try:
-                    while True:
-                        msg = await stream.recv_message()
-                        if msg is None:
-                            break
-                        if msg.stream == pb.ExecOutputStream.EXIT:
-                            exit_code = int(msg.exit_code)
-                        elif msg.data:
-                            err = msg.stream == pb.ExecOutputStream.STDERR
-                            on_output("stderr" if err else "stdout", bytes(msg.data))
-                finally:
-                    if sender is not None:
-                        if not sender.done():
-                            sender.cancel()
-                        with contextlib.suppress(BaseException):
-                            await sender
-                        if stdin is not None:
-                            stdin.abandon()
-            if exit_code is None:
-                raise _errors.Internal("exec stream ended without an exit status", method=method)
-            return exit_code
+                    return await _receive_exec(stream, on_output)
+                await stream.send_message(first)
+                return await _exec_with_stdin(stream, stdin, on_output)
 
         return await self._call(method, go)
+
+
+#: Most stdin bytes per ExecInput message after the first (a message must stay below the
+#: 4 MiB that grpc-go and grpcio accept by default; 1 MiB as for WriteRaw chunks).
+EXEC_STDIN_CHUNK = 1024 * 1024
+#: Largest message grpc-go and grpcio servers accept by default (with the 5-byte gRPC framing).
+MAX_SEND_MESSAGE = 4 * 1024 * 1024
+GRPC_FRAMING = 5
+
+
+async def _receive_exec(
+    stream: grpclib.client.Stream[Any, Any], on_output: Callable[[str, bytes], None]
+) -> int:
+    """asyncio side: hand the output to ``on_output`` until the end; return the exit code."""
+    exit_code: int | None = None
+    while True:
+        msg = await stream.recv_message()
+        if msg is None:
+            break
+        if msg.stream == pb.ExecOutputStream.EXIT:
+            exit_code = int(msg.exit_code)
+        elif msg.data:
+            err = msg.stream == pb.ExecOutputStream.STDERR
+            on_output("stderr" if err else "stdout", bytes(msg.data))
+    if exit_code is None:
+        raise _errors.Internal("exec stream ended without an exit status", method="Exec")
+    return exit_code
+
+
+async def _stdin_pieces(stdin: bytes | memoryview | Pipe[bytes]) -> AsyncIterator[bytes]:
+    """asyncio side: ``stdin`` in pieces of at most EXEC_STDIN_CHUNK bytes."""
+    if not isinstance(stdin, Pipe):
+        view = memoryview(stdin).cast("B")
+        for start in range(0, len(view), EXEC_STDIN_CHUNK):
+            yield bytes(view[start : start + EXEC_STDIN_CHUNK])
+        return
+    while (data := await stdin.aget()) is not None:
+        for start in range(0, len(data), EXEC_STDIN_CHUNK):
+            yield data[start : start + EXEC_STDIN_CHUNK]
+
+
+async def _send_stdin(
+    stream: grpclib.client.Stream[Any, Any], stdin: bytes | memoryview | Pipe[bytes]
+) -> None:
+    """asyncio side: one ExecInput per piece of ``stdin``, then the end of the stream."""
+    async for piece in _stdin_pieces(stdin):
+        await stream.send_message(pb.ExecInput(stdin_data=piece))
+    await stream.end()
+
+
+async def _exec_with_stdin(
+    stream: grpclib.client.Stream[Any, Any],
+    stdin: bytes | memoryview | Pipe[bytes],
+    on_output: Callable[[str, bytes], None],
+) -> int:
+    """asyncio side: send stdin beside receiving the output.
+
+    A command may exit before it read all of its stdin: the server then answers in full and
+    closes the stream (grpc-go: RST_STREAM(NO_ERROR), which :class:`_Protocol` lets end the
+    stream without losing the answer); the rest of stdin is dropped and the answer counts. A
+    failing stdin source cancels the call and its error is raised.
+    """
+    receiver = asyncio.current_task()
+    assert receiver is not None
+    failure: SourceFailure | None = None
+
+    async def send() -> None:
+        nonlocal failure
+        try:
+            await _send_stdin(stream, stdin)
+        except h2.exceptions.StreamClosedError:
+            pass  # the server has answered, or will: its answer tells what happened
+        except SourceFailure as exc:
+            failure = exc
+            receiver.cancel()
+
+    sender = asyncio.ensure_future(send())
+    try:
+        code = await _receive_exec(stream, on_output)
+    except asyncio.CancelledError:
+        if failure is not None:
+            raise failure from None
+        raise
+    finally:
+        if not sender.done():
+            sender.cancel()
+        with contextlib.suppress(BaseException):
+            await sender
+        if isinstance(stdin, Pipe):
+            stdin.abandon()
+    await end_sending(stream)
+    return code
+
+
+async def end_sending(stream: grpclib.client.Stream[Any, Any]) -> None:
+    """asyncio side: end our half of a stream the server has answered in full.
+
+    The stream ends normally if it can; if the server closed it already (RST_STREAM(NO_ERROR)
+    after its answer) that is recorded, so grpclib goes on to read the status.
+    """
+    if compat.sending_ended(stream):
+        return
+    try:
+        await stream.end()
+    except h2.exceptions.StreamClosedError:
+        compat.mark_sending_ended(stream)
