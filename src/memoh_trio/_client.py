@@ -27,6 +27,7 @@ from . import _errors
 from ._bridge import asyncio_loop
 from ._bridge import client as bridge
 from ._proto import mcpcontainer as pb
+from ._tasks import with_helpers
 from ._tls import ClientTLS
 from ._units import parse_target
 
@@ -86,29 +87,8 @@ def _entry(e: pb.FileEntry | None) -> FileEntry:
     return FileEntry(e.path, bool(e.is_dir), int(e.size), e.mode, e.mod_time)
 
 
-async def _with_helpers(
-    main: Callable[[], Awaitable[T]], helpers: Sequence[Callable[[], Awaitable[None]]]
-) -> T:
-    """Run ``main`` while ``helpers`` run beside it; cancel them when ``main`` ends.
-
-    ``main``'s exception comes out as itself, not wrapped in an ExceptionGroup by the nursery
-    (helpers never raise ``Exception``).
-    """
-    if not helpers:
-        return await main()
-    error: Exception | None = None
-    result: Any = None
-    async with trio.open_nursery() as nursery:
-        for helper in helpers:
-            nursery.start_soon(helper)
-        try:
-            result = await main()
-        except Exception as exc:
-            error = exc
-        nursery.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return result  # type: ignore[no-any-return]
+#: The old private name, kept while ``_migrate`` still imports it from here (use ``_tasks``).
+_with_helpers = with_helpers
 
 
 class Client:
@@ -325,7 +305,7 @@ class Client:
             return None
 
         async with self._track():
-            outcome = await _with_helpers(main, helpers)
+            outcome = await with_helpers(main, helpers)
         if outcome is None:
             if stalled:
                 raise _errors.Stalled(
@@ -419,12 +399,31 @@ class Client:
 
         async with self._track():
             try:
-                code = await _with_helpers(main, helpers)
+                code = await with_helpers(main, helpers)
             except bridge.SourceFailure as exc:
                 raise _errors.SourceReadError(
                     f"cannot read the stdin of {command!r}: {exc.cause}"
                 ) from exc.cause
         return ExecResult(code, b"".join(out), b"".join(err))
+
+
+# -- for the Pool (same module as Client, so Client's internals stay private to it) ---------
+
+
+async def open_client(target: str, **connect_kwargs: Any) -> Client:
+    """A client for ``target`` inside a running :func:`asyncio_loop`; the caller closes it."""
+    return await Client._open(target, **connect_kwargs)
+
+
+def retire(client: Client) -> None:
+    """Close ``client`` now if no call runs on it, else when its last call ends."""
+    if client._retire():
+        client._channel.close_nowait()
+
+
+def on_unavailable(client: Client, hook: Callable[[Client], None]) -> None:
+    """Call ``hook(client)`` when a call on ``client`` fails with Unavailable."""
+    client._on_unavailable = hook
 
 
 def _check_chunk_size(size: int) -> int:

@@ -93,6 +93,13 @@ def stream_processors(protocol: grpclib.protocol.H2Protocol) -> dict[type, Any]:
     return processors
 
 
+def protocol_stream(protocol: grpclib.protocol.H2Protocol, stream_id: int
+                    ) -> grpclib.protocol.Stream | None:
+    """The protocol-level stream with this id, while a call holds it."""
+    stream: grpclib.protocol.Stream | None = protocol.processor.streams.get(stream_id)
+    return stream
+
+
 def sending_ended(stream: grpclib.client.Stream[Any, Any]) -> bool:
     return bool(stream._end_done)
 
