@@ -98,6 +98,14 @@ async def test_command_exits_before_reading_stdin(tmp_path: Path) -> None:
         assert (await c.exec("echo ok")).stdout == b"ok\n"
 
 
+async def test_exec_command_too_long_for_one_message(tmp_path: Path) -> None:
+    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+        with pytest.raises(_errors.InvalidArgument, match="send it as stdin"):
+            await c.exec("true " + "x" * (4 * MiB))
+        # The connection is still good (nothing was sent).
+        assert (await c.exec("echo ok")).stdout == b"ok\n"
+
+
 async def test_exec_failing_command(tmp_path: Path) -> None:
     async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
         got = await c.exec("cat >&2; ls does-not-exist; exit 7", stdin=b"why\n")

@@ -1,7 +1,8 @@
 """Errors at the edge: grpclib, h2 and transport exceptions mapped onto :mod:`memoh_trio._errors`.
 
-Also the two internal errors a call raises about its *source* (not the server), which
-:mod:`memoh_trio._client` turns into ``SourceReadError`` / ``SourceChanged``.
+Also the two internal errors a call raises about its *source* (not the server), which become
+``SourceReadError`` / ``SourceChanged`` (in :meth:`.channel.BridgeChannel.write_raw` and
+:meth:`memoh_trio._client.Client.exec`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .. import _errors
 
 
 class SourceFailure(Exception):
-    """Internal: reading the WriteRaw source failed (wraps the original error)."""
+    """Internal: reading the WriteRaw source or the Exec stdin failed (wraps the error)."""
 
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
