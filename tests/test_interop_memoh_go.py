@@ -1,4 +1,5 @@
-"""Interop: the memoh-trio client against Memoh's real ContainerService (grpc-go, ``cmd/mcp``).
+"""Interop: the memoh-trio client against Memoh's real ContainerService (grpc-go, ``cmd/mcp``); the
+Exec cases also against memoh-trio's own server (a child process), which must behave the same.
 
 What Memoh's server does that ours does not (see ../shared/memoh-go/README.md): Exec reads only
 ``command``/``work_dir``/``env``/``timeout_seconds`` from the first message and drops its stdin;
@@ -10,6 +11,7 @@ grpc-go sends the whole response, then RST_STREAM(NO_ERROR). Each test here fail
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import AsyncIterator
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from peers import memoh_go_server
+from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
 
 import memoh_trio
 from memoh_trio import _errors
@@ -25,6 +27,19 @@ from memoh_trio import _errors
 pytestmark = pytest.mark.memoh_go
 
 MiB = 1024 * 1024
+SERVERS = ["memoh-go", "memoh-trio"]
+
+
+@contextlib.asynccontextmanager
+async def exec_client(kind: str, root: Path) -> AsyncIterator[memoh_trio.Client]:
+    """A client of Memoh's server or of ours (a child process): Exec must behave the same."""
+    if kind == "memoh-go":
+        async with memoh_go_server(root) as peer, memoh_trio.connect(peer.target) as c:
+            yield c
+    else:
+        async with memoh_trio_server(root) as peer, \
+                memoh_trio.connect(peer.target, token=TEST_TOKEN) as c:
+            yield c
 
 
 async def test_all_ten_rpcs(tmp_path: Path) -> None:
@@ -55,16 +70,18 @@ async def test_all_ten_rpcs(tmp_path: Path) -> None:
     assert (root / "d" / "t.txt").read_bytes() == b"a\nb\n"
 
 
+@pytest.mark.parametrize("kind", SERVERS)
 @pytest.mark.parametrize("size", [1, 6, MiB, 5 * MiB], ids=["1B", "small", "1MiB", "5MiB"])
-async def test_exec_stdin_bytes_round_trip(tmp_path: Path, size: int) -> None:
+async def test_exec_stdin_bytes_round_trip(kind: str, tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
-    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+    async with exec_client(kind, tmp_path) as c:
         got = await c.exec("cat", stdin=data)
     assert got.exit_code == 0 and got.stderr == b""
     assert got.stdout == data
 
 
-async def test_exec_stdin_async_iterable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_exec_stdin_async_iterable(kind: str, tmp_path: Path) -> None:
     # Pieces of every shape: tiny, exactly 1 MiB, one over the 4 MiB message limit.
     pieces = [b"x", os.urandom(MiB), b"", os.urandom(4 * MiB + 3), b"tail\n"]
 
@@ -73,21 +90,23 @@ async def test_exec_stdin_async_iterable(tmp_path: Path) -> None:
             await trio.lowlevel.checkpoint()
             yield piece
 
-    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+    async with exec_client(kind, tmp_path) as c:
         got = await c.exec("cat", stdin=source())
     assert got.exit_code == 0
     assert got.stdout == b"".join(pieces)
 
 
-async def test_exec_without_stdin(tmp_path: Path) -> None:
-    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_exec_without_stdin(kind: str, tmp_path: Path) -> None:
+    async with exec_client(kind, tmp_path) as c:
         got = await c.exec("printf out; printf err >&2; exit 0")
     assert (got.exit_code, got.stdout, got.stderr) == (0, b"out", b"err")
 
 
-async def test_command_exits_before_reading_stdin(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_command_exits_before_reading_stdin(kind: str, tmp_path: Path) -> None:
     """grpc-go answers in full, then RST_STREAM(NO_ERROR): a result, not a lost connection."""
-    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+    async with exec_client(kind, tmp_path) as c:
         got = await c.exec("true", stdin=os.urandom(3 * MiB))
         assert (got.exit_code, got.stdout) == (0, b"")
         got = await c.exec("head -c 10", stdin=b"0123456789" * (400 * 1024))
@@ -106,21 +125,23 @@ async def test_exec_command_too_long_for_one_message(tmp_path: Path) -> None:
         assert (await c.exec("echo ok")).stdout == b"ok\n"
 
 
-async def test_exec_failing_command(tmp_path: Path) -> None:
-    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_exec_failing_command(kind: str, tmp_path: Path) -> None:
+    async with exec_client(kind, tmp_path) as c:
         got = await c.exec("cat >&2; ls does-not-exist; exit 7", stdin=b"why\n")
     assert (got.exit_code, got.stdout) == (7, b"")
     assert got.stderr.startswith(b"why\n") and b"does-not-exist" in got.stderr
 
 
-async def test_exec_stdin_source_fails(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", SERVERS)
+async def test_exec_stdin_source_fails(kind: str, tmp_path: Path) -> None:
     """A failing async-iterable stdin cancels the call (the command would wait for more)."""
 
     async def source() -> AsyncIterator[bytes]:
         yield b"some"
         raise OSError("disk gone")
 
-    async with memoh_go_server(tmp_path) as peer, memoh_trio.connect(peer.target) as c:
+    async with exec_client(kind, tmp_path) as c:
         with trio.fail_after(10), pytest.raises(_errors.SourceReadError, match="disk gone"):
             await c.exec("cat", stdin=source())
         assert (await c.exec("echo ok")).stdout == b"ok\n"
