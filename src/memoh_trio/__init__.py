@@ -8,7 +8,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11):
   walk entries, the rename decision, parsing of sizes and targets;
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib (``_proto/``
   holds the generated betterproto2 stubs: never edit them by hand);
-* ``_client``, ``_pool`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the Trio server;
+* ``_client``, ``_pool``, ``_tasks`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the
+  Trio server;
 * ``_walk``, ``_lock``, ``_migrate``, ``_progress``, ``_report`` — the migrator;
 * ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line.
 """
