@@ -158,6 +158,19 @@ async def test_write_raw_sizes(tmp_path: Path, size: int) -> None:
     assert (root / "sub" / "f.bin").read_bytes() == data
 
 
+@pytest.mark.parametrize("size", [0, 3])
+async def test_write_raw_source_shorter_than_expected(tmp_path: Path, size: int) -> None:
+    """An empty (or short) source where 5 bytes were expected is SourceChanged, also when it
+    is empty from the start; nothing is created then."""
+    root = tmp_path / "root"
+    root.mkdir()
+    async with memoh_go_server(root) as peer, memoh_trio.connect(peer.target) as c:
+        with pytest.raises(_errors.SourceChanged):
+            await c.write_raw("f.bin", b"x" * size, expected_size=5)
+    if size == 0:
+        assert not (root / "f.bin").exists()
+
+
 async def test_write_raw_refused_early_surfaces_the_status(tmp_path: Path) -> None:
     """A WriteRaw the server fails at its first chunk (its parent is a file): grpc-go answers
     with the status, then resets the stream with NO_ERROR while we still send."""
