@@ -46,11 +46,6 @@ STREAM_WINDOW = 4 * 1024 * 1024
 CONNECTION_WINDOW = 16 * 1024 * 1024
 # Largest DATA frame the client accepts (HTTP/2 default is 16 KiB; the maximum 16 MiB - 1).
 MAX_INBOUND_FRAME = 1024 * 1024
-# Largest message the client accepts from a server (ReadRaw chunks, ListDir replies).
-MAX_RECEIVE_MESSAGE = 16 * 1024 * 1024
-# How many chunks may wait in a Pipe between the two loops.
-
-
 
 #: Longest wait in :meth:`BridgeChannel.aclose` for the connection to be closed (a TLS shutdown
 #: waits for the peer's close_notify); then the transport is aborted. Every call on it has
