@@ -230,7 +230,7 @@ def _parent(rel: str) -> str:
 # --------------------------------------------------------------------------- tar batches
 
 
-def extract_command(staging: str, *, preserve: bool = True) -> str:
+def extract_command(staging: str) -> str:
     """The fixed command of a tar batch: unpack stdin into ``./staging`` and run the archive's
     own :data:`RUN_MEMBER` (built by :func:`listing_script`) there.
 
@@ -238,8 +238,10 @@ def extract_command(staging: str, *, preserve: bool = True) -> str:
     listing script (stdin dropped or cut); the staging directory is removed in both cases.
     """
     s = _q("./" + staging)
-    # -p: exact modes; -m: do not restore mtimes; -o: do not restore owners (GNU and busybox).
-    flags = "-x -p -o" if preserve else "-x -m -o"
+    # -m: do not restore mtimes, -o: nor owners (GNU and busybox). The metadata step applies
+    # modes and mtimes afterwards, with a record per file, as for every file: restoring them
+    # here too doubled GNU tar's time (1,000 files: 0.74 -> 0.34 s, median of 5).
+    flags = "-x -m -o"
     return (
         f"mkdir -- {s} || exit 1; "
         f"if ! tar {flags} -f - -C {s}; then rm -rf -- {s}; exit {TAR_FAILED_EXIT}; fi; "

@@ -6,8 +6,9 @@ runs of small files, with the per-file path's guarantees kept:
 1. :class:`Batcher` groups small files into batches (bounded in files, bytes and script size).
 2. :func:`pack` builds the archive in memory from what the client read. Members are named
    ``<group>/<basename>``, one group per destination directory, so the staged names are safe and
-   each group can be moved with one ``mv``. Modes and mtimes (nanoseconds, in a pax header) ride
-   in the headers; owners are not kept (``uid``/``gid`` 0 and ``tar -o``).
+   each group can be moved with one ``mv``. Modes ride in the headers, mtimes in whole seconds
+   (not restored: ``tar -m``); owners are not kept (``uid``/``gid`` 0 and ``tar -o``). Modes and
+   mtimes are then applied by the metadata step, as for every file.
 3. The extract command (:mod:`memoh_trio._scripts`; first Exec, short and fixed, the archive as
    stdin) unpacks into a fresh staging directory ``.memoh-tar-<random>`` under the destination
    (same filesystem) and runs the archive's last member, a script listing the size (or SHA-256)
@@ -141,10 +142,9 @@ def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True,
         info = tarfile.TarInfo(name)
         info.size = len(m.data)
         info.mode = m.mode & 0o7777 if preserve else DEFAULT_MODE
-        secs, ns = divmod(m.mtime_ns, 1_000_000_000)
-        info.mtime = secs
-        if ns:  # exact sub-second mtime for GNU tar (busybox keeps the whole seconds)
-            info.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
+        # Whole seconds, no pax mtime record (1 KiB per member): the extract ignores mtimes,
+        # the metadata step applies them to the nanosecond where the container can.
+        info.mtime = m.mtime_ns // 1_000_000_000
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         out.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))

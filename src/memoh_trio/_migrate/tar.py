@@ -78,7 +78,7 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     nbytes = sum(a.size for a in actions)
     placed = False
     try:
-        res = await ctx.client.exec(_scripts.extract_command(staging, preserve=preserve),
+        res = await ctx.client.exec(_scripts.extract_command(staging),
                                     work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT,
                                     stdin=payload)
         if res.exit_code != 0:
