@@ -317,7 +317,7 @@ class _Session:
             if report is None:
                 report = MigrationReport(
                     source=source, bot_id=bot_id, status="incomplete",
-                    error=f"stopped by {self.signal_name} before it finished: not renamed")
+                    error=f"stopped by {self.signal_name} before it finished")
             out.append(report)
         return out
 
@@ -508,10 +508,9 @@ def _stop_message(args: argparse.Namespace, name: str) -> str:
     if args.command == "serve":
         return f"memoh-trio: {name}: stopping the server"
     if args.command == "migrate-all":
-        return (f"memoh-trio: {name}: stopping; bots already finished keep their outcome, the "
-                "others are not renamed (a second signal stops without waiting for cleanup)")
-    return (f"memoh-trio: {name}: stopping; the source is not renamed (a second signal stops "
-            "without waiting for cleanup)")
+        return (f"memoh-trio: {name}: stopping; finished bots keep their outcome, the others "
+                "are not renamed (again: stop at once)")
+    return f"memoh-trio: {name}: stopping; the source is not renamed (again: stop at once)"
 
 
 async def _run(args: argparse.Namespace, session: _Session) -> int:

@@ -4,13 +4,15 @@ When a migration ends with :class:`~memoh_trio._errors.Unavailable`, the transpo
 ("connection closed by the peer", "HTTP/2 protocol error", "TLS error: wrong version number")
 rarely says what is wrong. :func:`diagnose` opens one plain TCP connection, sends the HTTP/2
 client preface and reads what comes back: an HTTP/2 SETTINGS frame (a gRPC server), a TLS alert
-(a TLS server), ``HTTP/1.x`` (a web server), nothing. :func:`explain` (pure) turns that into one
+(a TLS server; most just hang up, so a TLS handshake is tried next), ``HTTP/1.x`` (a web
+server), nothing. :func:`explain` (pure) turns that into one
 sentence that names the side that expects TLS or says "not a gRPC server".
 """
 
 from __future__ import annotations
 
 import errno
+import ssl
 from typing import Literal
 
 import trio
@@ -89,6 +91,31 @@ def _refused(exc: BaseException | None) -> bool:
     return _refused(exc.__cause__)
 
 
+async def speaks_tls(host: str, port: int) -> bool:
+    """Whether a TLS handshake (certificate not checked: this only asks the question) succeeds."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with trio.move_on_after(PROBE_TIMEOUT):
+        try:
+            stream = await trio.open_tcp_stream(host, port)
+        except OSError:
+            return False
+        tls = trio.SSLStream(stream, context, server_hostname=host)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError):
+            return False
+        finally:
+            await trio.aclose_forcefully(tls)
+        return True
+    return False
+
+
 async def diagnose(host: str, port: int, *, client_tls: bool) -> str | None:
     """A sentence that says what is wrong with the target, if the probe can tell."""
-    return explain(await probe(host, port), f"{host}:{port}", client_tls=client_tls)
+    answer = await probe(host, port)
+    if answer in ("closed", "other", "silent") and not client_tls and await speaks_tls(
+            host, port):
+        answer = "tls"  # a TLS server drops a plaintext preface without a word
+    return explain(answer, f"{host}:{port}", client_tls=client_tls)

@@ -15,12 +15,12 @@ import collections
 import contextlib
 import math
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TextIO
 
 import trio
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
@@ -36,6 +36,9 @@ RATE_WINDOW = 5.0
 REFRESH_PER_SECOND = 4
 #: Failures and skipped entries listed per report on a terminal; ``--json`` has them all.
 TERMINAL_LIST_LIMIT = 20
+#: Widest and narrowest progress bar drawn before the text of the progress line.
+BAR_WIDTH = 30
+MIN_BAR_WIDTH = 8
 #: Width of the report when stdout is not a terminal.
 PIPE_WIDTH = 100
 
@@ -117,16 +120,22 @@ class _Line:
     def sample(self, now: float) -> None:
         self.meter.add(now, self.progress.state.bytes_done)
 
-    def __rich__(self) -> RenderableType:
+    def __rich_console__(self, console: Console,
+                         options: ConsoleOptions) -> Iterator[RenderableType]:
         state = self.progress.state
+        text = progress_text(state, self.meter.rate(), dry_run=self.dry_run)
+        # The text comes first; the bar takes what is left of the line (none on a narrow one).
+        bar_width = min(BAR_WIDTH, options.max_width - len(text) - 1)
+        if bar_width < MIN_BAR_WIDTH:
+            yield Text(text, no_wrap=True, overflow="ellipsis")
+            return
         total = state.files_total if self.dry_run else state.bytes_total
         done = state.files_done if self.dry_run else state.bytes_done
-        bar = ProgressBar(total=total or None, completed=done, width=20,
+        bar = ProgressBar(total=total or None, completed=done, width=bar_width,
                           pulse=state.scanning and not total)
         grid = Table.grid(padding=(0, 1))
-        grid.add_row(bar, Text(progress_text(state, self.meter.rate(), dry_run=self.dry_run),
-                               no_wrap=True, overflow="ellipsis"))
-        return grid
+        grid.add_row(bar, Text(text, no_wrap=True))
+        yield grid
 
 
 @contextlib.asynccontextmanager
@@ -162,7 +171,7 @@ def bot_line(report: MigrationReport) -> str:
     name = report.bot_id or os.path.basename(report.source.rstrip("/")) or report.source
     text = f"{name}: {report.status}"
     if report.status in ("migrated", "incomplete", "dry-run"):
-        text += f", {report.files:,} files, {format_size(report.bytes)}"
+        text += f", {_count(report.files, 'file')}, {format_size(report.bytes)}"
         if report.unchanged:
             text += f", {report.unchanged:,} unchanged"
         text += f" in {report.seconds:.1f} s"
@@ -171,6 +180,10 @@ def bot_line(report: MigrationReport) -> str:
     if report.error and report.status == "incomplete":
         text += f": {report.error}"
     return text
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
 
 
 def _rate(r: MigrationReport) -> str:

@@ -166,7 +166,7 @@ async def migrate_all(
             tar_batches: as :func:`memoh_trio.migrate`, for every bot.
 
     Returns:
-        One report per bot (``bot_id`` set), in bot-id order.
+        One report per bot (``bot_id`` set), in bot-id order (bots also start in that order).
 
     Raises:
         SourceError: the data root is missing or has no ``bots/`` directory.
@@ -219,8 +219,8 @@ async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
     reports: dict[str, MigrationReport] = {}
     limiter = trio.CapacityLimiter(bot_concurrency)
 
-    async def one(bot_id: str) -> None:
-        async with limiter:
+    async def one(bot_id: str, token: object) -> None:
+        try:
             start = time.monotonic()
             progress = fleet._bot()
             try:
@@ -236,9 +236,13 @@ async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
             fleet._bot_done()
             if on_report is not None:
                 on_report(report)
+        finally:
+            limiter.release_on_behalf_of(token)
 
     bots = list(bots)
     async with trio.open_nursery() as nursery:
-        for bot_id in bots:
-            nursery.start_soon(one, bot_id)
+        for bot_id in bots:  # started in bot-id order: a slot first, then the task
+            token = object()
+            await limiter.acquire_on_behalf_of(token)
+            nursery.start_soon(one, bot_id, token)
     return [reports[b] for b in bots]
