@@ -349,7 +349,7 @@ async def test_sigterm_mid_fleet_reports_what_was_renamed(tmp_path: Path,
             else:
                 assert "a2: migrated" in err  # the per-bot line, as it finished
                 assert "nothing is renamed" not in err
-                assert f"{data}/bots/a1 → renamed to" in out, out
+                assert f"renamed  {data}/bots/a1 → a1.migrated" in out, out
                 assert "z-slow: not renamed: stopped by SIGTERM" in out.replace(
                     f"{data}/bots/", ""), out
         assert (data / "bots" / "z-slow").is_dir()

@@ -488,10 +488,12 @@ async def _cmd_serve(args: argparse.Namespace, session: _Session) -> int:
 
 
 async def _cmd_demo(args: argparse.Namespace, session: _Session) -> int:
-    from ._demo import run_demo
+    from ._demo import DONE_MESSAGE, run_demo
 
     report = await run_demo(files=args.files, show_progress=sys.stderr.isatty() and not args.json)
     _emit_reports([report], as_json=args.json, out=sys.stdout, single=True)
+    if report.ok:
+        print(DONE_MESSAGE, file=sys.stderr, flush=True)
     return _report_exit_code([report])
 
 

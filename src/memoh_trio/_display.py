@@ -196,8 +196,10 @@ def report_table(reports: Sequence[MigrationReport]) -> Table:
     """The summary table; fits 80 columns (headers never truncated)."""
     table = Table(title="memoh-trio migration", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, padding=(0, 1))
+    # Only the name column gives way on a narrow terminal (cut with an ellipsis); the others
+    # keep their width, so no header is ever truncated.
     table.add_column("bot" if any(r.bot_id for r in reports) else "source",
-                     overflow="ellipsis", no_wrap=True, min_width=6, ratio=1)
+                     overflow="ellipsis", min_width=6)
     for name in ("status", "files", "size", "skipped", "failed", "time", "MiB/s"):
         table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True,
                          min_width=len(name))
@@ -218,14 +220,15 @@ def report_lines(reports: Sequence[MigrationReport], *, limit: int | None) -> li
     out: list[str] = []
     for r in reports:
         who = f"{r.bot_id}: " if r.bot_id else ""
-        also = [f"{n:,} {what}" for n, what in (
-            (r.unchanged, "unchanged (already in the container)"),
-            (r.dirs, "empty directories"), (r.symlinks, "symlinks")) if n]
+        also = [text for n, text in (
+            (r.unchanged, f"{r.unchanged:,} unchanged (already in the container)"),
+            (r.dirs, _count(r.dirs, "empty directory").replace("directorys", "directories")),
+            (r.symlinks, _count(r.symlinks, "symlink"))) if n]
         if also and r.status in ("migrated", "incomplete", "dry-run"):
             dry = " (dry run: nothing sent)" if r.status == "dry-run" else ""
             out.append(f"{who}also: " + ", ".join(also) + dry)
         if r.renamed_to:
-            out.append(f"{r.source} → renamed to {r.renamed_to}")
+            out.append(f"renamed  {r.source} → {os.path.basename(r.renamed_to)}")
         for label, items in (("skipped", [f"{s.path}: {s.reason}" for s in r.skipped]),
                              ("FAILED ", [f"{f.path}: {f.error}" for f in r.failures])):
             shown = items if limit is None else items[:limit]
