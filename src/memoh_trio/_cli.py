@@ -202,21 +202,26 @@ def resolve_token(args: argparse.Namespace, environ: Any = os.environ) -> str | 
 def _add_connection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     _add_token_options(g, "bearer token")
-    g.add_argument("--tls-ca", type=Path, help="CA bundle (PEM) that signs the server certificate")
-    g.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
-    g.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
-    g.add_argument("--tls-server-name", help="name to verify in the server certificate")
-    g.add_argument("--timeout", type=_seconds_arg, default=120.0,
+    g.add_argument("--tls-ca", type=Path, metavar="F",
+                   help="CA bundle (PEM) that signs the server certificate")
+    g.add_argument("--tls-cert", type=Path, metavar="F",
+                   help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--tls-key", type=Path, metavar="F",
+                   help="client key (PEM) for mutual TLS")
+    g.add_argument("--tls-server-name", metavar="NAME",
+                   help="name to verify in the server certificate")
+    g.add_argument("--timeout", type=_seconds_arg, default=120.0, metavar="SECONDS",
                    help="per-call timeout in seconds for unary calls (default: 120)")
 
 
 def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("copy")
-    g.add_argument("--dest", default="", help="destination directory under the server root")
-    g.add_argument("--concurrency", type=_positive_int, default=None,
+    g.add_argument("--dest", default="", metavar="DIR",
+                   help="destination directory under the server root")
+    g.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
                    help=f"file streams and tar batches in flight at once (default: "
                    f"{DEFAULT_CONCURRENCY})")
-    g.add_argument("--chunk-size", type=_size_arg, default=None,
+    g.add_argument("--chunk-size", type=_size_arg, default=None, metavar="SIZE",
                    help="WriteRaw chunk size, e.g. 1MiB (must stay below 4 MiB)")
     g.add_argument("--verify", choices=("size", "sha256"), default="size",
                    help="what must match after each file (default: size)")
@@ -224,7 +229,7 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
                    help="do not apply permission bits and mtimes in the container")
     g.add_argument("--no-rename", dest="rename", action="store_false",
                    help="copy but never rename the source to .migrated")
-    g.add_argument("--stall-timeout", type=_seconds_arg, default=None,
+    g.add_argument("--stall-timeout", type=_seconds_arg, default=None, metavar="SECONDS",
                    help="fail a file whose stream makes no progress for this many seconds "
                    "(default: 60)")
     g.add_argument("--no-tar-batches", dest="tar_batches", action="store_false",
@@ -297,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "written with O_DIRECT where the filesystem allows it)")
 
     p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
-    p.add_argument("--files", type=_positive_int, default=400,
+    p.add_argument("--files", type=_positive_int, default=400, metavar="N",
                    help="small files in the sample tree (default: 400)")
     p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
     return parser
@@ -378,13 +383,16 @@ def _emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
                   single: bool = False) -> None:
     """Print the reports: a JSON array (one object for plain ``migrate``: ``single``), or the
     table."""
-    if as_json:
-        payload: Any = reports[0].to_dict() if single else [r.to_dict() for r in reports]
-        print(json.dumps(payload, indent=2, ensure_ascii=False), file=out, flush=True)
-        return
     from ._display import print_reports
 
-    print_reports(reports, out)
+    payload: Any = reports[0].to_dict() if single else [r.to_dict() for r in reports]
+    # A reader that went away (`... | head`) wanted no more: not an error of the migration.
+    # (rich reports a broken pipe as SystemExit(1) after pointing stdout at /dev/null.)
+    with contextlib.suppress(BrokenPipeError, SystemExit):
+        if as_json:
+            print(json.dumps(payload, indent=2, ensure_ascii=False), file=out, flush=True)
+        else:
+            print_reports(reports, out)
 
 
 def _report_exit_code(reports: Sequence[Any]) -> int:
@@ -399,8 +407,16 @@ def _itemizer(args: argparse.Namespace) -> Callable[[str], None] | None:
                                  "--dry-run")
     out = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
 
+    closed = False
+
     def itemize(line: str) -> None:
-        print(line, file=out)
+        nonlocal closed
+        if closed:
+            return
+        try:
+            print(line, file=out)
+        except BrokenPipeError:  # `... -v | head`: the reader has all it wanted
+            closed = True
 
     return itemize
 
