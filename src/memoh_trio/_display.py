@@ -82,10 +82,11 @@ def progress_text(state: ProgressState, rate: float | None, *, dry_run: bool = F
     parts = []
     if state.bots_total:
         parts.append(f"bots {state.bots_done}/{state.bots_total}")
-    parts.append(f"{state.files_done:,}/{state.files_total:,}{more} files")
-    if dry_run:  # nothing is sent: no rate, no ETA
-        parts.append(f"{format_size(state.bytes_total)}{more} to send")
+    if dry_run:  # nothing is sent: what the walk found, no rate, no ETA
+        parts.append(f"dry run: found {state.files_total:,}{more} files, "
+                     f"{format_size(state.bytes_total)}{more}")
         return "  ".join(parts)
+    parts.append(f"{state.files_done:,}/{state.files_total:,}{more} files")
     parts.append(f"{_size_pair(state.bytes_done, state.bytes_total)}{more}")
     if state.bytes_total:
         parts.append(f"{min(100, 100 * state.bytes_done // state.bytes_total)}%")
@@ -126,11 +127,10 @@ class _Line:
         text = progress_text(state, self.meter.rate(), dry_run=self.dry_run)
         # The text comes first; the bar takes what is left of the line (none on a narrow one).
         bar_width = min(BAR_WIDTH, options.max_width - len(text) - 1)
-        if bar_width < MIN_BAR_WIDTH:
+        if bar_width < MIN_BAR_WIDTH or self.dry_run:  # a dry run sends nothing: no bar
             yield Text(text, no_wrap=True, overflow="ellipsis")
             return
-        total = state.files_total if self.dry_run else state.bytes_total
-        done = state.files_done if self.dry_run else state.bytes_done
+        total, done = state.bytes_total, state.bytes_done
         bar = ProgressBar(total=total or None, completed=done, width=bar_width,
                           pulse=state.scanning and not total)
         grid = Table.grid(padding=(0, 1))
