@@ -436,3 +436,33 @@ async def test_serve_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         with trio.fail_after(30):
             code = await peer.process.wait()
     assert code == 0
+
+
+async def test_sigint_single_migrate_prints_a_partial_json_report(tmp_path: Path) -> None:
+    src = make_tree(tmp_path / "bot", {"a": b"1"})
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(16)  # accepts connections, never answers
+    try:
+        argv = [str(SCRIPT), "migrate", str(src), "--target",
+                f"127.0.0.1:{stuck.getsockname()[1]}", "--json"]
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(functools.partial(
+                trio.run_process, argv, stdout=-1, stderr=-1, env=cli_env(), check=False))
+            assert proc.stdout is not None and proc.stderr is not None
+            await trio.sleep(1.5)  # started, stuck in its first call
+            proc.send_signal(signal.SIGINT)
+            with trio.fail_after(30):
+                out = b""
+                while chunk := await proc.stdout.receive_some(65536):
+                    out += chunk
+                err = await proc.stderr.receive_some(65536)
+                await proc.wait()
+    finally:
+        stuck.close()
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert (report["status"], report["ok"]) == ("incomplete", False)
+    assert report["error"] == "stopped by SIGINT before it finished"
+    assert b"the source is not renamed" in err
+    assert src.is_dir() and not (tmp_path / "bot.migrated").exists()

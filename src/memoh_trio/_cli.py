@@ -349,6 +349,7 @@ class _Session:
         self.args = args
         self.planned: list[tuple[str, str | None]] = []  # (source, bot_id) in report order
         self.finished: dict[str, Any] = {}  # source -> MigrationReport
+        self.progress: Any = None  # the Progress of a single migrate / migrate-bot
         self.signal_name: str | None = None
 
     def partial_reports(self) -> list[Any]:
@@ -358,8 +359,11 @@ class _Session:
         for source, bot_id in self.planned:
             report = self.finished.get(source)
             if report is None:
+                state = self.progress.state if self.progress is not None else None
                 report = MigrationReport(
                     source=source, bot_id=bot_id, status="incomplete",
+                    files=state.files_done if state else 0,
+                    bytes=state.bytes_done if state else 0,
                     error=f"stopped by {self.signal_name} before it finished")
             out.append(report)
         return out
@@ -438,7 +442,7 @@ async def _cmd_migrate(args: argparse.Namespace, session: _Session) -> int:
     from ._client import connect
     from ._progress import Progress
 
-    progress = Progress()
+    progress = session.progress = Progress()
     show = sys.stderr.isatty() and not args.json
     itemize = _itemizer(args)
     session.planned = [_planned_source(args)]
