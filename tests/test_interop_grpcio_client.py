@@ -138,7 +138,8 @@ def test_message_over_limit(root: Path) -> None:
 
 def test_exec(stub: Any) -> None:
     def inputs() -> Iterator[Any]:
-        yield pb2.ExecInput(command="cat; echo oops >&2; exit 7", stdin_data=b"a")
+        yield pb2.ExecInput(command="cat; echo oops >&2; exit 7")
+        yield pb2.ExecInput(stdin_data=b"a")
         yield pb2.ExecInput(stdin_data=b"b")
 
     out = list(stub.Exec(inputs(), timeout=10))

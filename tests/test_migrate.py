@@ -455,7 +455,8 @@ async def test_migrate_bot_seed_semantics(target: Target, tmp_path: Path) -> Non
     (data / "bots" / "done").mkdir()
     write_tree(data / "bots" / "b1", {"x": b"1"})
     async with connect(target.address) as client:
-        assert (await migrate_bot("missing", data, client)).status == "nothing-to-do"
+        with pytest.raises(SourceError, match="no bot 'missing'"):  # a typo, not the seed's no-op
+            await migrate_bot("missing", data, client)
         assert (await migrate_bot("empty", data, client)).status == "nothing-to-do"
         assert (await migrate_bot("done", data, client)).status == "already-migrated"
         first = await migrate_bot("b1", data, client)

@@ -98,6 +98,7 @@ class ServerHooks:
             raise OSError(self.fail_errno, f"injected fault: {os.strerror(self.fail_errno)}")
 
     def should_stall(self, received: int) -> bool:
+        """Whether an upload that has received ``received`` bytes stops reading its stream."""
         return self.stall_after_bytes is not None and received >= self.stall_after_bytes
 
 

@@ -7,7 +7,8 @@ backpressure, so the copy starts on the first files while the walk goes on.
 
 Links are never followed (only ``lstat`` and ``readlink``); special files are never opened.
 Each directory is reported before its contents, with ``empty_dir`` telling whether it had no
-entries. Errors become entries with ``error`` set; they never stop the walk.
+entries that create it in the container (none, or only special files, which are skipped).
+Errors become entries with ``error`` set; they never stop the walk.
 """
 
 from __future__ import annotations
@@ -52,20 +53,34 @@ class Walker:
         level.close()
 
     def _open_dir(self, rel: str, host: str) -> tuple[_Level | None, bool, OSError | None]:
-        """Open a directory; returns (level, is_empty, error)."""
+        """Open a directory; returns (level, is_empty, error).
+
+        ``is_empty``: no entry in it creates it in the container, i.e. it has none, or only
+        special files (FIFOs, sockets, devices), which are skipped. Such a directory must be
+        created like an empty one. Only the special files met before the first other entry are
+        held in memory (usually none).
+        """
         try:
             it = os.scandir(host)
         except OSError as exc:
             return None, False, exc
+        ahead: list[os.DirEntry[str]] = []
         try:
-            first = next(it, None)
+            while True:
+                de = next(it, None)
+                if de is None:
+                    break
+                ahead.append(de)
+                if not _is_special(de):
+                    break
         except OSError as exc:
             it.close()
             return None, False, exc
-        if first is None:
+        if not ahead:
             it.close()
             return None, True, None
-        return _Level(rel, itertools.chain([first], it), it.close), False, None
+        empty = _is_special(ahead[-1]) if ahead else True  # the listing ended on special files
+        return _Level(rel, itertools.chain(ahead, it), it.close), empty, None
 
     def next_batch(self, limit: int = BATCH_SIZE) -> list[WalkEntry]:
         """Up to ``limit`` more entries; an empty list means the walk is over."""
@@ -111,6 +126,15 @@ class Walker:
                 return WalkEntry(rel, host, st=st, error=exc)
             return WalkEntry(rel, host, st=st, link_target=target)
         return WalkEntry(rel, host, st=st)
+
+
+def _is_special(de: os.DirEntry[str]) -> bool:
+    """Neither a directory, a regular file nor a symlink (never followed)."""
+    try:
+        return not (de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False)
+                    or de.is_symlink())
+    except OSError:
+        return False  # cannot tell: the walk reports it, and the directory is not "empty"
 
 
 async def walk(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -45,6 +46,7 @@ from .context import (
     norm_dest,
     plain,
 )
+from .preflight import source_state
 
 if TYPE_CHECKING:
     from .._client import Client, FileEntry
@@ -110,9 +112,11 @@ class _Run:
     """One :func:`migrate` call: dispatches the walk to the transfer methods, records what they
     return in the ledger, and decides."""
 
-    def __init__(self, src: str, client: Client, opts: Options, progress: Progress) -> None:
+    def __init__(self, src: str, client: Client, opts: Options, progress: Progress,
+                 itemize: Callable[[str], None] | None = None) -> None:
         self.src = src
         self.opts = opts
+        self.itemize = itemize
         # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
         # the stall timeout; WriteRaw has its own progress-based stall detection.
         if opts.stall_timeout is not None:
@@ -134,9 +138,15 @@ class _Run:
         ledger, opts = self.ledger, self.opts
         start = time.monotonic()
         try:
-            if not opts.dry_run:
+            if opts.dry_run:
+                # Ask the container as the real run would (a wrong token fails here too), and
+                # count what resume would not resend; delete nothing.
+                await self._check_dest()
+                existing = await resume.load_existing(self.ctx, clean=False)
+                self.existing = existing if opts.resume else {}
+            else:
                 if opts.dest:
-                    await self.ctx.client.mkdir(opts.dest)
+                    await self._make_dest()
                 if opts.resume:
                     self.existing = await resume.load_existing(self.ctx)
                     self.dest_links = {rel for rel, e in self.existing.items()
@@ -171,6 +181,30 @@ class _Run:
         if ledger.fatal is not None:
             raise self._fatal_error()
         return self.report
+
+    async def _make_dest(self) -> None:
+        try:
+            await self.ctx.client.mkdir(self.opts.dest)
+        except FATAL_ERRORS:
+            raise
+        except RPCError as exc:
+            await self._check_dest()
+            raise ConfigError(f"cannot create the destination {self.opts.dest!r} in the "
+                              f"container: {plain(exc)}") from None
+
+    async def _check_dest(self) -> None:
+        """Raise :class:`ConfigError` when the destination exists and is not a directory."""
+        if not self.opts.dest:
+            return
+        try:
+            entry = await self.ctx.client.stat(self.opts.dest)
+        except FATAL_ERRORS:
+            raise
+        except RPCError:
+            return  # missing (created by the run) or not statable: the run will tell
+        if not entry.is_dir:
+            raise ConfigError(f"destination {self.opts.dest!r} is a file in the container, not "
+                              "a directory: choose another --dest")
 
     def _fatal_error(self) -> RPCError:
         exc = self.ledger.fatal
@@ -274,7 +308,9 @@ class _Run:
         elif where is Route.SKIP:
             report.skipped.append(Skipped(display_path(action.rel), action.reason))
         elif where is Route.DIR:
-            if self.opts.preserve:
+            if self.opts.dry_run:
+                self._itemize(action)
+            elif self.opts.preserve:
                 self.dir_meta.append(action)
         elif where is Route.DRY:
             self._count_dry(action)
@@ -297,6 +333,11 @@ class _Run:
 
     def _count_dry(self, action: Action) -> None:
         report = self.report
+        self.ledger.done += 1
+        if action.kind in (Kind.COPY, Kind.CREATE) and resume.unchanged(self.existing, action):
+            report.unchanged += 1
+            return
+        self._itemize(action)
         if action.kind in (Kind.COPY, Kind.CREATE):
             report.files += 1
             report.bytes += action.size
@@ -304,7 +345,10 @@ class _Run:
             report.dirs += 1
         elif action.kind is Kind.SYMLINK:
             report.symlinks += 1
-        self.ledger.done += 1
+
+    def _itemize(self, action: Action) -> None:
+        if self.itemize is not None:
+            self.itemize(itemize_line(action, self.existing.get(action.rel)))
 
     # ------------------------------------------------------------------ tasks
 
@@ -436,6 +480,7 @@ async def migrate(
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     lock_wait: float = 0.0,
     tar_batches: bool = True,
+    itemize: Callable[[str], None] | None = None,
 ) -> MigrationReport:
     """Copy the tree under ``src`` into the container and, on full success, rename ``src``.
 
@@ -449,7 +494,8 @@ async def migrate(
             container's hash of the uploaded file, before it is moved into place).
         preserve: apply permission bits and mtimes in the container (batched Exec).
         rename: rename ``src`` to ``src + ".migrated"`` when everything made it.
-        dry_run: walk and classify only; copy and rename nothing.
+        dry_run: predict the run: ask the container what it has (so resume applies and the
+            credentials are checked), walk and classify; copy, delete and rename nothing.
         resume: skip files already at the destination with the same size and mtime.
         progress: updated as the copy goes (see :class:`memoh_trio.Progress`).
         stall_timeout: fail a file whose stream makes no progress for this many seconds
@@ -458,12 +504,20 @@ async def migrate(
         tar_batches: send runs of small files as tar streams through Exec (see
             :mod:`memoh_trio._tarbatch`) when the container has ``tar``; off: one WriteRaw +
             Rename per file.
+        itemize: with ``dry_run``, called with one line per entry the run would send, in
+            ``rsync -n -i`` form (``>f+++++++++ path`` a new file, ``>f.st...... path`` one
+            that differs in size/time, ``cd+++++++++ dir/``, ``cL+++++++++ link -> target``).
 
     Returns:
         The report; ``report.ok`` is false when some entries failed (the source is then kept).
+        A source whose ``.migrated`` sibling exists and that is gone itself is
+        ``already-migrated``; an empty source is ``nothing-to-do`` (neither is renamed, as in
+        the seed).
 
     Raises:
-        ConfigError: bad options. SourceError: bad source. MigrationBusy: another run holds the
+        ConfigError: bad options, or a destination that is a file. SourceError: bad source
+        (missing, not a directory, unreadable, itself a ``.migrated`` directory, or with a
+        ``.migrated`` sibling already there). MigrationBusy: another run holds the
         lock. Unavailable / Unauthenticated: the connection was lost or refused (fatal; the copy
         was stopped and nothing renamed).
     """
@@ -471,14 +525,32 @@ async def migrate(
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
                    resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
     check_options(opts)
-    path = check_source(src)
     progress = progress if progress is not None else Progress()
+    absolute, state = source_state(src)  # reruns, typos, empty sources: see .preflight
+    if state != "migrate":
+        progress.finish()
+        return MigrationReport(source=absolute, dest=opts.dest, status=state)
+    path = check_source(src)
     async with single_flight(path, wait=lock_wait):
         if already_migrated(path):  # the run we waited for renamed it
             progress.finish()
             return MigrationReport(source=path, dest=opts.dest, status="already-migrated")
         check_source(path)
-        return await _Run(path, client, opts, progress).run()
+        return await _Run(path, client, opts, progress, itemize).run()
+
+
+def itemize_line(action: Action, existing: FileEntry | None) -> str:
+    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
+    name = display_path(action.rel)
+    if action.kind in (Kind.DIR, Kind.MKDIR):
+        return f"cd+++++++++ {name}/"
+    if action.kind is Kind.SYMLINK:
+        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
+    if existing is None or existing.is_dir:
+        return f">f+++++++++ {name}"
+    size = "." if existing.size == action.size else "s"
+    when = "." if resume.mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
+    return f">f.{size}{when}...... {name}"
 
 
 def already_migrated(src: str) -> bool:

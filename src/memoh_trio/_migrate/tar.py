@@ -100,10 +100,11 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     continue
                 settled.add(i)
                 ctx.progress.unsent(action.size)
-                out.failed.append((action, "the file is missing from the unpacked batch"
-                                   if got is None else
-                                   f"verification failed in the container: expected {want}, "
-                                   f"found {got}"))
+                if got is None:  # not listed (staging vanished?): the per-file way decides
+                    out.changed.append(action)
+                    continue
+                out.failed.append((action, f"verification failed in the container: expected "
+                                           f"{want}, found {got}"))
             script = _scripts.move_script(staging, lay, good)
             res = await ctx.client.exec(_scripts.RUN_STDIN, work_dir=ctx.opts.dest,
                                         timeout_seconds=EXEC_TIMEOUT,
