@@ -236,7 +236,7 @@ async def test_a_command_that_fails_in_the_container(tmp_path: Path) -> None:
     assert temporaries(dst) == []
 
 
-async def _with_path(client: memoh_trio.Client, path: str, src: Path) -> MigrationReport:
+async def _with_path(client: Any, path: str, src: Path) -> MigrationReport:
     """Run a migration whose Exec calls see ``PATH=path`` (a container whose chmod fails)."""
 
     class WithPath:
@@ -248,6 +248,33 @@ async def _with_path(client: memoh_trio.Client, path: str, src: Path) -> Migrati
             return await client.exec(command, **kw)
 
     return await memoh_trio.migrate(src, WithPath(), verify="size")  # type: ignore[arg-type]
+
+
+async def test_a_failed_tar_batch_falls_back_to_streams(tmp_path: Path) -> None:
+    """tar is there but fails (exit 70 from the extract): the batch's files go one WriteRaw
+    each, are verified as such, and the run completes."""
+    src = tmp_path / "src"
+    files = {f"d{i % 3}/f{i}": b"y" * i for i in range(30)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tar").write_text("#!/bin/sh\necho 'tar: broken' >&2\nexit 2\n")
+    os.chmod(bin_dir / "tar", 0o755)
+    apps = Path(os.environ.get("MEMOH_CONTAINERS", "/tmp/memoh-containers")) / "gnu-nopython"
+    async with memoh_trio_server(dst, kind="gnu-nopython") as peer, \
+            memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+        rec = Recording(client)
+        with trio.fail_after(60):
+            report = await _with_path(rec, f"{bin_dir}:{apps}", src)
+    assert report.status == "migrated", report.failures
+    assert rec.tar_batches() and set(rec.tar_batches()) == {70}
+    for rel, data in files.items():
+        assert (dst / rel).read_bytes() == data
+    assert temporaries(dst) == []
 
 
 @pytest.mark.parametrize("kind", ["plain", "busybox"])
