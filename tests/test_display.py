@@ -171,3 +171,10 @@ def test_demo_under_a_real_terminal(tmp_path: Path) -> None:
     assert "MB/s" not in screen and "bytes/s" not in screen
     last = lines[-1]
     assert "memoh-trio-demo-" not in last, last
+
+
+def test_report_lines_say_when_mtimes_are_whole_seconds() -> None:
+    busybox = MigrationReport("/s", status="migrated", mtime_precision="s")
+    assert any("mtimes: whole seconds" in line for line in report_lines([busybox], limit=5))
+    exact = MigrationReport("/s", status="migrated", mtime_precision="ns")
+    assert not any("mtimes" in line for line in report_lines([exact], limit=5))

@@ -227,6 +227,9 @@ def report_lines(reports: Sequence[MigrationReport], *, limit: int | None) -> li
         if also and r.status in ("migrated", "incomplete", "dry-run"):
             dry = " (dry run: nothing sent)" if r.status == "dry-run" else ""
             out.append(f"{who}also: " + ", ".join(also) + dry)
+        if r.mtime_precision == "s":
+            out.append(f"{who}mtimes: whole seconds (the container's touch takes no "
+                       "nanoseconds and it has no python3)")
         if r.renamed_to:
             out.append(f"renamed  {r.source} → {os.path.basename(r.renamed_to)}")
         for label, items in (("skipped", [f"{s.path}: {s.reason}" for s in r.skipped]),
