@@ -8,8 +8,10 @@ each, 1,000 symlinks, 1,000 empty files, empty directories, modes, 2020 mtimes w
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -305,3 +307,26 @@ async def test_server_that_drops_stdin_never_ends_migrated(kind: str, tmp_path: 
     assert all("no record" in f.error or "unpack" in f.error for f in report.failures), \
         report.failures
     assert temporaries(dst) == []
+
+
+@pytest.mark.parametrize("kind", ["busybox", "gnu-nopython"])
+async def test_cli_json_says_the_mtime_precision(kind: str, tmp_path: Path) -> None:
+    """``memoh-trio migrate --json``: the report names the precision the container allowed."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"f")
+    os.utime(src / "d" / "f", ns=(OLD + 123, OLD + 123))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with memoh_trio_server(dst, kind=kind) as peer:
+        env = dict(os.environ, MEMOH_TRIO_TOKEN=TEST_TOKEN)
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "memoh_trio", "migrate", str(src), "--target", peer.target,
+                 "--json"], capture_stdout=True, capture_stderr=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "migrated"
+    assert report["mtime_precision"] == precision_of(kind)
+    want = OLD + 123 if precision_of(kind) == "ns" else OLD
+    assert (dst / "d" / "f").stat().st_mtime_ns == want
