@@ -330,3 +330,27 @@ async def test_cli_json_says_the_mtime_precision(kind: str, tmp_path: Path) -> N
     assert report["mtime_precision"] == precision_of(kind)
     want = OLD + 123 if precision_of(kind) == "ns" else OLD
     assert (dst / "d" / "f").stat().st_mtime_ns == want
+
+
+@pytest.mark.parametrize("kind", ["plain", "busybox",
+                                  pytest.param("memoh-go", marks=pytest.mark.memoh_go)])
+@pytest.mark.parametrize("tar_batches", [True, False], ids=["tar", "streams"])
+async def test_dest_directory_is_entered_by_the_scripts(kind: str, tar_batches: bool,
+                                                        tmp_path: Path) -> None:
+    """``dest`` below the server's root: every script runs there. Memoh's server resolves a
+    relative Exec ``work_dir`` against its own process's directory (it failed with ``chdir
+    sub/d ir: no such file or directory``), so the scripts ``cd`` into it themselves."""
+    src = tmp_path / "src"
+    build_tree(src, scale=20)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with container(kind, dst) as client:
+        with trio.fail_after(60):
+            report = await memoh_trio.migrate(src, client, dest="sub/d ir",
+                                              tar_batches=tar_batches)
+    assert report.status == "migrated", (report.failures[:5], report.error)
+    migrated = tmp_path / "src.migrated"
+    want = snapshot(migrated, report.mtime_precision)
+    got = snapshot(dst / "sub" / "d ir", report.mtime_precision)
+    assert got == want
+    assert sorted(os.listdir(dst)) == ["sub"]

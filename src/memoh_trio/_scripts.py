@@ -59,6 +59,23 @@ def _q(s: str) -> str:
     return shlex.quote(s)
 
 
+#: Exit status of a command whose shell could not enter the destination directory.
+CD_FAILED_EXIT = 96
+
+
+def in_dir(dest: str, command: str) -> str:
+    """``command`` run in the destination directory ``dest`` (relative to the server's working
+    directory; "" = that directory itself).
+
+    The script enters it with ``cd`` rather than through Exec's ``work_dir``: Memoh's server
+    takes a relative ``work_dir`` from its own process's working directory, not from its data
+    directory, so ``work_dir="sub"`` fails there (``chdir sub: no such file or directory``).
+    """
+    if not dest:
+        return command
+    return f"cd -- {_q('./' + dest)} || exit {CD_FAILED_EXIT}\n{command}"
+
+
 def shell_path(rel: str) -> str:
     """A relative path as a shell word that can never be read as an option."""
     return _q("./" + rel)

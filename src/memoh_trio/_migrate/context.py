@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
+from .. import _scripts
 from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
 from .._plan import Action, describe_os_error, display_path
 from .._progress import Progress
 from .._report import Failure, MigrationReport
 
 if TYPE_CHECKING:
-    from .._client import Client
+    from .._client import Client, ExecResult
 
 #: File streams in flight at once. Measured on 2 cores (see the closing note of issue 3).
 DEFAULT_CONCURRENCY = 8
@@ -173,6 +174,13 @@ class Context:
     def path(self, rel: str) -> str:
         """The container path of a source-relative path."""
         return join(self.opts.dest, rel)
+
+    async def exec(self, command: str, *, stdin: bytes = b"",
+                   timeout_seconds: int = EXEC_TIMEOUT) -> ExecResult:
+        """Run ``command`` in the destination directory (see :func:`memoh_trio._scripts.in_dir`:
+        never through a relative ``work_dir``, which Memoh's server resolves elsewhere)."""
+        return await self.client.exec(_scripts.in_dir(self.opts.dest, command), stdin=stdin,
+                                      timeout_seconds=timeout_seconds)
 
     async def discard(self, path: str, *, recursive: bool = False) -> None:
         """Delete a temporary file or staging dir (a container path), best effort, shielded.

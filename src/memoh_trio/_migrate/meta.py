@@ -37,8 +37,7 @@ async def probe(ctx: Context) -> Capabilities:
     """What the container offers (tar, touch, python3, sha256sum, stat...): one Exec with a
     short fixed command. A server without Exec, or a failed probe, offers nothing."""
     try:
-        res = await ctx.client.exec(_scripts.PROBE_COMMAND, work_dir=ctx.opts.dest,
-                                    timeout_seconds=30)
+        res = await ctx.exec(_scripts.PROBE_COMMAND, timeout_seconds=30)
     except FATAL_ERRORS:
         raise
     except (MemohError, OSError):  # no Exec (UNIMPLEMENTED), or no shell
@@ -81,8 +80,7 @@ async def flush(ctx: Context) -> str | None:
     server without Exec (UNIMPLEMENTED) cannot be asked; its own durability applies.
     """
     try:
-        res = await ctx.client.exec(_scripts.SYNC_COMMAND, work_dir=ctx.opts.dest,
-                                    timeout_seconds=EXEC_TIMEOUT)
+        res = await ctx.exec(_scripts.SYNC_COMMAND, timeout_seconds=EXEC_TIMEOUT)
     except FATAL_ERRORS:
         raise
     except Unimplemented:
@@ -103,7 +101,7 @@ async def writeback(ctx: Context) -> None:
     while True:
         await ctx.progress.value.wait_value(lambda s, m=mark: s.bytes_done >= m)
         try:
-            await ctx.client.exec("sync", work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT)
+            await ctx.exec("sync", timeout_seconds=EXEC_TIMEOUT)
         except (MemohError, OSError):
             return  # no Exec, or it failed: the final sync reports what matters
         mark = ctx.progress.state.bytes_done + WRITEBACK_BYTES
@@ -112,8 +110,7 @@ async def writeback(ctx: Context) -> None:
 async def _exec_batch(ctx: Context, n: int, command: str, stdin: bytes) -> dict[int, str]:
     """Run one per-entry step; ``{index: reason}`` for every entry without an ``O`` record."""
     try:
-        res = await ctx.client.exec(command, work_dir=ctx.opts.dest,
-                                    timeout_seconds=EXEC_TIMEOUT, stdin=stdin)
+        res = await ctx.exec(command, timeout_seconds=EXEC_TIMEOUT, stdin=stdin)
     except FATAL_ERRORS:
         raise
     except (MemohError, OSError) as exc:

@@ -78,8 +78,7 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     nbytes = sum(a.size for a in actions)
     placed = False
     try:
-        res = await ctx.client.exec(_scripts.extract_command(staging),
-                                    work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT,
+        res = await ctx.exec(_scripts.extract_command(staging), timeout_seconds=EXEC_TIMEOUT,
                                     stdin=payload)
         if res.exit_code != 0:
             why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
@@ -106,8 +105,7 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                 out.failed.append((action, f"verification failed in the container: expected "
                                            f"{want}, found {got}"))
             script = _scripts.move_script(staging, lay, good)
-            res = await ctx.client.exec(_scripts.RUN_STDIN, work_dir=ctx.opts.dest,
-                                        timeout_seconds=EXEC_TIMEOUT,
+            res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
                                         stdin=script.encode("utf-8", "surrogateescape"))
             records = _scripts.parse_records(res.stdout, len(members))
             placed = res.exit_code == 0  # else the staging directory may be left: discard it
