@@ -121,7 +121,7 @@ def test_write_raw_read_raw_and_abort(stub: Any, root: Path) -> None:
     assert (root / "x/blob").read_bytes() == blob
     # No message at all: OK with 0 bytes, as Memoh's Go server (issue 10).
     assert stub.WriteRaw(iter([]), timeout=5).bytes_written == 0
-    assert not [p for p in root.rglob("*") if _fs.is_temp_name(p.name)]
+    assert not [p for p in root.rglob("*") if p.name.startswith(_fs.TEMP_PREFIX)]
 
 
 def test_message_over_limit(root: Path) -> None:

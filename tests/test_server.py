@@ -79,7 +79,7 @@ async def call_stream(method: Callable[..., AsyncIterator[_T]], *args: Any,
 
 
 def temp_files(top: Path) -> list[Path]:
-    return [p for p in top.rglob("*") if _fs.is_temp_name(p.name)]
+    return [p for p in top.rglob("*") if p.name.startswith(_fs.TEMP_PREFIX)]
 
 
 async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:

@@ -30,10 +30,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ._paths import TAR_PREFIX as TAR_PREFIX
+
 T = TypeVar("T")
 
-#: Prefix of a staging directory (under the destination root).
-TAR_PREFIX = ".memoh-tar-"
 #: Files up to this size go through tar batches; larger ones stream through WriteRaw.
 MAX_MEMBER_SIZE = 256 * 1024
 #: Bounds of one batch: file data, file count, and path bytes. The archive travels as Exec stdin

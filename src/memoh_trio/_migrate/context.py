@@ -20,6 +20,8 @@ import trio
 
 from .. import _scripts
 from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
+from .._paths import PART_PREFIX as PART_PREFIX
+from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .._plan import Action, describe_os_error, display_path
 from .._progress import Progress
 from .._report import Failure, MigrationReport
@@ -33,12 +35,6 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_BOT_CONCURRENCY = 4
 #: Suffix of a migrated source (the seed's ``migratedSuffix``).
 MIGRATED_SUFFIX = ".migrated"
-#: Prefix of the client-side temporary sibling a file is uploaded to before its Rename. Distinct
-#: from the server's own ``.memoh-tmp-`` so the two never collide.
-PART_PREFIX = ".memoh-part-"
-#: memoh-trio's server writes uploads to ``.memoh-tmp-*`` siblings; a server killed mid-stream
-#: (SIGKILL) leaves them behind, and the resume pass removes them like our own parts.
-SERVER_TEMP_PREFIX = ".memoh-tmp-"
 #: A stream with no progress for this long fails (the migration never hangs by default).
 DEFAULT_STALL_TIMEOUT = 60.0
 #: Timeout given to the server for each batched Exec, in seconds.
