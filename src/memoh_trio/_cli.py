@@ -16,13 +16,20 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-import trio
-
+from . import __version__
 from . import _errors as errors
-from ._tls import ClientTLS, ServerTLS
 from ._units import parse_listen, parse_size, parse_target
+
+if TYPE_CHECKING:
+    import trio
+
+    from ._tls import ClientTLS
+
+# Imports are lazy here: a command loads only what it uses (``--version`` and argument errors:
+# none of trio, grpclib, the bridge or rich; rich only to draw; the server modules only for
+# ``serve``). ``python -X importtime -m memoh_trio --version`` shows what a start costs.
 
 # Exit codes: a contract with scripts and operators. Keep them stable.
 EXIT_OK = 0  # migrated, already migrated, or nothing to do
@@ -147,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
         "renaming the source to <dir>.migrated only when every entry made it.",
         epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
     )
+    parser.add_argument("--version", action="version", version=f"memoh-trio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="copy one directory tree into a container")
@@ -197,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    from ._tls import ClientTLS
+
     if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
         return None
     return ClientTLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
@@ -323,7 +333,10 @@ async def _cmd_migrate_all(args: argparse.Namespace) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
     from ._server import serve
+    from ._tls import ServerTLS
 
     if not args.root.is_dir():
         raise errors.SourceError(f"server root {args.root} is not a directory")
@@ -363,6 +376,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 
 async def _run(args: argparse.Namespace) -> int:
     """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code."""
+    import trio
+
     received: list[int] = []
     code = EXIT_OK
     async with trio.open_nursery() as nursery:
@@ -391,6 +406,8 @@ async def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``memoh-trio`` console script."""
     args = build_parser().parse_args(argv)
+    import trio
+
     try:
         code = trio.run(_run, args)
     except KeyboardInterrupt:
