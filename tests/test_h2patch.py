@@ -435,6 +435,7 @@ def _send_with(
     frame: int,
     window: int,
     update: int,
+    adopt: bool = True,
 ) -> tuple[bytes, int]:
     """Send ``messages`` (size, end_stream) on a grpclib stream with ``send_data``; a peer with
     ``frame``-byte frames and a ``window``-byte initial window opens ``update`` more bytes each
@@ -447,7 +448,8 @@ def _send_with(
     conn = h2.connection.H2Connection(
         h2.config.H2Configuration(client_side=True, header_encoding=None)
     )
-    h2patch.adopt(conn)
+    if adopt:
+        h2patch.adopt(conn)
     conn.initiate_connection()
     conn.receive_data(SettingsFrame(0, settings={
         h2.settings.SettingCodes.MAX_FRAME_SIZE: frame,
@@ -493,11 +495,17 @@ def test_send_data_same_bytes_fewer_writes(
     import grpclib.protocol
 
     assert grpclib.protocol.Stream.send_data is h2patch.send_data  # installed
+    # grpclib and h2 as released, against both of our paths: the frame-by-frame loop (an h2
+    # connection of any class) and send_data_run (on our H2Connection).
     upstream, n_upstream = _send_with(h2patch._UPSTREAM_SEND_DATA, messages, frame=frame,
-                                      window=window, update=update)
+                                      window=window, update=update, adopt=False)
+    loop, n_loop = _send_with(h2patch.send_data, messages, frame=frame, window=window,
+                              update=update, adopt=False)
     patched, n_patched = _send_with(h2patch.send_data, messages, frame=frame, window=window,
                                     update=update)
+    assert loop == upstream
     assert patched == upstream
+    assert n_loop == n_patched
     assert sum(size for size, _ in messages) < len(upstream)
     frames = sum(-(-size // frame) or 1 for size, _ in messages)
     if frames > 8:  # the point: fewer writes; far fewer where the window is open
