@@ -99,12 +99,11 @@ class H2Connection(h2.connection.H2Connection):
         frame (module docstring, item 3). h2's ``SEND_DATA`` transitions in every state that
         allows them are self-loops without side effects (``h2/connection.py``
         ``ConnectionStateMachine._transitions``, ``h2/stream.py`` ``_transitions``), so one step
-        stands for all the frames'."""
+        stands for all the frames'. The payload is appended from ``data`` (a view) without an
+        intermediate copy: h2 makes one (``memoryview.tobytes``) for a view, grpclib one per frame
+        (``BytesIO.read``) for all but a whole message that fits one frame."""
         size = self.max_outbound_frame_size
         n = len(data)
-        if n <= size:
-            self.send_data(stream_id, data, end_stream=end_stream)
-            return
         window = self.local_flow_control_window(stream_id)
         if n > window:
             msg = f"Cannot send {n} bytes, flow control window is {window}"
