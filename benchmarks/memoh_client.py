@@ -45,7 +45,8 @@ def _count(value: Any) -> int:
 
 async def run(target: str, src: str, options: dict[str, Any]) -> dict[str, Any]:
     connect, migrate = _api()
-    async with connect(target) as client:
+    # memoh-trio's server requires a token; run.py gives it to both ends (others ignore it).
+    async with connect(target, token=os.environ.get("MEMOH_TRIO_TOKEN")) as client:
         report = await migrate(src, client, **options)
     failures = getattr(report, "failures", ())
     return {
