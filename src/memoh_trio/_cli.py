@@ -628,6 +628,8 @@ def _hint(exc: BaseException, args: argparse.Namespace) -> str | None:
 
         host, port = parse_target(args.target)
         try:
+            import trio
+
             return trio.run(functools.partial(diagnose, host, port,
                                               client_tls=_client_tls(args) is not None))
         except (OSError, errors.MemohError):
