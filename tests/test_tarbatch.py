@@ -20,8 +20,10 @@ from memoh_trio._scripts import (
     RUN_STDIN,
     TAR_FAILED_EXIT,
     Check,
+    dir_prefixes,
     extract_command,
     listing_script,
+    make_dirs,
     move_script,
     parse_listing,
     parse_records,
@@ -153,3 +155,24 @@ def test_move_script_reports_failed_groups(tmp_path: Path) -> None:
     assert records == {0: "not a directory on the way", 1: None}, records
     assert (tmp_path / "ok").read_bytes() == b"2"
     assert not staging.exists()
+
+
+def test_dir_prefixes_parents_first_once() -> None:
+    assert dir_prefixes(["a/b/c", "a/b", "x", "", "a/d"]) == ["a", "a/b", "a/b/c", "x", "a/d"]
+    assert make_dirs([]) == ":"
+
+
+def test_make_dirs_one_mkdir_never_below_a_symlink(tmp_path: Path) -> None:
+    """Missing directories are created, parents first; nothing below a symlink or a file."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "link").symlink_to(outside)
+    (root / "file").write_bytes(b"f")
+    (root / "have").mkdir()
+    res = _sh(make_dirs(["new/a/b", "link/x/y", "file/z", "have/c", "new/d"]), root)
+    assert res.returncode == 0, res.stderr
+    assert list(outside.iterdir()) == []
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
+        "file", "have", "have/c", "link", "new", "new/a", "new/a/b", "new/d"]

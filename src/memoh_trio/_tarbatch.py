@@ -16,7 +16,9 @@ runs of small files, with the per-file path's guarantees kept:
 4. The client compares it with what it read; the move script (second Exec, as stdin) then moves
    only the verified files into place, never through a symlink, printing a record per file --
    ``mv`` is ``rename(2)`` on one filesystem, so a final path holds either its old file or the
-   complete new one -- and deletes the staging directory.
+   complete new one -- and deletes the staging directory. Where the container has python3, one
+   python3 process (:data:`memoh_trio._scripts.PY_MOVE`) does the moves and also gives each
+   staged file its mode and mtime before its rename, its record proving both.
 
 A cut stream, a failed ``tar`` or a failed check leaves files only in the staging directory,
 which is deleted (and stale ones from interrupted runs by the resume pass).

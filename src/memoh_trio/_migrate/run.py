@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 
 #: Walk entries buffered between the walk thread and the dispatcher.
 WALK_BUFFER = 1024
+#: A tar batch with at least this many files copied gets its own metadata Exec as soon as it
+#: is done (fewer: they join the next metadata batch).
+TAR_META_MIN = 64
 #: Files waiting for a stream slot. The dispatcher only blocks once this many are queued, so
 #: small files found behind a run of large ones are batched (and their tar batch started) while
 #: the large ones stream: on the mixed tree (c) the batches began at 0.34-0.44 s, after the
@@ -390,7 +393,8 @@ class _Run:
         ledger = self.ledger
         try:
             try:
-                outcome = await tar.send_batch(self.ctx, batch)
+                outcome = await tar.send_batch(
+                    self.ctx, batch, py_move=meta.USE_PYTHON_META and self.caps.python3)
             except FATAL_ERRORS as exc:
                 ledger.lose(exc)
                 return
@@ -402,7 +406,18 @@ class _Run:
                 ledger.fail(action, why)
             for action in outcome.copied:
                 ledger.copied(action)
-                self._queue_meta(action)
+            if outcome.meta_applied:
+                # The python3 mover applied them, each file's record proves it.
+                if outcome.copied and self.report.mtime_precision != "s":
+                    self.report.mtime_precision = "ns"
+            elif self.opts.preserve and len(outcome.copied) >= TAR_META_MIN:
+                # This batch's modes and mtimes at once, while the rest is still being sent,
+                # rather than all at the end (mixed tree: 0.22 s after the last move, on the
+                # critical path).
+                self._start_batch(list(outcome.copied), "meta")
+            else:
+                for action in outcome.copied:
+                    self._queue_meta(action)
             # A file that changed while read goes the per-file way (which fails it if it keeps
             # changing, or copies the new contents).
             for action in outcome.changed:

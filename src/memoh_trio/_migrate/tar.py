@@ -32,14 +32,22 @@ class BatchOutcome:
     copied: list[Action] = field(default_factory=list)
     failed: list[tuple[Action, str]] = field(default_factory=list)
     changed: list[Action] = field(default_factory=list)
+    #: The ``copied`` files also got their modes and mtimes (to the nanosecond), proven by their
+    #: records (python3 mover, :data:`memoh_trio._scripts.PY_MOVE`).
+    meta_applied: bool = False
 
 
 class _BatchFailed(Exception):
     """A whole tar batch failed in the container (its files fail with this message)."""
 
 
-async def send_batch(ctx: Context, batch: Sequence[Action]) -> BatchOutcome:
+async def send_batch(ctx: Context, batch: Sequence[Action], *,
+                     py_move: bool = False) -> BatchOutcome:
     """Copy ``batch`` as one tar stream; see the module docstring.
+
+    ``py_move``: the container has python3: move the verified files with one python3 process
+    that also applies their modes and mtimes (``outcome.meta_applied``), when there are more
+    than :data:`memoh_trio._scripts.SHELL_META_MAX` of them.
 
     Raises:
         Unavailable / Unauthenticated: fatal to the run (the staging directory is discarded).
@@ -50,7 +58,7 @@ async def send_batch(ctx: Context, batch: Sequence[Action]) -> BatchOutcome:
         return out
     settled: set[int] = set()  # member indexes copied or failed
     try:
-        await _unpack_verify_move(ctx, members, out, settled)
+        await _unpack_verify_move(ctx, members, out, settled, py_move)
     except FATAL_ERRORS:
         raise
     except (MemohError, OSError, _BatchFailed):
@@ -65,7 +73,7 @@ async def send_batch(ctx: Context, batch: Sequence[Action]) -> BatchOutcome:
 
 
 async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, str | None]],
-                              out: BatchOutcome, settled: set[int]) -> None:
+                              out: BatchOutcome, settled: set[int], py_move: bool) -> None:
     verify, preserve = ctx.opts.verify, ctx.opts.preserve
     actions = [a for a, _, _ in members]
     lay = layout([a.rel for a in actions])
@@ -104,9 +112,16 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     continue
                 out.failed.append((action, f"verification failed in the container: expected "
                                            f"{want}, found {got}"))
-            script = _scripts.move_script(staging, lay, good)
-            res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
-                                        stdin=script.encode("utf-8", "surrogateescape"))
+            if py_move and len(good) > _scripts.SHELL_META_MAX:
+                out.meta_applied = preserve
+                res = await ctx.exec(_scripts.py_move_command(staging),
+                                     timeout_seconds=EXEC_TIMEOUT,
+                                     stdin=_scripts.py_move_records(staging, lay, good, actions,
+                                                                    preserve=preserve))
+            else:
+                script = _scripts.move_script(staging, lay, good)
+                res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
+                                     stdin=script.encode("utf-8", "surrogateescape"))
             records = _scripts.parse_records(res.stdout, len(members))
             placed = res.exit_code == 0  # else the staging directory may be left: discard it
             for i in good:
