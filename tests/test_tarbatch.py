@@ -28,7 +28,7 @@ from memoh_trio._scripts import (
     parse_listing,
     parse_records,
 )
-from memoh_trio._tarbatch import DEFAULT_MODE, Batcher, Member, layout, pack
+from memoh_trio._tarbatch import DEFAULT_MODE, Batcher, Member, file_header, layout, pack
 
 _names = st.sampled_from(["a", "-x", "d e", "ü", "n\nl", "q'\"$`\\", "--", "*", ".h"])
 _rels = st.lists(_names, min_size=1, max_size=3).map("/".join)
@@ -176,3 +176,21 @@ def test_make_dirs_one_mkdir_never_below_a_symlink(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
     assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == [
         "file", "have", "have/c", "link", "new", "new/a", "new/a/b", "new/d"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.text(min_size=1, max_size=120), size=st.integers(0, 8 ** 12),
+       mode=st.integers(0, 0o7777), mtime=st.integers(-5, 8 ** 12))
+def test_file_header_is_tarfiles(name: str, size: int, mode: int, mtime: int) -> None:
+    """The hand-built header is byte for byte tarfile's pax-format header, or None where
+    tarfile would add a pax record (long or non-ASCII name, out-of-range numbers)."""
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, mode, mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    ref = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    got = file_header(name, size, mode, mtime)
+    if got is None:
+        assert len(ref) > 512 or not name.isascii() or len(name) > 100
+    else:
+        assert got == ref

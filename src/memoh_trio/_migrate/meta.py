@@ -33,16 +33,29 @@ SHELL_META_MAX = _scripts.SHELL_META_MAX
 WRITEBACK_BYTES = 32 * 1024 * 1024
 
 
-async def probe(ctx: Context) -> Capabilities:
+async def probe(ctx: Context, *, python: bool = True) -> Capabilities:
     """What the container offers (tar, touch, python3, sha256sum, stat...): one Exec with a
-    short fixed command. A server without Exec, or a failed probe, offers nothing."""
+    short fixed command. A server without Exec, or a failed probe, offers nothing.
+    ``python=False``: python3 is not asked (see :func:`probe_python`)."""
+    command = _scripts.PROBE_COMMAND if python else _scripts.SHELL_PROBE_COMMAND
     try:
-        res = await ctx.exec(_scripts.PROBE_COMMAND, timeout_seconds=30)
+        res = await ctx.exec(command, timeout_seconds=30)
     except FATAL_ERRORS:
         raise
     except (MemohError, OSError):  # no Exec (UNIMPLEMENTED), or no shell
         return Capabilities()
     return _scripts.parse_probe(res.stdout)
+
+
+async def probe_python(ctx: Context) -> bool:
+    """Whether python3 runs in the container (one Exec; a failure says no)."""
+    try:
+        res = await ctx.exec(_scripts.PY_PROBE_COMMAND, timeout_seconds=30)
+    except FATAL_ERRORS:
+        raise
+    except (MemohError, OSError):
+        return False
+    return _scripts.parse_probe(res.stdout).python3
 
 
 async def recreate_links(ctx: Context, caps: Capabilities,

@@ -7,6 +7,7 @@ import os
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -132,6 +133,7 @@ class _Run:
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
         self.batcher: Batcher[Action] = Batcher()
         self.caps = Capabilities()  # probed once at the start of a real run
+        self._python_known = trio.Event()  # set once caps.python3 is known
         self.pending_links: list[Action] = []
         self.pending_meta: list[Action] = []  # files: mode + mtime
         self.dir_meta: list[Action] = []  # directories: applied last, deepest first
@@ -154,7 +156,9 @@ class _Run:
                     self.existing = await resume.load_existing(self.ctx)
                     self.dest_links = {rel for rel, e in self.existing.items()
                                        if e.mode.startswith("L")}
-                self.caps = await meta.probe(self.ctx)
+                # python3 is asked beside the copy (see _probe_python): its start-up was most
+                # of the probe's 65-100 ms, before the first batch could start.
+                self.caps = await meta.probe(self.ctx, python=False)
                 if opts.tar_batches and self.caps.tar_ok(opts.verify):
                     self.tar_max_size = MAX_MEMBER_SIZE
             helpers = [] if opts.dry_run or not opts.rename else [self._writeback]
@@ -261,6 +265,10 @@ class _Run:
                 self.ledger.attach(nursery.cancel_scope)
                 nursery.start_soon(self._walk, send)
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
+                if self.caps.probed and not self._python_known.is_set():
+                    nursery.start_soon(self._probe_python)
+                else:
+                    self._python_known.set()
                 async with streams, recv:
                     async for entry in recv:
                         await self._dispatch(classify(entry), streams, nursery)
@@ -273,6 +281,20 @@ class _Run:
             self.ledger.detach()
         if nursery.cancel_scope.cancelled_caught:
             self.ledger.cancelled = self.ledger.fatal is None
+
+    async def _py_move(self) -> bool:
+        """Whether tar batches are moved by python3 (asked once the batch is unpacked)."""
+        await self._python_known.wait()
+        return meta.USE_PYTHON_META and self.caps.python3
+
+    async def _probe_python(self) -> None:
+        try:
+            python3 = await meta.probe_python(self.ctx)
+        except FATAL_ERRORS as exc:
+            self.ledger.lose(exc)
+            return
+        self.caps = replace(self.caps, python3=python3)
+        self._python_known.set()
 
     async def _walk(self, send: trio.MemorySendChannel[WalkEntry]) -> None:
         await walk(self.src, send)
@@ -393,8 +415,7 @@ class _Run:
         ledger = self.ledger
         try:
             try:
-                outcome = await tar.send_batch(
-                    self.ctx, batch, py_move=meta.USE_PYTHON_META and self.caps.python3)
+                outcome = await tar.send_batch(self.ctx, batch, py_move=self._py_move)
             except FATAL_ERRORS as exc:
                 ledger.lose(exc)
                 return
@@ -447,6 +468,7 @@ class _Run:
     async def _batch_task(self, batch: list[Action], what: str) -> None:
         async with self.ctx.limiter:
             try:
+                await self._python_known.wait()
                 if what == "links":
                     failed = await meta.recreate_links(self.ctx, self.caps, batch)
                     for i, action in enumerate(batch):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -42,10 +42,11 @@ class _BatchFailed(Exception):
 
 
 async def send_batch(ctx: Context, batch: Sequence[Action], *,
-                     py_move: bool = False) -> BatchOutcome:
+                     py_move: Callable[[], Awaitable[bool]] | None = None) -> BatchOutcome:
     """Copy ``batch`` as one tar stream; see the module docstring.
 
-    ``py_move``: the container has python3: move the verified files with one python3 process
+    ``py_move``: answers (once the batch is unpacked) whether the container has python3:
+    move the verified files with one python3 process
     that also applies their modes and mtimes (``outcome.meta_applied``), when there are more
     than :data:`memoh_trio._scripts.SHELL_META_MAX` of them.
 
@@ -73,7 +74,8 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
 
 
 async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, str | None]],
-                              out: BatchOutcome, settled: set[int], py_move: bool) -> None:
+                              out: BatchOutcome, settled: set[int],
+                              py_move: Callable[[], Awaitable[bool]] | None) -> None:
     verify, preserve = ctx.opts.verify, ctx.opts.preserve
     actions = [a for a, _, _ in members]
     lay = layout([a.rel for a in actions])
@@ -112,7 +114,8 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     continue
                 out.failed.append((action, f"verification failed in the container: expected "
                                            f"{want}, found {got}"))
-            if py_move and len(good) > _scripts.SHELL_META_MAX:
+            if (len(good) > _scripts.SHELL_META_MAX and py_move is not None
+                    and await py_move()):
                 out.meta_applied = preserve
                 res = await ctx.exec(_scripts.py_move_command(staging),
                                      timeout_seconds=EXEC_TIMEOUT,
