@@ -387,8 +387,6 @@ def _emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
                   single: bool = False) -> None:
     """Print the reports: a JSON array (one object for plain ``migrate``: ``single``), or the
     table."""
-    from ._display import print_reports
-
     payload: Any = reports[0].to_dict() if single else [r.to_dict() for r in reports]
     # A reader that went away (`... | head`) wanted no more: not an error of the migration.
     # (rich reports a broken pipe as SystemExit(1) after pointing stdout at /dev/null.)
@@ -396,6 +394,8 @@ def _emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
         if as_json:
             print(json.dumps(payload, indent=2, ensure_ascii=False), file=out, flush=True)
         else:
+            from ._display import print_reports  # rich: 17 ms of imports, not for --json
+
             print_reports(reports, out)
 
 
