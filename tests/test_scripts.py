@@ -72,6 +72,17 @@ def test_parse_probe_and_methods() -> None:
     assert S.method_precision("shell-s") == "s" and S.method_precision("python") == "ns"
 
 
+def test_python_is_run_by_the_path_it_reported() -> None:
+    """The probe's ``python3 exe /abs/path`` is used to run the scripts (quoted); without it,
+    plain ``python3``."""
+    caps = S.parse_probe(b"python3 ok\npython3 exe /opt/py 3/bin/python3\nprobed\n")
+    assert caps.python3 and caps.python_exe == "/opt/py 3/bin/python3"
+    assert S.with_python(S.PY_META, caps.python_exe).startswith("'/opt/py 3/bin/python3' -S -c")
+    assert S.parse_probe(b"python3 ok\npython3 exe \nprobed\n").python_exe == "python3"
+    assert S.with_python(S.PY_META, "python3") == S.PY_META
+    assert S.py_move_command("st", "/usr/bin/python3").startswith("/usr/bin/python3 -S -c")
+
+
 _names = st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="/\0"),
                  min_size=1, max_size=12).filter(lambda s: s not in (".", ".."))
 

@@ -90,7 +90,11 @@ _PROBE_PATH = "./.memoh-probe-absent"  # touch -c never creates it
 
 #: Whether python3 runs (its start-up is most of the probe's time: 60-80 ms behind a pyenv
 #: shim, so the migrator asks it in its own Exec, beside the copy, off the critical path).
-PY_PROBE_COMMAND = "python3 -S -c 'print(\"python3 ok\")' 2>/dev/null; echo probed"
+#: It also prints the interpreter's own path, which the scripts then run directly
+#: (:func:`with_python`): behind a pyenv shim (a bash script that runs ``pyenv``) each python3
+#: start took 60 ms, 5 ms without it.
+PY_PROBE_COMMAND = ("python3 -S -c 'import sys; print(\"python3 ok\"); "
+                    "print(\"python3 exe\", sys.executable)' 2>/dev/null; echo probed")
 #: The probe without python3 (a few ms): what the copy needs before it starts.
 SHELL_PROBE_COMMAND = (
     f"for c in {' '.join(_PROBED_COMMANDS)}; do "
@@ -114,6 +118,7 @@ class Capabilities:
     touch_s: bool = False
     python3: bool = False
     probed: bool = False  # the probe ran to its end
+    python_exe: str = "python3"  # how to run python3: its absolute path when it said so
 
     def tar_ok(self, check: Check) -> bool:
         """Whether tar batches can run (with ``sha256sum`` for ``check="sha256"``)."""
@@ -131,7 +136,8 @@ class Capabilities:
 def parse_probe(output: bytes) -> Capabilities:
     """Read :data:`PROBE_COMMAND`'s output (nothing is assumed that was not printed)."""
     lines = output.decode("utf-8", "replace").splitlines()
-    return Capabilities(
+    exe = next((ln[12:] for ln in lines if ln.startswith("python3 exe /")), "python3")
+    return Capabilities(python_exe=exe,
         commands=frozenset(ln[4:] for ln in lines if ln.startswith("has ")),
         gnu_tar="tar gnu" in lines, touch_ns="touch ns" in lines, touch_s="touch s" in lines,
         python3="python3 ok" in lines, probed="probed" in lines)
@@ -445,11 +451,18 @@ o.flush()
 """
 
 
-def py_move_command(staging: str) -> str:
+def py_move_command(staging: str, exe: str = "python3") -> str:
     """The command of :data:`PY_MOVE` for ``staging``: the staging directory is removed after
     it, whatever happened, and the mover's exit status kept."""
-    return (f"python3 -S -c {_q(PY_MOVE)}; _r=$?; rm -rf -- {_q('./' + staging)}; "
-            "exit $_r")
+    return (f"{with_python(f'python3 -S -c {_q(PY_MOVE)}', exe)}; _r=$?; "
+            f"rm -rf -- {_q('./' + staging)}; exit $_r")
+
+
+def with_python(command: str, exe: str) -> str:
+    """``command`` (``python3 ...``) run by the interpreter ``exe`` (from the probe)."""
+    if exe == "python3" or not command.startswith("python3 "):
+        return command
+    return _q(exe) + command[len("python3"):]
 
 
 def py_move_records(staging: str, lay: Layout, members: Sequence[int],

@@ -47,22 +47,25 @@ async def probe(ctx: Context, *, python: bool = True) -> Capabilities:
     return _scripts.parse_probe(res.stdout)
 
 
-async def probe_python(ctx: Context) -> bool:
-    """Whether python3 runs in the container (one Exec; a failure says no)."""
+async def probe_python(ctx: Context) -> tuple[bool, str]:
+    """Whether python3 runs in the container, and how to run it (one Exec; a failure says
+    no)."""
     try:
         res = await ctx.exec(_scripts.PY_PROBE_COMMAND, timeout_seconds=30)
     except FATAL_ERRORS:
         raise
     except (MemohError, OSError):
-        return False
-    return _scripts.parse_probe(res.stdout).python3
+        return False, "python3"
+    caps = _scripts.parse_probe(res.stdout)
+    return caps.python3, caps.python_exe
 
 
 async def recreate_links(ctx: Context, caps: Capabilities,
                          batch: Sequence[Action]) -> dict[int, str]:
     """Recreate the symlinks of ``batch`` (never following anything)."""
     if USE_PYTHON_META and caps.python3 and len(batch) > SHELL_META_MAX:
-        return await _exec_batch(ctx, len(batch), _scripts.PY_LINKS,
+        return await _exec_batch(ctx, len(batch),
+                                 _scripts.with_python(_scripts.PY_LINKS, caps.python_exe),
                                  _scripts.py_link_records(batch))
     return await _exec_batch(ctx, len(batch), _scripts.RUN_STDIN,
                              _scripts.links_script(batch).encode("utf-8", "surrogateescape"))
@@ -76,7 +79,8 @@ async def apply_meta(ctx: Context, caps: Capabilities,
                                   shell_max=SHELL_META_MAX)
     precision = _scripts.method_precision(method)
     if method == "python":
-        failed = await _exec_batch(ctx, len(batch), _scripts.PY_META,
+        failed = await _exec_batch(ctx, len(batch),
+                                   _scripts.with_python(_scripts.PY_META, caps.python_exe),
                                    _scripts.py_meta_records(batch))
     else:
         script = _scripts.meta_script(batch, precision)

@@ -282,18 +282,18 @@ class _Run:
         if nursery.cancel_scope.cancelled_caught:
             self.ledger.cancelled = self.ledger.fatal is None
 
-    async def _py_move(self) -> bool:
-        """Whether tar batches are moved by python3 (asked once the batch is unpacked)."""
+    async def _py_move(self) -> str | None:
+        """How to run python3 to move a tar batch, or ``None`` (asked once it is unpacked)."""
         await self._python_known.wait()
-        return meta.USE_PYTHON_META and self.caps.python3
+        return self.caps.python_exe if meta.USE_PYTHON_META and self.caps.python3 else None
 
     async def _probe_python(self) -> None:
         try:
-            python3 = await meta.probe_python(self.ctx)
+            python3, exe = await meta.probe_python(self.ctx)
         except FATAL_ERRORS as exc:
             self.ledger.lose(exc)
             return
-        self.caps = replace(self.caps, python3=python3)
+        self.caps = replace(self.caps, python3=python3, python_exe=exe)
         self._python_known.set()
 
     async def _walk(self, send: trio.MemorySendChannel[WalkEntry]) -> None:

@@ -42,11 +42,12 @@ class _BatchFailed(Exception):
 
 
 async def send_batch(ctx: Context, batch: Sequence[Action], *,
-                     py_move: Callable[[], Awaitable[bool]] | None = None) -> BatchOutcome:
+                     py_move: Callable[[], Awaitable[str | None]] | None = None,
+                     ) -> BatchOutcome:
     """Copy ``batch`` as one tar stream; see the module docstring.
 
-    ``py_move``: answers (once the batch is unpacked) whether the container has python3:
-    move the verified files with one python3 process
+    ``py_move``: answers (once the batch is unpacked) how to run python3 in the container
+    (``None``: it has none): then move the verified files with one python3 process
     that also applies their modes and mtimes (``outcome.meta_applied``), when there are more
     than :data:`memoh_trio._scripts.SHELL_META_MAX` of them.
 
@@ -75,7 +76,7 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
 
 async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, str | None]],
                               out: BatchOutcome, settled: set[int],
-                              py_move: Callable[[], Awaitable[bool]] | None) -> None:
+                              py_move: Callable[[], Awaitable[str | None]] | None) -> None:
     verify, preserve = ctx.opts.verify, ctx.opts.preserve
     actions = [a for a, _, _ in members]
     lay = layout([a.rel for a in actions])
@@ -114,10 +115,11 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     continue
                 out.failed.append((action, f"verification failed in the container: expected "
                                            f"{want}, found {got}"))
-            if (len(good) > _scripts.SHELL_META_MAX and py_move is not None
-                    and await py_move()):
+            exe = (await py_move() if len(good) > _scripts.SHELL_META_MAX and py_move
+                   else None)
+            if exe is not None:
                 out.meta_applied = preserve
-                res = await ctx.exec(_scripts.py_move_command(staging),
+                res = await ctx.exec(_scripts.py_move_command(staging, exe),
                                      timeout_seconds=EXEC_TIMEOUT,
                                      stdin=_scripts.py_move_records(staging, lay, good, actions,
                                                                     preserve=preserve))
