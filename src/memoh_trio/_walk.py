@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import stat
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -41,6 +42,19 @@ class Walker:
         self.root = root
         self._stack: list[_Level] = []
         self._started = False
+        self._lock = threading.Lock()
+        self._busy = False  # a thread is in next_batch
+        self._abandoned = False
+
+    def abandon(self) -> None:
+        """The walk was cancelled while a thread may still be in :meth:`next_batch`: the
+        directory iterators are closed now if no thread is, else by that thread when it
+        returns (never by two threads at once)."""
+        with self._lock:
+            self._abandoned = True
+            if self._busy:
+                return
+        self.close()
 
     def close(self) -> None:
         """Close every open directory iterator (idempotent)."""
@@ -69,6 +83,20 @@ class Walker:
 
     def next_batch(self, limit: int = BATCH_SIZE) -> list[WalkEntry]:
         """Up to ``limit`` more entries; an empty list means the walk is over."""
+        with self._lock:
+            if self._abandoned:
+                return []
+            self._busy = True
+        try:
+            return self._next_batch(limit)
+        finally:
+            with self._lock:
+                self._busy = False
+                abandoned = self._abandoned
+            if abandoned:
+                self.close()
+
+    def _next_batch(self, limit: int) -> list[WalkEntry]:
         out: list[WalkEntry] = []
         if not self._started:
             self._started = True
@@ -122,16 +150,18 @@ async def walk(
     """Walk ``root`` and send every entry below it into ``send``, then close it.
 
     The root itself is not sent unless it cannot be listed (then one entry with ``rel == ""`` and
-    ``error`` set is sent). Cancellation is honoured between batches.
+    ``error`` set is sent). Cancellation is honoured at once, even while a worker thread is in a
+    ``scandir`` or ``lstat`` that does not return (a hung filesystem): that thread is abandoned.
     """
     walker = Walker(os.fspath(root))
     async with send:
         try:
             while True:
-                batch = await trio.to_thread.run_sync(walker.next_batch, batch_size)
+                batch = await trio.to_thread.run_sync(walker.next_batch, batch_size,
+                                                      abandon_on_cancel=True)
                 if not batch:
                     return
                 for entry in batch:
                     await send.send(entry)
         finally:
-            walker.close()
+            walker.abandon()

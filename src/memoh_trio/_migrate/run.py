@@ -58,26 +58,43 @@ STREAM_QUEUE = 4096
 
 
 def check_source(src: str | os.PathLike[str]) -> str:
-    """Check that ``src`` is a readable directory; return its absolute path.
+    """Check that ``src`` is a readable directory; return its real path (``realpath``).
+
+    A symlinked SRC (or one with a symlinked parent) is resolved: the run copies, locks and
+    renames the real directory, whichever name it was given by.
 
     Raises:
         SourceError: missing, not a directory, or unreadable (in plain words).
     """
-    path = os.path.abspath(os.fspath(src))
+    given = os.path.abspath(os.fspath(src))
+    path = os.path.realpath(given)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise SourceError(f"source {path} does not exist") from None
+        raise SourceError(f"source {given} does not exist") from None
     except OSError as exc:
-        raise SourceError(f"cannot read source {path}: {describe_os_error(exc)}") from None
+        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"source {path} is not a directory")
+        raise SourceError(f"source {given} is not a directory")
+    if os.path.dirname(path) == path:
+        raise SourceError(f"source {given} is the root directory: it cannot be renamed")
     try:
         with os.scandir(path) as it:
             next(it, None)
     except OSError as exc:
-        raise SourceError(f"cannot read source {path}: {describe_os_error(exc)}") from None
+        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
     return path
+
+
+def source_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the directory ``path`` names (not followed), or ``None``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino
 
 
 def check_options(opts: Options) -> None:
@@ -101,6 +118,8 @@ class _Run:
 
     def __init__(self, src: str, client: Client, opts: Options, progress: Progress) -> None:
         self.src = src
+        #: the directory the run copies: renamed only if ``src`` still names it at the end
+        self.identity = source_identity(src)
         self.opts = opts
         # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
         # the stall timeout; WriteRaw has its own progress-based stall detection.
@@ -114,6 +133,7 @@ class _Run:
         self.batcher: Batcher[Action] = Batcher()
         self.caps = meta.Capabilities()
         self.pending_links: list[Action] = []
+        self.pending_hash: list[Action] = []  # resume skips them if the hashes agree
         self.pending_meta: list[Action] = []  # files: mode + mtime
         self.dir_meta: list[Action] = []  # directories: applied last, deepest first
         self._nursery: trio.Nursery | None = None  # the copy nursery, while it runs
@@ -186,6 +206,12 @@ class _Run:
         if not decision.rename:
             return
         target = self.src + MIGRATED_SUFFIX
+        if source_identity(self.src) != self.identity:
+            self.report.status = "incomplete"
+            self.report.error = (f"everything was copied, but {self.src} no longer names the "
+                                 "directory that was copied (it was replaced during the run): "
+                                 "not renamed")
+            return
         try:
             os.rename(self.src, target)
         except OSError as exc:
@@ -214,6 +240,7 @@ class _Run:
                         await self._dispatch(classify(entry), streams, nursery)
                     if not self.opts.dry_run:
                         self._flush_links(force=True)
+                        self._flush_hashes(force=True)
                         if len(self.batcher):
                             await self._start_tar(self.batcher.take(), nursery)
         finally:
@@ -261,10 +288,11 @@ class _Run:
             self.pending_links.append(action)
             self._flush_links()
         elif where is Route.UNCHANGED:
-            ledger.done += 1
-            report.unchanged += 1
-            ledger.progress.file_done(action.size)
-            self._queue_meta(action)
+            if self.opts.verify == "sha256":  # vouched for only once the hashes agree
+                self.pending_hash.append(action)
+                self._flush_hashes()
+            else:
+                self._unchanged(action)
         elif where is Route.TAR:
             full = self.batcher.add(action, action.size, action.rel)
             if full:
@@ -273,6 +301,12 @@ class _Run:
             if action.kind is Kind.MKDIR and self.opts.preserve:
                 self.dir_meta.append(action)
             await streams.send(action)
+
+    def _unchanged(self, action: Action) -> None:
+        self.ledger.done += 1
+        self.report.unchanged += 1
+        self.ledger.progress.file_done(action.size)
+        self._queue_meta(action)
 
     def _count_dry(self, action: Action) -> None:
         report = self.report
@@ -360,6 +394,11 @@ class _Run:
             batch, self.pending_links = self.pending_links, []
             self._start_batch(batch, "links")
 
+    def _flush_hashes(self, *, force: bool = False) -> None:
+        if self.pending_hash and (force or len(self.pending_hash) >= meta.EXEC_BATCH):
+            batch, self.pending_hash = self.pending_hash, []
+            self._start_batch(batch, "hash")
+
     def _start_batch(self, batch: list[Action], what: str) -> None:
         assert self._nursery is not None, "batches start only while the copy runs"
         self._nursery.start_soon(self._batch_task, batch, what)
@@ -367,7 +406,13 @@ class _Run:
     async def _batch_task(self, batch: list[Action], what: str) -> None:
         async with self.ctx.limiter:
             try:
-                if what == "links":
+                if what == "hash":
+                    found = await resume.check_hashes(self.ctx, batch)
+                    for action in found.same:
+                        self._unchanged(action)
+                    for action in found.resend:  # with this task's slot, one after another
+                        await self._copy_entry(action)
+                elif what == "links":
                     failed = await meta.recreate_links(self.ctx, batch)
                     for i, action in enumerate(batch):
                         if i in failed:
@@ -450,6 +495,8 @@ async def migrate(
     check_options(opts)
     path = check_source(src)
     progress = progress if progress is not None else Progress()
+    if opts.dry_run:  # changes nothing, so takes no lock (works on a read-only data root)
+        return await _Run(path, client, opts, progress).run()
     async with single_flight(path, wait=lock_wait):
         if already_migrated(path):  # the run we waited for renamed it
             progress.finish()
