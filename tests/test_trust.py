@@ -1,0 +1,456 @@
+"""Trust nothing (issue 11): a source changing under the run, a container that lies, another run
+on an alias of the same source. Every test drives the real ``memoh-trio migrate`` process; the
+server runs in this process (so its hooks can change the source at a precise moment), as a
+grpcio peer, or behind a TCP proxy that watches the bytes going up.
+"""
+# ruff: noqa: ASYNC240  (tests inspect and change small local trees synchronously, on purpose)
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from faultproxy import open_fault_proxy
+
+from memoh_trio._fs import ServerHooks
+from memoh_trio._server import ServerAddress, serve
+
+MIGRATED = ".migrated"
+CHUNK = 64 * 1024
+#: Temporary names at the destination: the server's upload temp, the part file, tar staging.
+TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-", ".memoh-tar-")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "memoh_trio", *args]
+
+
+async def start_migrate(src: Path | str, target: str, *extra: str) -> trio.Process:
+    return await trio.lowlevel.open_process(
+        cli("migrate", str(src), "--target", target, "--chunk-size", "64KiB", *extra),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+async def finish(proc: trio.Process, limit: float) -> tuple[int, str]:
+    """Wait for ``proc`` (killed, and the test failed, if it outlives ``limit``); return its exit
+    code and what it printed."""
+    try:
+        with trio.fail_after(limit):
+            code = await proc.wait()
+    except trio.TooSlowError:
+        proc.kill()
+        await proc.wait()
+        pytest.fail(f"memoh-trio migrate did not end within {limit} s (killed)")
+    out = b""
+    for stream in (proc.stdout, proc.stderr):
+        assert stream is not None
+        with trio.move_on_after(2):
+            while data := await stream.receive_some(65536):
+                out += data
+    return code, out.decode(errors="replace")
+
+
+async def run_migrate(src: Path | str, target: str, *extra: str,
+                      limit: float = 60) -> tuple[int, str]:
+    return await finish(await start_migrate(src, target, *extra), limit)
+
+
+@asynccontextmanager
+async def running(root: Path, **kwargs: Any) -> AsyncIterator[str]:
+    """Our server, in this process; yields its target."""
+    async with trio.open_nursery() as nursery:
+        addr: ServerAddress = await nursery.start(partial(serve, root, durable=False, **kwargs))
+        yield f"{addr.host}:{addr.port}"
+        nursery.cancel_scope.cancel()
+
+
+class Watcher:
+    """A TCP proxy that forwards everything and notes whether ``marker`` ever went up (client
+    → server), even split across reads."""
+
+    def __init__(self, upstream: str, marker: bytes) -> None:
+        host, _, port = upstream.rpartition(":")
+        self.upstream = (host, int(port))
+        self.marker = marker
+        self.seen = False
+        self.target = ""
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.target = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._handle, listeners)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream(*self.upstream)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pump, client, server, True, nursery.cancel_scope)
+            nursery.start_soon(self._pump, server, client, False, nursery.cancel_scope)
+
+    async def _pump(self, src: trio.SocketStream, dst: trio.SocketStream, up: bool,
+                    scope: trio.CancelScope) -> None:
+        tail = b""
+        keep = len(self.marker) - 1
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await src.receive_some(65536):
+                if up:
+                    seen = tail + data
+                    if self.marker in seen:
+                        self.seen = True
+                    tail = seen[-keep:]
+                await dst.send_all(data)
+        scope.cancel()
+
+
+@asynccontextmanager
+async def watching(target: str, marker: bytes) -> AsyncIterator[Watcher]:
+    watcher = Watcher(target, marker)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watcher.run)
+        yield watcher
+        nursery.cancel_scope.cancel()
+
+
+class SwapAt(ServerHooks):
+    """Server hook: calls ``swap()`` at the first chunk written, and ``restore()`` once more
+    than ``restore_after`` bytes were written (the next file's first chunk)."""
+
+    def __init__(self, swap: Callable[[], None], restore: Callable[[], None] | None = None,
+                 restore_after: int = 0) -> None:
+        super().__init__()
+        self.swap, self.restore, self.restore_after = swap, restore, restore_after
+        self.nbytes = 0
+        self.restored = False
+        self.lock = threading.Lock()
+
+    def before_write(self, nbytes: int) -> None:
+        super().before_write(nbytes)
+        with self.lock:
+            if self.writes == 1:
+                self.swap()
+            self.nbytes += nbytes
+            if (self.restore is not None and not self.restored
+                    and self.nbytes > self.restore_after):
+                self.restored = True
+                self.restore()
+
+
+def files_in_walk_order(src: Path, sizes: list[int]) -> list[Path]:
+    """Create ``len(sizes)`` files and return them in the order the walk (``scandir``) meets
+    them, the i-th filled with ``sizes[i]`` random bytes."""
+    for i in range(len(sizes)):
+        (src / f"f{i}.bin").touch()
+    order = [Path(e.path) for e in os.scandir(src)]
+    for path, size in zip(order, sizes, strict=True):
+        path.write_bytes(os.urandom(size))
+    return order
+
+
+def tree_files(top: Path) -> dict[str, bytes]:
+    out: dict[str, bytes] = {}
+    for dirpath, _dirs, names in os.walk(top):
+        for name in names:
+            p = Path(dirpath) / name
+            if p.is_file() and not p.is_symlink():
+                out[str(p.relative_to(top))] = p.read_bytes()
+    return out
+
+
+def temp_entries(top: Path) -> list[str]:
+    return [os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs
+            if n.startswith(TEMP_PREFIXES)]
+
+
+def lock_files(parent: Path) -> list[str]:
+    return [n for n in os.listdir(parent) if n.endswith(".memoh-lock")]
+
+
+@pytest.fixture
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "bots" / "b1"
+    src.mkdir(parents=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    return src, root
+
+
+# --------------------------------------------------------------------------- 1. the source
+
+
+@pytest.mark.parametrize("put_back", [True, False], ids=["put-back-while-streaming", "left"])
+async def test_symlink_swapped_in_after_the_walk_never_sends_the_outside_file(
+        dirs: tuple[Path, Path], tmp_path: Path, put_back: bool) -> None:
+    """A file replaced, after the walk, by a symlink to a file outside SRC of the same size
+    (and put back while it streams): the outside bytes never go up the wire, the file fails,
+    nothing is renamed; a rerun copies the real file."""
+    src, root = dirs
+    size = 3 * CHUNK + 123
+    trigger, victim = files_in_walk_order(src, [16 * CHUNK, size])
+    original = victim.read_bytes()
+    marker = b"OUTSIDE-SECRET-" + os.urandom(8).hex().encode()
+    outside = tmp_path / "secret"
+    outside.write_bytes((marker * (size // len(marker) + 1))[:size])
+    aside = tmp_path / "aside"
+
+    def swap() -> None:
+        victim.rename(aside)
+        victim.symlink_to(outside)
+
+    def restore() -> None:
+        victim.unlink()
+        aside.rename(victim)
+
+    hooks = SwapAt(swap, restore if put_back else None, restore_after=16 * CHUNK)
+    with trio.fail_after(60):
+        async with running(root, hooks=hooks) as target, watching(target, marker) as watcher:
+            code, out = await run_migrate(src, watcher.target, "--concurrency", "1",
+                                          "--no-tar-batches")
+            assert not watcher.seen, "the outside file's bytes went over the wire"
+            assert code == 1, (code, out)
+            assert "symlink" in out, out
+            assert src.is_dir() and not Path(f"{src}{MIGRATED}").exists()
+            assert marker not in (root / victim.name).read_bytes() \
+                if (root / victim.name).exists() else True
+            assert temp_entries(root) == []
+            # The rerun copies the real file (put back by the test if the hook did not).
+            if victim.is_symlink():
+                restore()
+            code, out = await run_migrate(src, watcher.target)
+            assert code == 0, out
+            assert not watcher.seen
+    assert (root / victim.name).read_bytes() == original
+    assert (root / trigger.name).read_bytes() == Path(f"{src}{MIGRATED}", trigger.name).read_bytes()
+
+
+async def test_fifo_swapped_in_after_the_walk_fails_the_file_and_ends(
+        dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """A file replaced by a FIFO after the walk: the run ends on its own (no open waits for a
+    writer), the file fails, exit 1, the lock is released and a rerun copies the file."""
+    src, root = dirs
+    _trigger, victim = files_in_walk_order(src, [4 * CHUNK, 2 * CHUNK])
+    original = victim.read_bytes()
+    aside = tmp_path / "aside"
+
+    def swap() -> None:
+        victim.rename(aside)
+        os.mkfifo(victim)
+
+    with trio.fail_after(60):
+        async with running(root, hooks=SwapAt(swap)) as target:
+            code, out = await run_migrate(src, target, "--concurrency", "1",
+                                          "--no-tar-batches", limit=20)
+            assert code == 1, (code, out)
+            assert "FIFO" in out, out
+            assert src.is_dir() and not Path(f"{src}{MIGRATED}").exists()
+            assert lock_files(src.parent) == []  # released (and removed)
+            assert not (root / victim.name).exists()
+            victim.unlink()
+            aside.rename(victim)
+            code, out = await run_migrate(src, target, limit=30)
+            assert code == 0, out
+    assert (root / victim.name).read_bytes() == original
+
+
+# --------------------------------------------------------------------------- 2. cancellation
+
+
+@pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_ends_the_run_when_a_source_turned_into_a_fifo(
+        dirs: tuple[Path, Path], tmp_path: Path, signum: int, expected: int) -> None:
+    """A FIFO swapped in after the walk used to block a worker thread in ``open`` for ever,
+    and the process then ignored SIGTERM/SIGINT. Now the signal ends it within seconds with
+    its exit code, the lock released, nothing renamed, no temporary file left."""
+    src, root = dirs
+    trigger, victim, _slow = files_in_walk_order(src, [4 * CHUNK, 2 * CHUNK, 256 * CHUNK])
+    aside = tmp_path / "aside"
+
+    def swap() -> None:
+        victim.rename(aside)
+        os.mkfifo(victim)
+
+    hooks = SwapAt(swap)
+    with trio.fail_after(60):
+        async with running(root, hooks=hooks) as target, \
+                open_fault_proxy(target) as proxy:
+            proxy.delay = 0.02  # the last file streams for seconds
+            proc = await start_migrate(src, proxy.target, "--concurrency", "1",
+                                       "--no-tar-batches")
+            with trio.fail_after(20):
+                while hooks.nbytes < trigger.stat().st_size:
+                    await trio.sleep(0.02)
+            await trio.sleep(1.0)  # the victim's turn has come
+            proc.send_signal(signum)
+            sent = trio.current_time()
+            code, out = await finish(proc, 15)
+            assert trio.current_time() - sent < 8, "did not stop within a few seconds"
+            assert code == expected, (code, out)
+        assert src.is_dir() and not Path(f"{src}{MIGRATED}").exists()
+        assert lock_files(src.parent) == []
+        assert temp_entries(root) == []
+
+
+# --------------------------------------------------------------------------- 3. verification
+
+
+@pytest.fixture
+def lying_grpcio(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A grpcio peer whose WriteRaw drops the last 1000 bytes of every upload but reports every
+    byte it received as written."""
+    from benchmarks.grpcio_peer import load_stubs, make_servicer, start_grpcio_server
+
+    pb2, _ = load_stubs()
+    root = tmp_path / "grpcio-root"
+    root.mkdir()
+
+    class Truncating:
+        def __init__(self) -> None:
+            self.inner: Any = make_servicer(root)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        def WriteRaw(self, request_iterator: Any, context: Any) -> Any:
+            received = 0
+
+            def cut() -> Iterator[Any]:
+                nonlocal received
+                pending = None
+                for chunk in request_iterator:
+                    received += len(chunk.data)
+                    if pending is not None:
+                        yield pending
+                    pending = chunk
+                if pending is not None:
+                    pending.data = pending.data[:-1000] if len(pending.data) > 1000 else b""
+                    yield pending
+
+            self.inner.WriteRaw(cut(), context)
+            return pb2.WriteRawResponse(bytes_written=received)
+
+    server, port = start_grpcio_server(root, servicer=Truncating())
+    try:
+        yield f"127.0.0.1:{port}", root
+    finally:
+        server.stop(None)
+
+
+async def test_container_that_truncates_but_reports_every_byte_fails_the_file(
+        dirs: tuple[Path, Path], lying_grpcio: tuple[str, Path]) -> None:
+    src, _ = dirs
+    target, root = lying_grpcio
+    (src / "big.bin").write_bytes(os.urandom(1024 * 1024))
+    code, out = await run_migrate(src, target)
+    assert code == 1, out
+    assert "big.bin" in out and "container holds" in out, out
+    assert src.is_dir() and not Path(f"{src}{MIGRATED}").exists()
+    assert not (root / "big.bin").exists()  # never moved into place
+
+
+async def test_verify_sha256_rechecks_files_resume_would_skip(dirs: tuple[Path, Path]) -> None:
+    """A corrupt same-size, same-mtime copy left by an earlier run is found by ``--verify
+    sha256`` (hashed in the container, compared with the source) and sent again."""
+    src, root = dirs
+    files = {"big.bin": os.urandom(600_000), "small/a.txt": b"hello\n" * 50,
+             "small/b.txt": os.urandom(3000)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    with trio.fail_after(60):
+        async with running(root) as target:
+            code, out = await run_migrate(src, target, "--no-rename")
+            assert code == 0, out
+            assert tree_files(root) == files
+            for rel in ("big.bin", "small/a.txt"):  # same size, same mtime, other bytes
+                dest = root / rel
+                st = dest.stat()
+                dest.write_bytes(bytes(b ^ 0xFF for b in files[rel][:100]) + files[rel][100:])
+                os.utime(dest, ns=(st.st_atime_ns, st.st_mtime_ns))
+            code, out = await run_migrate(src, target, "--verify", "sha256")
+            assert code == 0, out
+    assert tree_files(root) == files
+    assert tree_files(Path(f"{src}{MIGRATED}")) == files
+
+
+# --------------------------------------------------------------------------- 4. SRC and the lock
+
+
+async def test_migrate_through_an_alias_meets_the_same_lock(dirs: tuple[Path, Path]) -> None:
+    """``migrate src`` and ``migrate alias`` (alias -> src) at once: the second exits 5 and
+    touches nothing of the first, which completes and renames the real directory."""
+    src, root = dirs
+    files = {f"f{i}.bin": os.urandom(300_000) for i in range(8)}
+    for rel, data in files.items():
+        (src / rel).write_bytes(data)
+    alias = src.parent / "alias"
+    alias.symlink_to(src)
+    with trio.fail_after(90):
+        async with running(root) as target, \
+                open_fault_proxy(target) as proxy:
+            proxy.delay = 0.01
+            first = await start_migrate(src, proxy.target, "--concurrency", "2",
+                                        "--no-tar-batches")
+            with trio.fail_after(20):
+                while proxy.bytes_up < 200_000:
+                    await trio.sleep(0.02)
+            code, out = await run_migrate(alias, target, limit=20)
+            assert code == 5, (code, out)
+            assert "another migration" in out, out
+            code, out = await finish(first, 60)
+            assert code == 0, out
+    assert not src.exists() and tree_files(Path(f"{src}{MIGRATED}")) == files
+    assert tree_files(root) == files
+    assert alias.is_symlink()  # the alias itself is left alone (now dangling)
+    assert lock_files(src.parent) == []
+
+
+async def test_symlinked_src_renames_the_real_directory(dirs: tuple[Path, Path]) -> None:
+    src, root = dirs
+    (src / "a.txt").write_bytes(b"a\n")
+    alias = src.parent / "alias"
+    alias.symlink_to(src.name)
+    async with running(root) as target:
+        code, out = await run_migrate(alias, target)
+    assert code == 0, out
+    assert not src.exists() and (src.parent / f"b1{MIGRATED}" / "a.txt").read_bytes() == b"a\n"
+    assert alias.is_symlink() and os.readlink(alias) == src.name
+    assert not (src.parent / f"alias{MIGRATED}").exists()
+
+
+async def test_lock_file_is_removed_and_dry_run_takes_no_lock(dirs: tuple[Path, Path]) -> None:
+    """No lock file is left after a run; ``--dry-run`` runs even while a migration holds the
+    lock (it changes nothing) and creates no lock file."""
+    src, root = dirs
+    for i in range(6):
+        (src / f"f{i}.bin").write_bytes(os.urandom(300_000))
+    with trio.fail_after(90):
+        async with running(root) as target, \
+                open_fault_proxy(target) as proxy:
+            code, out = await run_migrate(src, target, "--dry-run")
+            assert code == 0, out
+            assert lock_files(src.parent) == []
+            proxy.delay = 0.01
+            first = await start_migrate(src, proxy.target, "--concurrency", "1",
+                                        "--no-tar-batches")
+            with trio.fail_after(20):
+                while proxy.bytes_up < 200_000:
+                    await trio.sleep(0.02)
+            assert len(lock_files(src.parent)) == 1
+            code, out = await run_migrate(src, target, "--dry-run", limit=20)
+            assert code == 0, (code, out)
+            code, out = await finish(first, 60)
+            assert code == 0, out
+    assert lock_files(src.parent) == []
