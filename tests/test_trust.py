@@ -454,3 +454,70 @@ async def test_lock_file_is_removed_and_dry_run_takes_no_lock(dirs: tuple[Path, 
             code, out = await finish(first, 60)
             assert code == 0, out
     assert lock_files(src.parent) == []
+
+
+# --------------------------------------------------------------------------- pure helpers
+
+
+def _identity(path: Path) -> Any:
+    from memoh_trio._plan import WalkEntry, classify
+
+    return classify(WalkEntry(path.name, str(path), st=os.lstat(path)))
+
+
+def test_identity_error_names_what_changed(tmp_path: Path) -> None:
+    from memoh_trio._source import identity_error
+
+    f = tmp_path / "f"
+    f.write_bytes(b"x" * 10)
+    want = _identity(f)
+    assert want.ino == f.stat().st_ino and want.dev == f.stat().st_dev
+    assert identity_error(os.lstat(f), want) is None
+    g = tmp_path / "g"
+    g.write_bytes(b"y" * 10)
+    os.utime(g, ns=(want.mtime_ns, want.mtime_ns))
+    assert "another file" in (identity_error(os.lstat(g), want) or "")
+    f.write_bytes(b"x" * 11)
+    assert "size 10 -> 11" in (identity_error(os.lstat(f), want) or "")
+    f.write_bytes(b"z" * 10)
+    os.utime(f, ns=(want.mtime_ns + 1, want.mtime_ns + 1))
+    assert "modified" in (identity_error(os.lstat(f), want) or "")
+    os.mkfifo(tmp_path / "p")
+    assert "FIFO" in (identity_error(os.lstat(tmp_path / "p"), want) or "")
+
+
+def test_open_source_refuses_links_and_fifos_without_blocking(tmp_path: Path) -> None:
+    from memoh_trio._source import SourceChanged, open_source, read_whole, sha256_file
+
+    f = tmp_path / "f"
+    f.write_bytes(b"data")
+    want = _identity(f)
+    assert read_whole(want) == b"data"
+    assert sha256_file(want) == __import__("hashlib").sha256(b"data").hexdigest()
+    f.rename(tmp_path / "aside")
+    f.symlink_to(tmp_path / "aside")  # the same inode behind a link: still refused
+    with pytest.raises(SourceChanged, match="symlink"):
+        open_source(want)
+    f.unlink()
+    os.mkfifo(f)
+    with pytest.raises(SourceChanged, match="FIFO"):  # returns at once: no writer needed
+        open_source(want)
+
+
+def test_sha256_many_in_a_real_shell(tmp_path: Path) -> None:
+    import hashlib
+
+    from memoh_trio._scripts import parse_sha256_many, sha256_many
+
+    names = ["a.txt", "sub dir/b'c.txt", "-rf", "missing", "ü.bin"]
+    for name in names[:3] + names[4:]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(name.encode() * 3)
+    script, stdin = sha256_many(names)
+    res = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, input=stdin,
+                         capture_output=True, check=False)
+    assert res.returncode == 0
+    got = parse_sha256_many(res.stdout)
+    assert got == {n: hashlib.sha256(n.encode() * 3).hexdigest()
+                   for n in names if n != "missing"}
+    assert parse_sha256_many(b"") == {} and parse_sha256_many(b"junk\n") == {}
