@@ -69,6 +69,12 @@ async def run_migrate(src: Path | str, target: str, *extra: str,
     return await finish(await start_migrate(src, target, *extra), limit)
 
 
+async def wait_until(predicate: Callable[[], bool], limit: float = 20.0) -> None:
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110  (a condition of another thread or process)
+            await trio.sleep(0.02)
+
+
 @asynccontextmanager
 async def running(root: Path, **kwargs: Any) -> AsyncIterator[str]:
     """Our server, in this process; yields its target."""
@@ -91,7 +97,7 @@ class Watcher:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
-        self.target = "127.0.0.1:%d" % listeners[0].socket.getsockname()[1]
+        self.target = f"127.0.0.1:{listeners[0].socket.getsockname()[1]}"
         task_status.started()
         await trio.serve_listeners(self._handle, listeners)
 
@@ -289,9 +295,8 @@ async def test_signal_ends_the_run_when_a_source_turned_into_a_fifo(
             proxy.delay = 0.02  # the last file streams for seconds
             proc = await start_migrate(src, proxy.target, "--concurrency", "1",
                                        "--no-tar-batches")
-            with trio.fail_after(20):
-                while hooks.nbytes < trigger.stat().st_size:
-                    await trio.sleep(0.02)
+            size = trigger.stat().st_size
+            await wait_until(lambda: hooks.nbytes >= size)
             await trio.sleep(1.0)  # the victim's turn has come
             proc.send_signal(signum)
             sent = trio.current_time()
@@ -403,9 +408,7 @@ async def test_migrate_through_an_alias_meets_the_same_lock(dirs: tuple[Path, Pa
             proxy.delay = 0.01
             first = await start_migrate(src, proxy.target, "--concurrency", "2",
                                         "--no-tar-batches")
-            with trio.fail_after(20):
-                while proxy.bytes_up < 200_000:
-                    await trio.sleep(0.02)
+            await wait_until(lambda: proxy.bytes_up >= 200_000)
             code, out = await run_migrate(alias, target, limit=20)
             assert code == 5, (code, out)
             assert "another migration" in out, out
@@ -445,9 +448,7 @@ async def test_lock_file_is_removed_and_dry_run_takes_no_lock(dirs: tuple[Path, 
             proxy.delay = 0.01
             first = await start_migrate(src, proxy.target, "--concurrency", "1",
                                         "--no-tar-batches")
-            with trio.fail_after(20):
-                while proxy.bytes_up < 200_000:
-                    await trio.sleep(0.02)
+            await wait_until(lambda: proxy.bytes_up >= 200_000)
             assert len(lock_files(src.parent)) == 1
             code, out = await run_migrate(src, target, "--dry-run", limit=20)
             assert code == 0, (code, out)
