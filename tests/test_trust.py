@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -522,3 +523,24 @@ def test_sha256_many_in_a_real_shell(tmp_path: Path) -> None:
     assert got == {n: hashlib.sha256(n.encode() * 3).hexdigest()
                    for n in names if n != "missing"}
     assert parse_sha256_many(b"") == {} and parse_sha256_many(b"junk\n") == {}
+
+
+async def test_dry_run_on_a_read_only_data_root(dirs: tuple[Path, Path]) -> None:
+    """``--dry-run`` takes no lock, so it works where the lock file cannot be created: the data
+    root bind-mounted read-only (in a private mount namespace: needs root and ``unshare``)."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and util-linux unshare for a read-only bind mount")
+    src, root = dirs
+    (src / "a.txt").write_bytes(b"a\n")
+    data = src.parent
+    async with running(root) as target:
+        script = ('mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && '
+                  'exec "$@"')
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                ["unshare", "-m", "sh", "-c", script, "sh", str(data),
+                 *cli("migrate", str(src), "--target", target, "--dry-run")],
+                capture_stdout=True, capture_stderr=True, check=False)
+    out = (done.stdout + done.stderr).decode(errors="replace")
+    assert done.returncode == 0, out
+    assert src.is_dir() and lock_files(data) == [] and not (root / "a.txt").exists()
