@@ -12,12 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
+from .. import _source
 from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
 from .._plan import Action, describe_os_error, display_path
 from .._progress import Progress
@@ -228,13 +228,6 @@ def plain(exc: BaseException) -> str:
 
 
 def source_unchanged(action: Action) -> str | None:
-    """``None`` if the file still has the size and mtime seen by the walk, else why not."""
-    try:
-        st = os.lstat(action.host_path)
-    except OSError as exc:
-        return f"the file changed while being copied ({describe_os_error(exc)})"
-    if not stat.S_ISREG(st.st_mode) or st.st_size != action.size:
-        return "the file changed while being copied (its size or type changed)"
-    if st.st_mtime_ns != action.mtime_ns:
-        return "the file changed while being copied (it was modified)"
-    return None
+    """``None`` if the path still names the file the walk saw (same inode, size and mtime; not
+    followed), else why not. See :mod:`memoh_trio._source` for opening it safely."""
+    return _source.check_path(action, when="while it was copied")
