@@ -60,9 +60,9 @@ class SourceChanged(Exception):
 def identity_error(st: os.stat_result, want: Identity) -> str | None:
     """``None`` if ``st`` is the regular file ``want`` describes, else what differs (pure)."""
     if not stat.S_ISREG(st.st_mode):
-        return f"the file was replaced by {_type_name(st.st_mode)} after it was listed"
+        return f"the file changed after it was listed (replaced by {_type_name(st.st_mode)})"
     if (st.st_dev, st.st_ino) != (want.dev, want.ino):
-        return "the file was replaced by another file after it was listed"
+        return "the file changed after it was listed (replaced by another file)"
     if st.st_size != want.size:
         return (f"the file changed after it was listed (size {want.size} -> {st.st_size} "
                 "bytes)")
@@ -83,13 +83,13 @@ def _type_name(mode: int) -> str:
 def open_error(exc: OSError) -> str:
     """An error of :data:`OPEN_FLAGS` ``open`` in plain words."""
     if exc.errno == errno.ELOOP:
-        return "the file was replaced by a symlink after it was listed (not followed)"
+        return "the file changed after it was listed (replaced by a symlink, not followed)"
     if exc.errno == errno.ENOENT:
-        return "the file was removed after it was listed"
+        return "the file vanished after it was listed (removed or renamed)"
     if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
         return "the file is locked by another process (a lease): not waited for"
     if exc.errno == errno.ENXIO:
-        return "the file was replaced by a special file after it was listed"
+        return "the file changed after it was listed (replaced by a special file)"
     text = exc.strerror or str(exc)
     return "cannot open: " + text[:1].lower() + text[1:]
 
@@ -138,7 +138,7 @@ def check_path(want: Identity, *, when: str = "after it was listed") -> str | No
     try:
         st = os.lstat(want.host_path)
     except FileNotFoundError:
-        return f"the file was removed {when}"
+        return f"the file vanished {when} (removed or renamed)"
     except OSError as exc:
         return f"cannot check the file: {exc.strerror or exc}"
     why = identity_error(st, want)
