@@ -59,7 +59,7 @@ def run_one(v: Variant, src: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-root-"))
     if v.kind == "memoh":
         argv = [PY, "-m", "memoh_trio", "serve", "--root", str(root), "--listen", "127.0.0.1:0",
-                *v.options]
+                "--no-auth", *v.options]
     else:
         argv = [PY, "-m", "benchmarks.servers", "grpcio", "--root", str(root)]
     with tempfile.TemporaryFile() as log:

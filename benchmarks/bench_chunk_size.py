@@ -42,7 +42,8 @@ async def run(args: argparse.Namespace) -> None:
             else:
                 from memoh_trio._server import serve
 
-                addr = await nursery.start(partial(serve, root, durable=False))
+                addr = await nursery.start(partial(serve, root, durable=False,
+                                                              allow_unauthenticated=True))
                 target = str(addr)
             try:
                 async with connect(target) as client:

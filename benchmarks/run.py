@@ -250,7 +250,7 @@ class Servers:
     def _argv(self, kind: str, root: Path) -> list[str]:
         if kind == "memoh" and self.profile_dir is None and self.memoh_launcher == "cli":
             return [PY, "-m", "memoh_trio", "serve", "--root", str(root),
-                    "--listen", "127.0.0.1:0"]
+                    "--listen", "127.0.0.1:0", "--no-auth"]
         if kind == "memoh":
             argv = [PY, "-m", "benchmarks.servers", "memoh", "--root", str(root)]
             if self.profile_dir is not None:

@@ -26,7 +26,8 @@ async def _serve_memoh(root: Path) -> None:
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            addr = await nursery.start(functools.partial(serve, root, "127.0.0.1", 0))
+            addr = await nursery.start(functools.partial(serve, root, "127.0.0.1", 0,
+                                                         allow_unauthenticated=True))
             print(f"listening on {addr}", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()

@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import trio
@@ -41,10 +40,9 @@ from memoh_trio._client import connect
 from memoh_trio._errors import MemohError
 from memoh_trio._fs import ServerHooks
 from memoh_trio._migrate import migrate
-from memoh_trio._server import serve
+from memoh_trio.testing import TEMP_PREFIXES, running_server, temp_entries
 
 FAULTS = ["none", "delay", "stall", "cut-up", "cut-down", "nth-write", "enospc", "stop-reading"]
-TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-", ".memoh-tar-")  # server, client, tar staging
 STALL_TIMEOUT = 1.0
 RUN_LIMIT = 60.0  # one migration attempt, seconds
 
@@ -86,11 +84,6 @@ def tree_files(top: Path) -> dict[str, bytes]:
     return out
 
 
-def temp_entries(top: Path) -> list[str]:
-    return [os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs
-            if n.startswith(TEMP_PREFIXES)]
-
-
 async def one_round(n: int, rng: random.Random, work: Path, totals: Totals) -> None:
     base = work / f"round{n}"
     src = base / "bot"
@@ -102,8 +95,8 @@ async def one_round(n: int, rng: random.Random, work: Path, totals: Totals) -> N
     totals.faults[fault] = totals.faults.get(fault, 0) + 1
     hooks = ServerHooks()
     outcome = ""
-    async with trio.open_nursery() as nursery:
-        addr = await nursery.start(partial(serve, root, durable=False, hooks=hooks))
+    async with running_server(root, hooks=hooks) as server:
+        addr = server.address
         async with open_fault_proxy((addr.host, addr.port)) as proxy:
             total = sum(len(d) for d in files.values())
             if fault == "delay":
@@ -128,8 +121,8 @@ async def one_round(n: int, rng: random.Random, work: Path, totals: Totals) -> N
                 renamed_before = Path(str(src) + ".migrated").exists()
                 try:
                     with trio.fail_after(RUN_LIMIT):
-                        async with connect(proxy.target, connect_timeout=5,
-                                           timeout=10) as client:
+                        async with connect(proxy.target, token=server.token,
+                                           connect_timeout=5, timeout=10) as client:
                             report = await migrate(
                                 src, client, concurrency=rng.choice([1, 4, 8]),
                                 chunk_size=rng.choice([16 * 1024, 64 * 1024, 1024 * 1024]),
@@ -166,7 +159,6 @@ async def one_round(n: int, rng: random.Random, work: Path, totals: Totals) -> N
                     hooks.stall_after_bytes = None
                 if ok or attempts >= 3:
                     break
-        nursery.cancel_scope.cancel()
     migrated = Path(str(src) + ".migrated")
     if not migrated.exists():
         totals.broken_promises.append(f"round {n}: not migrated after the fault was removed")

@@ -18,35 +18,25 @@ import socket
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
-from functools import partial
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from faultproxy import open_fault_proxy
+from helpers import running, temp_entries, tree_files
 
 from memoh_trio._client import connect
 from memoh_trio._migrate import migrate
 from memoh_trio._report import MigrationReport
-from memoh_trio._server import ServerAddress, serve
 from memoh_trio._tls import ServerTLS
 
 MIGRATED = ".migrated"
-TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-")
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-@asynccontextmanager
-async def running(root: Path, **kwargs: Any) -> AsyncIterator[ServerAddress]:
-    async with trio.open_nursery() as nursery:
-        addr: ServerAddress = await nursery.start(partial(serve, root, durable=False, **kwargs))
-        yield addr
-        nursery.cancel_scope.cancel()
 
 
 async def run_cli(*args: str, limit: float = 60, **kwargs: Any) -> tuple[int, str, str]:
@@ -63,22 +53,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def tree_files(top: Path) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for dirpath, _dirs, names in os.walk(os.fsencode(top)):
-        for name in names:
-            p = os.path.join(dirpath, name)
-            if stat.S_ISREG(os.lstat(p).st_mode):
-                out[os.fsdecode(os.path.relpath(p, os.fsencode(top)))] = Path(
-                    os.fsdecode(p)).read_bytes()
-    return out
-
-
-def temp_entries(top: Path) -> list[str]:
-    return [os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs
-            if n.startswith(TEMP_PREFIXES)]
 
 
 @pytest.fixture

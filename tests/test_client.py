@@ -84,7 +84,8 @@ async def make_server(
 
         async def run(task_status: trio.TaskStatus[Any]) -> None:
             with scope:
-                await serve(root, token=token, tls=tls, task_status=task_status, **kwargs)
+                await serve(root, token=token, allow_unauthenticated=token is None, tls=tls,
+                            task_status=task_status, **kwargs)
 
         addr = await nursery.start(run)
         stops.append(scope.cancel)
@@ -402,7 +403,8 @@ async def test_write_raw_stalled_server(tmp_path: Path, nursery: trio.Nursery) -
     root = tmp_path / "root"
     root.mkdir()
     addr = await nursery.start(
-        functools.partial(serve, root, hooks=ServerHooks(stall_after_bytes=MiB), window_size=MiB)
+        functools.partial(serve, root, hooks=ServerHooks(stall_after_bytes=MiB), window_size=MiB,
+                          allow_unauthenticated=True)
     )
     async with connect(str(addr)) as c:
         with trio.fail_after(20), pytest.raises(_errors.Stalled):
@@ -667,7 +669,8 @@ async def test_write_raw_server_fails_midway_surfaces_its_status(
     src = tmp_path / "src"
     src.mkdir()
     hooks = ServerHooks(fail_errno=errno.ENOSPC)
-    addr = await nursery.start(functools.partial(serve, root, hooks=hooks))
+    addr = await nursery.start(functools.partial(serve, root, hooks=hooks,
+                                                  allow_unauthenticated=True))
     async with connect(str(addr), chunk_size=64 * KiB) as c:
         for size in (100, 70_000, 300_000):
             path = src / f"s{size}"

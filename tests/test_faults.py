@@ -18,7 +18,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -27,16 +27,15 @@ from typing import Any
 import pytest
 import trio
 from faultproxy import DOWN, UP, FaultProxy, open_fault_proxy
+from helpers import TEMP_PREFIXES, running, temp_entries, tree_files, wait_until
 
 from memoh_trio import _errors
 from memoh_trio._client import connect
 from memoh_trio._fs import ServerHooks
 from memoh_trio._migrate import migrate
 from memoh_trio._report import MigrationReport
-from memoh_trio._server import ServerAddress, serve
+from memoh_trio._server import ServerAddress
 
-#: Temporary names at the destination: the server's upload temp and the migrator's part file.
-TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-", ".memoh-tar-")  # server, client, tar staging
 CHUNK = 64 * 1024
 MIGRATED = ".migrated"
 
@@ -60,21 +59,6 @@ def make_tree(src: Path) -> dict[str, bytes]:
         p.write_bytes(data)
     (src / "emptydir").mkdir()
     return files
-
-
-def tree_files(top: Path) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for dirpath, _dirs, names in os.walk(top):
-        for name in names:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                out[str(p.relative_to(top))] = p.read_bytes()
-    return out
-
-
-def temp_entries(top: Path) -> list[str]:
-    return [os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs
-            if n.startswith(TEMP_PREFIXES)]
 
 
 def assert_nothing_lost(src: Path, root: Path, files: dict[str, bytes], *,
@@ -108,12 +92,6 @@ def assert_migrated(report: MigrationReport, src: Path, root: Path,
     assert temp_entries(root) == []
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():  # noqa: ASYNC110  (a file-system condition: poll)
-            await trio.sleep(0.02)
-
-
 @pytest.fixture
 def dirs(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     src = tmp_path / "bot"
@@ -121,14 +99,6 @@ def dirs(tmp_path: Path) -> tuple[Path, Path, dict[str, bytes]]:
     root = tmp_path / "root"
     root.mkdir()
     return src, root, make_tree(src)
-
-
-@asynccontextmanager
-async def running(root: Path, **kwargs: Any) -> AsyncIterator[ServerAddress]:
-    async with trio.open_nursery() as nursery:
-        addr: ServerAddress = await nursery.start(partial(serve, root, durable=False, **kwargs))
-        yield addr
-        nursery.cancel_scope.cancel()
 
 
 async def run_migrate(target: str, src: Path, **kwargs: Any) -> MigrationReport:
@@ -361,7 +331,8 @@ async def server_process(root: Path) -> AsyncIterator[tuple[trio.Process, str]]:
     """``memoh-trio serve`` as a child process on a free port; yields (process, target)."""
     async with trio.open_nursery() as nursery:
         proc: trio.Process = await nursery.start(partial(
-            trio.run_process, cli("serve", "--root", str(root), "--listen", "127.0.0.1:0"),
+            trio.run_process, cli("serve", "--root", str(root), "--listen", "127.0.0.1:0",
+                                      "--no-auth"),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False))
         assert proc.stdout is not None
         line = b""

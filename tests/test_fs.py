@@ -357,3 +357,23 @@ def test_raw_writer_direct_io_discard_and_buffer_reuse(root: Path, fd: int) -> N
 )
 def test_status_for(exc: BaseException, status: Status) -> None:
     assert _fs.status_for(exc)[0] == status
+
+
+def test_replacing_a_file_keeps_its_permission_bits(root: Path, fd: int) -> None:
+    """As Memoh's Go server, which truncates in place (os.Create / os.WriteFile)."""
+    (root / "secret").write_bytes(b"old")
+    os.chmod(root / "secret", 0o600)
+    _fs.write_file(fd, "secret", b"new")
+    writer = _fs.RawWriter(fd, "secret")
+    writer.write(b"newer")
+    writer.commit()
+    assert (root / "secret").read_bytes() == b"newer"
+    assert stat.S_IMODE((root / "secret").stat().st_mode) == 0o600
+    _fs.write_file(fd, "fresh", b"x")
+    assert stat.S_IMODE((root / "fresh").stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old

@@ -39,7 +39,7 @@ def start_server(tmp_path: Path, nursery: trio.Nursery) -> StartServer:
 
         async def run(task_status: trio.TaskStatus[Any]) -> None:
             with scope:
-                await serve(root, task_status=task_status)
+                await serve(root, allow_unauthenticated=True, task_status=task_status)
 
         addr = await nursery.start(run)
         return Srv(str(addr), root, scope)

@@ -9,7 +9,6 @@ import os
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ import trio_asyncio
 from grpclib.client import Channel
 from grpclib.const import Status as G
 from grpclib.exceptions import GRPCError, StreamTerminatedError
+from helpers import running
 
 from memoh_trio import _fs
 from memoh_trio._bridge import asyncio_loop
@@ -41,6 +41,8 @@ from memoh_trio._server import ServerAddress, ServerHooks, serve
 from memoh_trio._tls import ServerTLS
 
 _T = TypeVar("_T")
+#: Every server of these tests requires this token (test_token checks the refusals).
+TOKEN = "server-test-token"
 
 
 def aio(fn: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
@@ -74,14 +76,6 @@ async def call_stream(method: Callable[..., AsyncIterator[_T]], *args: Any,
         return await _collect(method(*args, **kwargs))
 
     return await aio(run)()
-
-
-@asynccontextmanager
-async def running(root: Path, **kwargs: Any) -> AsyncIterator[ServerAddress]:
-    async with trio.open_nursery() as nursery:
-        addr: ServerAddress = await nursery.start(partial(serve, root, **kwargs))
-        yield addr
-        nursery.cancel_scope.cancel()
 
 
 def temp_files(top: Path) -> list[Path]:
@@ -119,7 +113,7 @@ async def test_server_address_str() -> None:
 
 
 async def test_unary_rpcs_round_trip(root: Path) -> None:
-    async with running(root) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
         assert addr.host == "127.0.0.1" and addr.port > 0
         await aio(stub.write_file)(WriteFileRequest(path="/a/b.txt", content=b"one\ntwo\n"))
         assert (root / "a/b.txt").read_bytes() == b"one\ntwo\n"
@@ -144,7 +138,7 @@ async def test_unary_rpcs_round_trip(root: Path) -> None:
 async def test_error_statuses(root: Path) -> None:
     (root / "dir" / "sub").mkdir(parents=True)
     (root / "esc").symlink_to("../outside")
-    async with running(root) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
         await expect_status(G.NOT_FOUND, aio(stub.stat)(StatRequest(path="missing")))
         await expect_status(G.NOT_FOUND, aio(stub.read_file)(ReadFileRequest(path="missing")))
         await expect_status(G.PERMISSION_DENIED, aio(stub.stat)(StatRequest(path="../x")))
@@ -164,7 +158,7 @@ async def test_write_raw_and_read_raw(root: Path) -> None:
     blob = os.urandom(3 * 1024 * 1024 + 17)
     chunks = [WriteRawChunk(path="big/blob.bin", data=blob[:1000])] + [
         WriteRawChunk(data=blob[i:i + (1 << 20)]) for i in range(1000, len(blob), 1 << 20)]
-    async with running(root) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
         resp = await aio(stub.write_raw)(chunks)
         assert resp.bytes_written == len(blob)
         assert (root / "big/blob.bin").read_bytes() == blob
@@ -181,8 +175,10 @@ async def test_write_raw_and_read_raw(root: Path) -> None:
 
 async def test_write_raw_bad_streams(root: Path) -> None:
     (root / "keep").write_bytes(b"old")
-    async with running(root) as addr, stub_for(addr) as stub:
-        await expect_status(G.INVALID_ARGUMENT, aio(stub.write_raw)([]))
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
+        # No message at all: OK, 0 bytes, nothing created (as Memoh's Go server; issue 10).
+        nothing = await aio(stub.write_raw)([])
+        assert nothing.bytes_written == 0
         await expect_status(G.INVALID_ARGUMENT,
                             aio(stub.write_raw)([WriteRawChunk(data=b"no path")]))
         err = await expect_status(G.ABORTED, aio(stub.write_raw)([
@@ -195,14 +191,15 @@ async def test_write_raw_bad_streams(root: Path) -> None:
                             aio(stub.write_raw)([WriteRawChunk(path="../x", data=b"x")]))
     assert (root / "keep").read_bytes() == b"old"
     assert not (root / "fresh").exists()
-    assert temp_files(root) == []
+    assert sorted(os.listdir(root)) == ["keep"]
 
 
 async def test_message_over_limit_rejected(root: Path) -> None:
     # The server answers RESOURCE_EXHAUSTED then resets the stream; grpclib's client may see
     # the reset first (StreamTerminatedError). The exact status is checked with grpcio in
     # test_interop_grpcio_client.py.
-    async with running(root, max_message_size=64 * 1024) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN, max_message_size=64 * 1024) as addr, \
+            stub_for(addr, token=TOKEN) as stub:
         with pytest.raises((GRPCError, StreamTerminatedError)) as info:
             await aio(stub.write_raw)(
                 [WriteRawChunk(path="f", data=b"x" * 10), WriteRawChunk(data=b"y" * 100_000)])
@@ -226,7 +223,7 @@ async def test_exec_streams_and_exit_code(root: Path) -> None:
                         env=["FOO=bar"], stdin_data=b"first ")
         yield ExecInput(stdin_data=b"second\n")
 
-    async with running(root) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
         out = await call_stream(stub.exec, inputs())
     assert out[-1].stream == ExecOutputStream.EXIT and out[-1].exit_code == 3
     assert sum(o.stream == ExecOutputStream.EXIT for o in out) == 1
@@ -237,7 +234,7 @@ async def test_exec_streams_and_exit_code(root: Path) -> None:
 
 
 async def test_exec_timeout_kills_process_group(root: Path) -> None:
-    async with running(root) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
         out = await call_stream(stub.exec, [ExecInput(
             command="sleep 30 & echo $! > child.pid; echo started; wait", timeout_seconds=1)])
     assert out[-1].exit_code == 128 + 9
@@ -256,7 +253,7 @@ async def test_exec_timeout_kills_process_group(root: Path) -> None:
 
 async def test_exec_signal_and_bad_requests(root: Path) -> None:
     (root / "esc").symlink_to("../outside")
-    async with running(root) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
         out = await call_stream(stub.exec, [ExecInput(command="kill -TERM $$")])
         assert out[-1].exit_code == 128 + 15
         for bad, status in [
@@ -348,20 +345,20 @@ def _client_ctx(ca: Path, cert: Path | None = None, key: Path | None = None) -> 
 async def test_tls_and_mtls(root: Path, tmp_path: Path) -> None:
     c = _make_certs(tmp_path)
     tls = ServerTLS(cert=c["server"], key=c["server_key"])
-    async with running(root, tls=tls) as addr:
-        async with stub_for(addr, ssl_context=_client_ctx(c["ca"])) as stub:
+    async with running(root, token=TOKEN, tls=tls) as addr:
+        async with stub_for(addr, token=TOKEN, ssl_context=_client_ctx(c["ca"])) as stub:
             await aio(stub.write_file)(WriteFileRequest(path="tls", content=b"x"))
-        async with stub_for(addr, ssl_context=_client_ctx(c["other_ca"])) as stub:
+        async with stub_for(addr, token=TOKEN, ssl_context=_client_ctx(c["other_ca"])) as stub:
             with pytest.raises((ssl.SSLError, OSError, GRPCError, StreamTerminatedError)):
                 await aio(stub.write_file)(WriteFileRequest(path="wrong-ca", content=b"x"))
     mtls = ServerTLS(cert=c["server"], key=c["server_key"], client_ca=c["ca"])
-    async with running(root, tls=mtls) as addr:
+    async with running(root, token=TOKEN, tls=mtls) as addr:
         good = _client_ctx(c["ca"], c["client"], c["client_key"])
-        async with stub_for(addr, ssl_context=good) as stub:
+        async with stub_for(addr, token=TOKEN, ssl_context=good) as stub:
             await aio(stub.write_file)(WriteFileRequest(path="mtls", content=b"x"))
         for ctx in (_client_ctx(c["ca"]),
                     _client_ctx(c["ca"], c["other_client"], c["other_client_key"])):
-            async with stub_for(addr, ssl_context=ctx) as stub:
+            async with stub_for(addr, token=TOKEN, ssl_context=ctx) as stub:
                 with pytest.raises((ssl.SSLError, OSError, GRPCError, StreamTerminatedError)):
                     await aio(stub.write_file)(WriteFileRequest(path="no-cert", content=b"x"))
     assert sorted(os.listdir(root)) == ["mtls", "tls"]
@@ -392,7 +389,8 @@ class StuckUpload:
 
 async def test_client_disconnect_mid_write_raw_leaves_no_temp_file(root: Path) -> None:
     errors: list[BaseException] = []
-    async with running(root) as addr, stub_for(addr) as stub, trio.open_nursery() as nursery:
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub, \
+            trio.open_nursery() as nursery:
         upload = StuckUpload()
         nursery.start_soon(_expect_failure, upload.run(stub, "d/up.bin"), errors)
         await wait_for(lambda: bool(temp_files(root)))
@@ -410,13 +408,13 @@ async def test_cancelling_serve_discards_in_flight_uploads(root: Path) -> None:
 
     async def run_server(task_status: trio.TaskStatus[ServerAddress]) -> None:
         with server_scope:
-            await serve(root, task_status=task_status)
+            await serve(root, token=TOKEN, task_status=task_status)
         server_done.set()
 
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             addr = await nursery.start(run_server)
-            async with stub_for(addr) as stub, trio.open_nursery() as clients:
+            async with stub_for(addr, token=TOKEN) as stub, trio.open_nursery() as clients:
                 uploads = [StuckUpload() for _ in range(3)]
                 for i, upload in enumerate(uploads):
                     clients.start_soon(_expect_failure, upload.run(stub, f"up{i}"), errors)
@@ -439,7 +437,7 @@ async def _expect_failure(call: Awaitable[Any], errors: list[BaseException]) -> 
 
 async def test_hook_fail_nth_write(root: Path) -> None:
     hooks = ServerHooks(fail_write_nth=3, fail_errno=errno.ENOSPC)
-    async with running(root, hooks=hooks) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN, hooks=hooks) as addr, stub_for(addr, token=TOKEN) as stub:
         ok = await aio(stub.write_raw)([WriteRawChunk(path="a", data=b"1"),
                                         WriteRawChunk(data=b"2")])
         assert ok.bytes_written == 2
@@ -450,7 +448,7 @@ async def test_hook_fail_nth_write(root: Path) -> None:
 
 async def test_hook_stall_then_client_deadline(root: Path) -> None:
     hooks = ServerHooks(stall_after_bytes=1)
-    async with running(root, hooks=hooks) as addr, stub_for(addr) as stub:
+    async with running(root, token=TOKEN, hooks=hooks) as addr, stub_for(addr, token=TOKEN) as stub:
         with pytest.raises((GRPCError, TimeoutError)):  # grpclib raises TimeoutError itself
             await aio(stub.write_raw)(
                 [WriteRawChunk(path="s", data=b"1"), WriteRawChunk(data=b"2")], timeout=0.5)
@@ -461,10 +459,10 @@ async def test_hook_stall_then_client_deadline(root: Path) -> None:
 
 async def test_many_concurrent_streams_from_several_clients(root: Path) -> None:
     payload = {f"c{c}/f{i}": os.urandom(50_000 + i) for c in range(3) for i in range(5)}
-    async with running(root) as addr:
+    async with running(root, token=TOKEN) as addr:
 
         async def client(c: int) -> None:
-            async with stub_for(addr) as stub, trio.open_nursery() as nursery:
+            async with stub_for(addr, token=TOKEN) as stub, trio.open_nursery() as nursery:
                 for path, data in payload.items():
                     if path.startswith(f"c{c}/"):
                         nursery.start_soon(aio(stub.write_raw), [
@@ -481,9 +479,9 @@ async def test_many_concurrent_streams_from_several_clients(root: Path) -> None:
 
 async def test_serve_config_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not exist"):
-        await serve(tmp_path / "missing")
+        await serve(tmp_path / "missing", allow_unauthenticated=True)
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="not a directory"):
-        await serve(tmp_path / "file")
+        await serve(tmp_path / "file", allow_unauthenticated=True)
     with pytest.raises(ConfigError, match="max_frame_size"):
-        await serve(tmp_path, max_frame_size=10)
+        await serve(tmp_path, max_frame_size=10, allow_unauthenticated=True)

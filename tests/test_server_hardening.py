@@ -60,6 +60,11 @@ class Served:
         return str(self.address)
 
 
+#: The token every server of these tests requires unless a test sets ``token=`` itself
+#: (``token=None``: unauthenticated, explicitly).
+TOKEN = "hardening-test-token"
+
+
 @contextlib.contextmanager
 def server_thread(root: Path, **kwargs: Any) -> Iterator[Served]:
     """Run ``serve(root, **kwargs)`` in a thread with its own Trio run; stop it on exit."""
@@ -68,6 +73,9 @@ def server_thread(root: Path, **kwargs: Any) -> Iterator[Served]:
     async def main() -> None:
         try:
             async with trio.open_nursery() as nursery:
+                kwargs.setdefault("token", TOKEN)
+                if kwargs["token"] is None:  # token=None: unauthenticated, explicitly
+                    kwargs["allow_unauthenticated"] = True
                 addr = await nursery.start(partial(serve, root, **kwargs))
                 token = trio.lowlevel.current_trio_token()
                 started.put((addr, token, nursery.cancel_scope))
@@ -95,7 +103,7 @@ def server_thread(root: Path, **kwargs: Any) -> Iterator[Served]:
             stop()
 
 
-def stub_for(target: str, *, token: str | None = None,
+def stub_for(target: str, *, token: str | None = TOKEN,
              credentials: grpc.ChannelCredentials | None = None) -> tuple[Any, grpc.Channel]:
     options = [("grpc.ssl_target_name_override", "localhost")] if credentials else []
     channel = (grpc.secure_channel(target, credentials, options=options) if credentials
@@ -113,8 +121,20 @@ class _WithMetadata:
         self._stub, self._metadata = stub, metadata
 
     def __getattr__(self, name: str) -> Any:
-        method = getattr(self._stub, name)
-        return partial(method, metadata=self._metadata)
+        return _BoundMethod(getattr(self._stub, name), self._metadata)
+
+
+class _BoundMethod:
+    """A grpcio multi-callable with ``metadata`` added to calls and ``.future`` calls."""
+
+    def __init__(self, method: Any, metadata: list[tuple[str, str]]) -> None:
+        self._method, self._metadata = method, metadata
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method(*args, metadata=self._metadata, **kwargs)
+
+    def future(self, *args: Any, **kwargs: Any) -> Any:
+        return self._method.future(*args, metadata=self._metadata, **kwargs)
 
 
 def snapshot(top: Path) -> dict[str, tuple[Any, ...]]:
@@ -540,7 +560,7 @@ def chunks():
     print("sent", flush=True)
     time.sleep(60)
     yield pb.WriteRawChunk(data=b"never")
-stub.WriteRaw(chunks())
+stub.WriteRaw(chunks(), metadata=[("authorization", "Bearer " + sys.argv[3])])
 """
 
 
@@ -549,7 +569,7 @@ def test_client_process_killed_mid_write_raw_leaves_no_temp_file(tmp_path: Path)
     root.mkdir()
     with server_thread(root, durable=False) as served:
         proc = subprocess.Popen(
-            [sys.executable, "-c", _KILLED_CLIENT, served.target, os.getcwd()],
+            [sys.executable, "-c", _KILLED_CLIENT, served.target, os.getcwd(), TOKEN],
             stdout=subprocess.PIPE)
         try:
             assert proc.stdout is not None

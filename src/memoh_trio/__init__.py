@@ -13,7 +13,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11):
 * ``_client``, ``_pool`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the Trio server;
 * ``_walk``, ``_lock``, ``_migrate/`` (``run``, ``context``, ``stream``, ``tar``, ``meta``,
   ``resume``, ``bots``), ``_progress``, ``_report``, ``_tasks`` — the migrator;
-* ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line.
+* ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line;
+* ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """
 
 from ._client import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE

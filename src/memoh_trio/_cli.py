@@ -104,10 +104,44 @@ def _listen_arg(text: str) -> tuple[str, int]:
         raise argparse.ArgumentTypeError(str(exc).replace("target", "listen address")) from None
 
 
+#: The environment variable a token may come from (after --token and --token-file).
+TOKEN_ENV = "MEMOH_TRIO_TOKEN"
+
+
+def _add_token_options(p: argparse.ArgumentParser | Any, what: str) -> None:
+    p.add_argument("--token", default=None,
+                   help=f"{what} (default: ${TOKEN_ENV}); visible in `ps`: prefer --token-file")
+    p.add_argument("--token-file", type=Path, metavar="F",
+                   help=f"read the {what} from file F (one trailing newline is stripped)")
+
+
+def read_token_file(path: Path) -> str:
+    """The token in ``path`` with one trailing newline (``\n`` or ``\r\n``) stripped."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeError) as exc:
+        raise errors.ConfigError(f"cannot read token file {path}: {exc}") from exc
+    text = text.removesuffix("\n").removesuffix("\r") if text.endswith("\n") else text
+    if not text:
+        raise errors.ConfigError(f"token file {path} is empty; hint: write the token into it")
+    return text
+
+
+def resolve_token(args: argparse.Namespace, environ: Any = os.environ) -> str | None:
+    """``--token``, else ``--token-file``, else ``$MEMOH_TRIO_TOKEN`` (empty = unset)."""
+    if args.token is not None and args.token_file is not None:
+        raise errors.ConfigError("--token and --token-file contradict each other; "
+                                 "hint: keep --token-file (a --token shows in `ps`)")
+    if args.token_file is not None:
+        return read_token_file(args.token_file)
+    if args.token is not None:
+        return str(args.token)
+    return environ.get(TOKEN_ENV) or None
+
+
 def _add_connection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
-    g.add_argument("--token", default=os.environ.get("MEMOH_TRIO_TOKEN"),
-                   help="bearer token (default: $MEMOH_TRIO_TOKEN)")
+    _add_token_options(g, "bearer token")
     g.add_argument("--tls-ca", type=Path, help="CA bundle (PEM) that signs the server certificate")
     g.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
     g.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
@@ -178,8 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, type=Path, metavar="DIR")
     p.add_argument("--listen", type=_listen_arg, default=("127.0.0.1", 9090), metavar="HOST:PORT",
                    help="address to listen on (port 0: any free port; default 127.0.0.1:9090)")
-    p.add_argument("--token", default=os.environ.get("MEMOH_TRIO_TOKEN"),
-                   help="require this bearer token (default: $MEMOH_TRIO_TOKEN)")
+    _add_token_options(p, "bearer token every call must carry")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve WITHOUT a token: any client that reaches the port may run "
+                   "commands (Exec); only for a server inside an isolated container")
+    p.add_argument("--no-exec", dest="allow_exec", action="store_false",
+                   help="turn Exec off (every Exec call fails with UNIMPLEMENTED)")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")
     p.add_argument("--tls-key", type=Path, help="server key (PEM)")
     p.add_argument("--tls-client-ca", type=Path, help="require client certificates from this CA")
@@ -204,7 +242,7 @@ def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
 
 
 def _connect_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    return {"tls": _client_tls(args), "token": args.token, "timeout": args.timeout}
+    return {"tls": _client_tls(args), "token": resolve_token(args), "timeout": args.timeout}
 
 
 def _migrate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -325,6 +363,10 @@ async def _cmd_migrate_all(args: argparse.Namespace) -> int:
 async def _cmd_serve(args: argparse.Namespace) -> int:
     from ._server import serve
 
+    token = resolve_token(args)
+    if token is not None and args.no_auth:
+        raise errors.ConfigError("--no-auth contradicts the token given (--token, --token-file "
+                                 f"or ${TOKEN_ENV}); hint: drop one of them")
     if not args.root.is_dir():
         raise errors.SourceError(f"server root {args.root} is not a directory")
     tls = None
@@ -337,7 +379,9 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     host, port = args.listen
     async with trio.open_nursery() as nursery:
         addr = await nursery.start(functools.partial(serve, args.root, host, port,
-                                                     token=args.token, tls=tls,
+                                                     token=token,
+                                                     allow_unauthenticated=args.no_auth,
+                                                     allow_exec=args.allow_exec, tls=tls,
                                                      durable=args.durable,
                                                      direct_io=args.direct_io))
         print(f"listening on {addr}", flush=True)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import os
 import random
+import secrets
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -88,10 +89,14 @@ async def run_demo(*, files: int = 400, show_progress: bool = False) -> Migratio
         expected = tree_digest(source)
         progress = Progress()
         async with trio.open_nursery() as nursery:
-            addr = await nursery.start(functools.partial(serve, container))
+            token = secrets.token_hex(16)  # the demo server is authenticated like any other
+            addr = await nursery.start(functools.partial(serve, container, token=token))
             print(f"demo: {source} -> container root {container} served on {addr}",
                   file=sys.stderr, flush=True)
-            async with connect(str(addr)) as client, _maybe_progress(progress, show_progress):
+            async with (
+                connect(str(addr), token=token) as client,
+                _maybe_progress(progress, show_progress),
+            ):
                 report = await migrate_bot(DEMO_BOT, data_root, client, progress=progress,
                                            verify="sha256")
             nursery.cancel_scope.cancel()

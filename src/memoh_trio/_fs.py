@@ -541,6 +541,7 @@ class RawWriter:
         try:
             assert self._res.name is not None
             self._name = self._res.name
+            keep_mode: int | None = None
             try:
                 st = os.stat(self._name, dir_fd=self._res.dir_fd, follow_symlinks=False)
             except FileNotFoundError:
@@ -548,8 +549,14 @@ class RawWriter:
             else:
                 if stat_mod.S_ISDIR(st.st_mode):
                     raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+                if stat_mod.S_ISREG(st.st_mode):
+                    # Replacing a file keeps its permission bits, as Memoh's Go server does
+                    # (it truncates the file in place: os.Create / os.WriteFile).
+                    keep_mode = stat_mod.S_IMODE(st.st_mode) & 0o777
             self.temp_name = TEMP_PREFIX + secrets.token_hex(8)
             self._fd = os.open(self.temp_name, _TEMP_FLAGS, FILE_MODE, dir_fd=self._res.dir_fd)
+            if keep_mode is not None:
+                os.fchmod(self._fd, keep_mode)
         except OSError as exc:
             self._res.close()
             raise _wrap(exc, path) from exc

@@ -3,7 +3,7 @@
 Usage::
 
     async with trio.open_nursery() as nursery:
-        addr = await nursery.start(partial(memoh_trio.serve, root))  # 127.0.0.1, free port
+        addr = await nursery.start(partial(memoh_trio.serve, root, token=TOKEN))  # free port
         ...                                                          # connect to str(addr)
         nursery.cancel_scope.cancel()                                # graceful stop
 
@@ -12,10 +12,16 @@ accepted connections), reports the bound :class:`ServerAddress` through ``task_s
 accepts connections, and on cancellation discards in-flight uploads (no temporary file is left)
 before returning. The gRPC machinery lives in :mod:`memoh_trio._bridge.server`; the file system
 rules in :mod:`memoh_trio._fs` and :mod:`memoh_trio._paths`.
+
+Authentication is explicit: ``serve`` refuses to start without a ``token`` unless the caller
+passes ``allow_unauthenticated=True`` (for a server inside an isolated container, as Memoh runs
+its own), and never listens on a non-loopback address with neither a token nor TLS
+(:func:`check_exposure`, pure). ``allow_exec=False`` turns Exec off (UNIMPLEMENTED).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 from typing import NamedTuple
@@ -27,7 +33,7 @@ from ._fs import ServerHooks
 from ._tls import ServerTLS
 
 __all__ = ["DEFAULT_MAX_FRAME_SIZE", "DEFAULT_WINDOW_SIZE", "ServerAddress", "ServerHooks",
-           "serve"]
+           "check_exposure", "check_token", "serve"]
 
 #: Largest gRPC message accepted (the contract: 16 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
@@ -53,12 +59,69 @@ class ServerAddress(NamedTuple):
         return f"{host}:{self.port}"
 
 
-async def _listen(host: str, port: int) -> socket.socket:
+#: What a refusal to run without authentication suggests instead (library and CLI spellings).
+AUTH_HINT = ("hint: give a token (token=..., or --token-file F / $MEMOH_TRIO_TOKEN / --token), "
+             "or allow unauthenticated access explicitly (allow_unauthenticated=True, or "
+             "--no-auth) for a server inside an isolated container")
+
+
+def check_token(token: str | None, allow_unauthenticated: bool) -> None:
+    """Refuse a server that would run without authentication by accident (pure).
+
+    Raises:
+        ConfigError: no token and no explicit ``allow_unauthenticated``; both at once; or a
+            token that cannot travel in an ``authorization`` header (empty, whitespace or
+            non-ASCII characters).
+    """
+    if token is None:
+        if not allow_unauthenticated:
+            raise ConfigError(
+                "refusing to serve without authentication: any client that reaches the port "
+                f"could run commands (Exec) as this user; {AUTH_HINT}")
+        return
+    if allow_unauthenticated:
+        raise ConfigError("a token and allow_unauthenticated (--no-auth) contradict each other; "
+                          "hint: drop one of them (is $MEMOH_TRIO_TOKEN set?)")
+    if not token or not all("!" <= ch <= "~" for ch in token):
+        raise ConfigError("the token must be non-empty printable ASCII without spaces; "
+                          "hint: generate one with `openssl rand -hex 32`")
+
+
+def is_loopback(sockaddr_host: str) -> bool:
+    """Whether a numeric listen address is a loopback address (pure)."""
+    try:
+        return ipaddress.ip_address(sockaddr_host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, addresses: list[str], *, token: str | None, tls: bool) -> None:
+    """Refuse to listen beyond loopback with neither a token nor TLS (pure).
+
+    Args:
+        host: the listen address as given (for the message).
+        addresses: the numeric addresses it resolved to.
+
+    Raises:
+        ConfigError: some address is not loopback and there is neither a token nor TLS.
+    """
+    if token is not None or tls:
+        return
+    exposed = [a for a in addresses if not is_loopback(a)]
+    if exposed:
+        raise ConfigError(
+            f"refusing to listen on {host!r} ({', '.join(exposed)}) without a token or TLS: "
+            "anyone on the network could call the server; hint: listen on 127.0.0.1, or give a "
+            "token (--token-file F) or TLS (--tls-cert/--tls-key)")
+
+
+async def _listen(host: str, port: int, *, token: str | None, tls: bool) -> socket.socket:
     try:
         infos = await trio.socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise ConfigError(f"cannot resolve listen address {host!r}: {exc}") from exc
+    check_exposure(host, [str(info[4][0]) for info in infos], token=token, tls=tls)
     last: OSError | None = None
     for family, _type, _proto, _name, sockaddr in infos:
         # IPPROTO_TCP explicitly: grpclib sets TCP_NODELAY only on such sockets.
@@ -95,6 +158,8 @@ async def serve(
     port: int = 0,
     *,
     token: str | None = None,
+    allow_unauthenticated: bool = False,
+    allow_exec: bool = True,
     tls: ServerTLS | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     hooks: ServerHooks | None = None,
@@ -110,8 +175,16 @@ async def serve(
         root: the directory served; request paths ``x`` and ``/x`` both mean ``root/x`` and
             nothing outside it is ever touched.
         host, port: where to listen (port 0: a free port; see ``task_status``).
-        token: when set, every call must carry ``authorization: Bearer <token>``, otherwise it
-            fails with UNAUTHENTICATED before any work is done.
+        token: every call must carry ``authorization: Bearer <token>``, otherwise it fails
+            with UNAUTHENTICATED before any work is done. Required unless
+            ``allow_unauthenticated`` is set.
+        allow_unauthenticated: serve without a token, explicitly: any client that reaches the
+            port may then run commands through Exec as this process's user. Meant for a server
+            inside an isolated container (as Memoh runs its own). Still refused on a
+            non-loopback address without TLS.
+        allow_exec: ``False`` answers every Exec with UNIMPLEMENTED ("Exec is disabled"), as
+            a server without Exec would; the migrator then streams every file and cannot
+            apply modes and mtimes or ask for a ``sync``.
         tls: serve over TLS (mutual TLS when ``tls.client_ca`` is set).
         max_message_size: larger request messages fail with RESOURCE_EXHAUSTED.
         hooks: fault injection for tests (:class:`ServerHooks`).
@@ -128,11 +201,14 @@ async def serve(
         task_status: receives the bound :class:`ServerAddress` once connections are accepted.
 
     Raises:
-        ConfigError: root missing or not a directory, address not usable, bad settings.
+        ConfigError: root missing or not a directory, address not usable, bad settings; no
+            token without ``allow_unauthenticated`` (see :func:`check_token`); a non-loopback
+            address with neither token nor TLS (see :func:`check_exposure`).
 
     Cancellation: in-flight calls are cancelled, uploads discard their temporary files,
     connections are closed, then the cancellation propagates.
     """
+    check_token(token, allow_unauthenticated)
     if not 0 < max_message_size < 2**31:
         raise ConfigError(f"max_message_size must be in 1..2**31-1, not {max_message_size}")
     if not 16384 <= max_frame_size <= _MAX_FRAME_SIZE_LIMIT:
@@ -142,7 +218,7 @@ async def serve(
     ssl_context = tls.context() if tls is not None else None
     root_fd = _open_root(root)
     try:
-        sock = await _listen(host, port)
+        sock = await _listen(host, port, token=token, tls=tls is not None)
         try:
             bound = sock.getsockname()
             address = ServerAddress(str(bound[0]), int(bound[1]))
@@ -150,7 +226,8 @@ async def serve(
             from ._bridge.server import run_server
 
             await run_server(
-                sock, root_fd, address, token=token, ssl_context=ssl_context,
+                sock, root_fd, address, token=token, allow_exec=allow_exec,
+                ssl_context=ssl_context,
                 max_message_size=max_message_size, hooks=hooks, durable=durable,
                 direct_io=direct_io, window_size=window_size, max_frame_size=max_frame_size,
                 task_status=task_status,

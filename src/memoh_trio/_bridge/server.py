@@ -150,8 +150,9 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
 
     def __init__(self, root_fd: int, *, max_message_size: int,
                  hooks: _fs.ServerHooks | None = None, durable: bool = False,
-                 direct_io: bool = False) -> None:
+                 direct_io: bool = False, allow_exec: bool = True) -> None:
         self._root_fd = root_fd
+        self._allow_exec = allow_exec
         self._max = max_message_size
         self._hooks = hooks
         self._durable = durable
@@ -309,8 +310,11 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
     async def _rpc_write_raw(self, stream: GStream) -> None:
         first = await self._recv_chunk(stream)
         if first is None:
-            raise _grpc_error(Status.INVALID_ARGUMENT,
-                              "WriteRaw stream had no chunk (the first chunk carries the path)")
+            # No message at all: nothing to write and no path to write it to. Memoh's Go server
+            # answers OK with 0 bytes and creates nothing, and Memoh's migrator sends exactly
+            # this for an empty file (it sends a chunk only when a read returned bytes).
+            await stream.send_message(WriteRawResponse(bytes_written=0))
+            return
         if first.abort:
             raise _grpc_error(Status.ABORTED, "upload aborted by the client; nothing written")
         if not first.path:
@@ -359,6 +363,9 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         await stream.send_message(WriteRawResponse(bytes_written=written))
 
     async def _rpc_exec(self, stream: GStream) -> None:
+        if not self._allow_exec:
+            raise _grpc_error(Status.UNIMPLEMENTED,
+                              "Exec is disabled on this server (memoh-trio serve --no-exec)")
         first = await self._recv(stream)
         if first is None:
             raise _grpc_error(Status.INVALID_ARGUMENT, "failed to receive exec config")
@@ -436,6 +443,7 @@ async def run_server(
     address: object,
     *,
     token: str | None,
+    allow_exec: bool,
     ssl_context: ssl.SSLContext | None,
     max_message_size: int,
     hooks: _fs.ServerHooks | None,
@@ -452,7 +460,7 @@ async def run_server(
     connections are closed, then this returns (re-raising the cancellation).
     """
     service = ContainerService(root_fd, max_message_size=max_message_size, hooks=hooks,
-                               durable=durable, direct_io=direct_io)
+                               durable=durable, direct_io=direct_io, allow_exec=allow_exec)
     config = Configuration(http2_connection_window_size=window_size,
                            http2_stream_window_size=window_size)
     async with asyncio_loop():

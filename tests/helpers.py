@@ -1,0 +1,64 @@
+"""Shared test helpers: the in-process server of the tests and the leftover checks.
+
+Beside ``peers.py`` (servers and migrators as child processes), this module is what test files
+import instead of keeping their own copies:
+
+* :func:`running` — ``memoh_trio.serve`` in-process on 127.0.0.1, yielding its address, for tests
+  whose clients connect without a token: it serves unauthenticated *explicitly*
+  (``allow_unauthenticated=True``) unless ``token=`` is given. Tests that want the token handled
+  for them use :func:`memoh_trio.testing.running_server` (public, for embedders too).
+* :data:`TEMP_PREFIXES`, :func:`temp_entries` — memoh-trio's temporary names at a destination
+  (re-exported from :mod:`memoh_trio.testing`); :func:`tree_files` — regular files under a
+  directory, for "identical at the destination" checks; :func:`wait_until` — poll a file-system
+  condition with a deadline.
+"""
+
+# Test set-up and checks touch the local file system directly, on purpose.
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from memoh_trio._server import ServerAddress
+from memoh_trio.testing import TEMP_PREFIXES, running_server, temp_entries
+
+__all__ = ["TEMP_PREFIXES", "running", "temp_entries", "tree_files", "wait_until"]
+
+
+@asynccontextmanager
+async def running(root: Path, **kwargs: Any) -> AsyncIterator[ServerAddress]:
+    """``serve(root, **kwargs)`` in-process until the block ends; yields the address.
+
+    Without ``token=`` the server is unauthenticated (``allow_unauthenticated=True``, the mode
+    ``memoh-trio serve --no-auth`` gives): these tests' clients carry no token.
+    """
+    if kwargs.get("token") is None:
+        kwargs.setdefault("allow_unauthenticated", True)
+    async with running_server(root, **kwargs) as server:
+        yield server.address
+
+
+def tree_files(top: Path) -> dict[str, bytes]:
+    """Relative path → content of every regular file under ``top`` (symlinks not followed)."""
+    out: dict[str, bytes] = {}
+    for dirpath, _dirs, names in os.walk(os.fsencode(top)):
+        for name in names:
+            p = os.path.join(dirpath, name)
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                out[os.fsdecode(os.path.relpath(p, os.fsencode(top)))] = Path(
+                    os.fsdecode(p)).read_bytes()
+    return out
+
+
+async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """Poll a file-system condition (nothing to wait on but time) until true or ``limit``."""
+    with trio.fail_after(limit):
+        while not predicate():  # noqa: ASYNC110
+            await trio.sleep(0.01)
