@@ -16,21 +16,19 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 from faultproxy import open_fault_proxy
+from helpers import running as running_addr
+from helpers import temp_entries, tree_files, wait_until
 
 from memoh_trio._fs import ServerHooks
-from memoh_trio._server import ServerAddress, serve
 
 MIGRATED = ".migrated"
 CHUNK = 64 * 1024
-#: Temporary names at the destination: the server's upload temp, the part file, tar staging.
-TEMP_PREFIXES = (".memoh-tmp-", ".memoh-part-", ".memoh-tar-")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -70,19 +68,11 @@ async def run_migrate(src: Path | str, target: str, *extra: str,
     return await finish(await start_migrate(src, target, *extra), limit)
 
 
-async def wait_until(predicate: Callable[[], bool], limit: float = 20.0) -> None:
-    with trio.fail_after(limit):
-        while not predicate():  # noqa: ASYNC110  (a condition of another thread or process)
-            await trio.sleep(0.02)
-
-
 @asynccontextmanager
 async def running(root: Path, **kwargs: Any) -> AsyncIterator[str]:
-    """Our server, in this process; yields its target."""
-    async with trio.open_nursery() as nursery:
-        addr: ServerAddress = await nursery.start(partial(serve, root, durable=False, **kwargs))
+    """Our server in this process (no token: the client runs without one); yields its target."""
+    async with running_addr(root, **kwargs) as addr:
         yield f"{addr.host}:{addr.port}"
-        nursery.cancel_scope.cancel()
 
 
 class Watcher:
@@ -165,21 +155,6 @@ def files_in_walk_order(src: Path, sizes: list[int]) -> list[Path]:
     for path, size in zip(order, sizes, strict=True):
         path.write_bytes(os.urandom(size))
     return order
-
-
-def tree_files(top: Path) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for dirpath, _dirs, names in os.walk(top):
-        for name in names:
-            p = Path(dirpath) / name
-            if p.is_file() and not p.is_symlink():
-                out[str(p.relative_to(top))] = p.read_bytes()
-    return out
-
-
-def temp_entries(top: Path) -> list[str]:
-    return [os.path.join(d, n) for d, ds, fs in os.walk(top) for n in ds + fs
-            if n.startswith(TEMP_PREFIXES)]
 
 
 def lock_files(parent: Path) -> list[str]:
