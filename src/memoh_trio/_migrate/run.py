@@ -467,8 +467,10 @@ async def migrate(
         dest: destination directory under the server root ("" = the root, as the seed does).
         concurrency: file streams at once.
         chunk_size: WriteRaw chunk size (``None``: the client's default).
-        verify: ``"size"`` (bytes read == written == size at open) or ``"sha256"`` (also the
-            container's hash of the uploaded file, before it is moved into place).
+        verify: ``"size"`` (bytes read == written == size at open == the container's ``Stat``
+            of the uploaded file) or ``"sha256"`` (also the container's hash of the uploaded
+            file, before it is moved into place; and files resume would skip are hashed in the
+            container and on this host, and sent again unless the hashes agree).
         preserve: apply permission bits and mtimes in the container (batched Exec).
         rename: rename ``src`` to ``src + ".migrated"`` when everything made it.
         dry_run: walk and classify only; copy and rename nothing.
@@ -476,7 +478,8 @@ async def migrate(
         progress: updated as the copy goes (see :class:`memoh_trio.Progress`).
         stall_timeout: fail a file whose stream makes no progress for this many seconds
             (default 60 s; ``None`` waits forever).
-        lock_wait: seconds to wait for another migration of ``src`` (0: fail at once).
+        lock_wait: seconds to wait for another migration of ``src`` (0: fail at once). The
+            lock is keyed on the real directory (``realpath``); a dry run takes none.
         tar_batches: send runs of small files as tar streams through Exec (see
             :mod:`memoh_trio._tarbatch`) when the container has ``tar``; off: one WriteRaw +
             Rename per file.
