@@ -519,3 +519,48 @@ async def test_dry_run_on_a_read_only_data_root(dirs: tuple[Path, Path]) -> None
     out = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode == 0, out
     assert src.is_dir() and lock_files(data) == [] and not (root / "a.txt").exists()
+
+
+LEASE_HOLDER = """
+import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, signal.SIG_IGN)  # the lease-break notice
+fd = os.open(sys.argv[1], os.O_RDWR)
+fcntl.fcntl(fd, 1024, fcntl.F_WRLCK)  # F_SETLEASE: opens by others block until it is broken
+print("leased", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("size", [3000, 600_000], ids=["tar-batch", "stream"])
+async def test_file_under_a_lease_is_not_waited_for(dirs: tuple[Path, Path], size: int) -> None:
+    """A source file under another process's write lease: a blocking open would wait for the
+    lease to be broken (``/proc/sys/fs/lease-break-time``, 45 s by default). The run does not
+    wait: that file fails at once, exit 1; a rerun once the lease is gone copies it."""
+    if Path("/proc/sys/fs/leases-enable").read_text().strip() != "1":
+        pytest.skip("file leases are disabled on this host")
+    src, root = dirs
+    leased = src / "leased.bin"
+    leased.write_bytes(os.urandom(size))
+    (src / "other.txt").write_bytes(b"other\n")
+    holder = await trio.lowlevel.open_process(
+        [sys.executable, "-c", LEASE_HOLDER, str(leased)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        with trio.fail_after(10):
+            assert (await holder.stdout.receive_some()).startswith(b"leased")
+        async with running(root) as target:
+            code, out = await run_migrate(src, target, limit=20)
+            assert code == 1, (code, out)
+            assert "lease" in out, out
+            assert src.is_dir() and not (root / "leased.bin").exists()
+            await holder.stdin.aclose()
+            with trio.fail_after(10):
+                await holder.wait()
+            code, out = await run_migrate(src, target)
+            assert code == 0, out
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            holder.kill()
+        await holder.wait()
+    assert tree_files(root) == tree_files(Path(f"{src}{MIGRATED}"))
