@@ -228,10 +228,9 @@ async def test_write_raw_from_path_cached_and_not_cached(
 ) -> None:
     """A path source is read on the event loop while the page cache holds it and in a worker
     thread when it does not (RWF_NOWAIT says EAGAIN): same bytes either way."""
-    from memoh_trio._bridge import client as bridge_client
-    from memoh_trio._bridge import threads
+    from memoh_trio._bridge import reader, threads
 
-    if bridge_client._NOWAIT is None:
+    if reader.NOWAIT is None:
         pytest.skip("no RWF_NOWAIT on this platform")
     data = os.urandom(6 * MiB + 5)
     src = tmp_path / "src.bin"
@@ -257,7 +256,7 @@ async def test_write_raw_from_path_cached_and_not_cached(
         evict()
         probe = bytearray(4096)
         try:
-            cached = os.preadv(fd, [probe], 3 * MiB, bridge_client._NOWAIT) > 0
+            cached = os.preadv(fd, [probe], 3 * MiB, reader.NOWAIT) > 0
         except BlockingIOError:
             cached = False
         if cached:

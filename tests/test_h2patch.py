@@ -7,6 +7,8 @@ connection must put on the wire exactly the bytes a plain h2 connection does.
 from __future__ import annotations
 
 import importlib.util
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import h2.config
@@ -21,6 +23,14 @@ from hypothesis import strategies as st
 from memoh_trio._bridge import h2patch
 
 MAX_FRAME = 2**20
+
+
+@pytest.fixture(autouse=True)
+def _repr_fix_installed() -> None:
+    """The fix is installed when a channel or server opens; these tests use it directly."""
+    h2patch.install()
+
+
 MAX_WINDOW = 2**31 - 1
 
 
@@ -42,9 +52,32 @@ def _upstream_body_repr(frame: DataFrame) -> str:
 
 
 def test_repr_fix_installed() -> None:
+    h2patch.install()
     assert DataFrame.__dict__["_body_repr"] is h2patch._data_body_repr
     # hyperframe itself has no DataFrame-specific repr: the fallback is Frame's.
     assert Frame.__dict__["_body_repr"] is not h2patch._data_body_repr
+
+
+def test_repr_fix_installed_when_a_channel_opens_not_at_import() -> None:
+    """Importing memoh-trio leaves hyperframe alone; opening a client channel (or a server)
+    installs the fix."""
+    script = """
+import trio
+import memoh_trio
+from memoh_trio._bridge import asyncio_loop, channel
+from hyperframe.frame import DataFrame
+assert "_body_repr" not in DataFrame.__dict__, "installed at import"
+async def main() -> None:
+    async with asyncio_loop():
+        ch = await channel.BridgeChannel.open("127.0.0.1", 9, dial=False)
+        await ch.aclose()
+trio.run(main)
+assert "_body_repr" in DataFrame.__dict__, "not installed by BridgeChannel.open"
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=False, timeout=60)
+    assert done.returncode == 0 and done.stdout == "ok\n", done.stderr
 
 
 @pytest.mark.parametrize(
@@ -125,21 +158,25 @@ def test_install_repr_fix_keeps_an_existing_repr(monkeypatch: pytest.MonkeyPatch
         return "other"
 
     monkeypatch.setattr(DataFrame, "_body_repr", other)
-    h2patch.install_repr_fix()
+    h2patch.install()
     assert DataFrame.__dict__["_body_repr"] is other
 
 
-def test_loading_the_module_again_does_not_patch_again(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_installing_again_does_not_patch_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    h2patch.install()
     installed = DataFrame.__dict__["_body_repr"]
     monkeypatch.setattr(DataFrame, "_body_repr", installed)  # restored whatever happens below
-    h2patch.install_repr_fix()
+    h2patch.install()
     assert DataFrame.__dict__["_body_repr"] is installed
-    # A second, independent copy of the module runs its import-time install again.
+    # A second, independent copy of the module: loading it patches nothing, and its install()
+    # keeps the repr already there.
     spec = importlib.util.spec_from_file_location("_h2patch_again", h2patch.__file__)
     assert spec is not None
     assert spec.loader is not None
     again = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(again)
+    assert DataFrame.__dict__["_body_repr"] is installed
+    again.install()
     assert again._data_body_repr is not installed
     assert DataFrame.__dict__["_body_repr"] is installed
 

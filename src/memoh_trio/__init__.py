@@ -10,9 +10,10 @@ Layout (the decision logic is pure and apart from I/O, as in h11):
   hand-written encoder of the two bulk messages;
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib (``_proto/``
   holds the generated betterproto2 stubs: never edit them by hand);
-* ``_client``, ``_pool`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the Trio server;
+* ``_client``, ``_pool``, ``_tasks`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the
+  Trio server;
 * ``_walk``, ``_lock``, ``_migrate/`` (``run``, ``context``, ``stream``, ``tar``, ``meta``,
-  ``resume``, ``bots``), ``_progress``, ``_report``, ``_tasks`` — the migrator;
+  ``resume``, ``bots``), ``_progress``, ``_report`` — the migrator;
 * ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line;
 * ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """

@@ -355,9 +355,16 @@ class Client:
     ) -> ExecResult:
         """Run ``/bin/sh -c command`` on the server.
 
-        ``stdin`` is sent in the first message (bytes) or streamed (async iterable).
+        The first message carries the command alone (Memoh's server drops stdin from it);
+        ``stdin`` (bytes, or an async iterable of bytes streamed as it comes) follows in
+        messages of at most 1 MiB. A command may exit without reading all of its stdin: its
+        exit code and output are the result, the rest of stdin is dropped.
         ``on_output("stdout"|"stderr", data)`` is called as output arrives; all of it is also
         collected in the result.
+
+        Raises:
+            SourceReadError: the async iterable failed; the call was cancelled.
+            InvalidArgument: the command does not fit in one 4 MiB message.
         """
         out: list[bytes] = []
         err: list[bytes] = []
@@ -371,12 +378,12 @@ class Client:
             command=command, work_dir=work_dir, env=list(env), timeout_seconds=timeout_seconds
         )
         helpers: list[Callable[[], Awaitable[None]]] = []
-        pipe: bridge.Pipe[bytes] | None = None
+        feed: memoryview | bridge.Pipe[bytes] | None = None
         if isinstance(stdin, (bytes, bytearray, memoryview)):
-            first.stdin_data = bytes(stdin)
+            feed = memoryview(stdin).cast("B") if stdin else None
         else:
-            pipe = bridge.Pipe()
-            stdin_source, stdin_pipe = stdin, pipe
+            stdin_pipe: bridge.Pipe[bytes] = bridge.Pipe()
+            feed, stdin_source = stdin_pipe, stdin
 
             async def pump() -> None:
                 await bridge.pump(stdin_source, stdin_pipe)
@@ -384,11 +391,35 @@ class Client:
             helpers.append(pump)
 
         async def main() -> int:
-            return await self._channel.exec(first, pipe, collect, rpc_timeout=self._timeout)
+            return await self._channel.exec(first, feed, collect, rpc_timeout=self._timeout)
 
         async with self._track():
-            code = await with_helpers(main, helpers)
+            try:
+                code = await with_helpers(main, helpers)
+            except bridge.SourceFailure as exc:
+                raise _errors.SourceReadError(
+                    f"cannot read the stdin of {command!r}: {exc.cause}"
+                ) from exc.cause
         return ExecResult(code, b"".join(out), b"".join(err))
+
+
+# -- for the Pool (same module as Client, so Client's internals stay private to it) ---------
+
+
+async def open_client(target: str, **connect_kwargs: Any) -> Client:
+    """A client for ``target`` inside a running :func:`asyncio_loop`; the caller closes it."""
+    return await Client._open(target, **connect_kwargs)
+
+
+def retire(client: Client) -> None:
+    """Close ``client`` now if no call runs on it, else when its last call ends."""
+    if client._retire():
+        client._channel.close_nowait()
+
+
+def on_unavailable(client: Client, hook: Callable[[Client], None]) -> None:
+    """Call ``hook(client)`` when a call on ``client`` fails with Unavailable."""
+    client._on_unavailable = hook
 
 
 def _check_chunk_size(size: int) -> int:

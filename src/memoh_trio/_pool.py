@@ -19,7 +19,7 @@ import trio
 
 from . import _errors
 from ._bridge import asyncio_loop
-from ._client import Client, parse_target
+from ._client import Client, on_unavailable, open_client, parse_target, retire
 
 
 class Pool:
@@ -101,14 +101,14 @@ class Pool:
             done = trio.Event()
             self._dialing[bot_id] = done
             try:
-                client = await Client._open(address, **self._connect_kwargs)
+                client = await open_client(address, **self._connect_kwargs)
             finally:
                 del self._dialing[bot_id]
                 done.set()
             if self._closed:
                 await client.aclose()
                 raise RuntimeError("the Pool was closed while dialling")
-            client._on_unavailable = partial_evict(self, bot_id)
+            on_unavailable(client, partial_evict(self, bot_id))
             self._all.add(client)
             self._clients[bot_id] = client
             return client
@@ -131,8 +131,7 @@ class Pool:
     def _evict_now(self, bot_id: str, client: Client) -> None:
         if self._clients.get(bot_id) is client:
             del self._clients[bot_id]
-        if client._retire():
-            client._channel.close_nowait()
+        retire(client)
         self._forget_closed()
 
     def _forget_closed(self) -> None:

@@ -8,7 +8,18 @@ and exposes plain Trio functions to the rest of the code. Rules kept here:
 * grpclib's exceptions are mapped to :mod:`memoh_trio._errors` at this edge;
 * channels and servers are always closed, also on cancellation.
 
-Submodules: ``client`` (channel + typed calls), ``server`` (grpclib server hosting the service).
+Modules:
+
+* ``client``: what :mod:`memoh_trio._client` uses, re-exported from the client modules below;
+* ``channel``: ``BridgeChannel`` (grpclib channel and protocol, unary calls, ReadRaw);
+* ``upload``: one WriteRaw stream; ``execute``: one Exec stream (as Memoh's server speaks it);
+* ``reader``: the WriteRaw source reader; ``pipe``: the Trio/asyncio queue and its pump;
+* ``errors``: errors mapped at the edge;
+* ``server``: the grpclib server hosting the ContainerService;
+* ``codec``: the grpclib codec both sides share (bulk messages encoded by hand);
+* ``h2patch``: two measured h2/hyperframe fixes, installed when a channel or server opens;
+* ``threads``: worker threads whose cancellation works from asyncio;
+* ``compat``: every private name of grpclib, h2 and hyperframe the bridge relies on.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ the upstream behaviour exactly; ``tests/test_h2patch.py`` compares them with the
    and hex-encodes all of it, then keeps the first 20 hex digits: 17-18% of the server's time
    on a large upload with 256 KiB frames (cProfile, 2 x 128 MiB). ``DataFrame`` gets a
    ``_body_repr`` that returns the same string from the first 11 bytes of the body. Installed
-   at import, only while ``DataFrame`` has no ``_body_repr`` of its own.
+   by :func:`install` when a channel or a server opens (not at import: importing memoh-trio
+   changes nothing in hyperframe), only while ``DataFrame`` has no ``_body_repr`` of its own.
 
 2. **Outbound DATA frames.** h2 turns a DATA frame into bytes through four copies of its
    payload: ``DataFrame.serialize_body`` joins padding and data, ``Frame.serialize`` prepends
@@ -51,7 +52,8 @@ def _data_body_repr(self: DataFrame) -> str:
     return "<hex:" + digits + ("..." if len(head) > _SHOWN else "") + ">"
 
 
-def install_repr_fix() -> None:
+def install() -> None:
+    """Install the DATA-frame repr (item 1); idempotent, and keeps a repr someone else set."""
     if "_body_repr" not in DataFrame.__dict__:
         DataFrame._body_repr = _data_body_repr  # type: ignore[method-assign,assignment]
 
@@ -89,5 +91,3 @@ def adopt(conn: h2.connection.H2Connection) -> None:
     if type(conn) is h2.connection.H2Connection:
         conn.__class__ = H2Connection
 
-
-install_repr_fix()

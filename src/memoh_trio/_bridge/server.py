@@ -463,6 +463,7 @@ async def run_server(
                                durable=durable, direct_io=direct_io, allow_exec=allow_exec)
     config = Configuration(http2_connection_window_size=window_size,
                            http2_stream_window_size=window_size)
+    h2patch.install()
     async with asyncio_loop():
         server = await trio_asyncio.aio_as_trio(_start)(
             service, sock, token=token, ssl_context=ssl_context, config=config,

@@ -1,0 +1,114 @@
+"""Every private name of grpclib, h2, hyperframe and trio-asyncio the bridge relies on.
+
+The bridge reaches past these libraries' public APIs in a few places (each for a measured cost or
+a behaviour their public API does not offer; the modules using them say why). Upstream may rename
+or change any of them in any release, so they are listed here, once, and
+``tests/test_compat.py`` checks that each still exists and behaves as assumed; ``pyproject.toml``
+pins the majors these were checked against (``grpclib<0.5``, ``h2<5``, ``hyperframe<7``,
+``trio-asyncio<0.17``). Upgrading one of them: run that test first.
+
+The client side reads and writes them only through the functions below; the server side
+(``_bridge/server.py``) and the h2 patch (``_bridge/h2patch.py``) are listed in
+:data:`SERVER_NAMES` and :data:`H2_NAMES`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpclib.client
+import grpclib.protocol
+import h2.connection
+
+#: (object, attribute) pairs the client side uses, with what for. Checked by the test.
+CLIENT_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("grpclib.client.Channel", "_connected", "is the connection up (dial only when it is not)"),
+    ("grpclib.client.Channel", "__connect__", "dial now, bounded by our connect timeout"),
+    ("grpclib.client.Channel", "_protocol", "the H2Protocol, to wait until its socket closed"),
+    ("grpclib.client.Channel", "_protocol_factory", "overridden: our protocol subclass"),
+    ("grpclib.client.Channel", "_config", "read by our _protocol_factory"),
+    ("grpclib.client.Channel", "_h2_config", "read by our _protocol_factory"),
+    ("grpclib.protocol.Connection", "_connection", "the h2 connection, for h2patch and "
+     "MAX_FRAME_SIZE"),
+    ("grpclib.protocol.EventsProcessor", "processors", "event class -> handler: StreamReset is "
+     "wrapped to keep an answer followed by RST_STREAM(NO_ERROR)"),
+    ("grpclib.protocol.EventsProcessor", "streams", "stream id -> protocol Stream"),
+    ("grpclib.client.Stream", "_end_done", "the client half-closed; set when the server closed "
+     "the stream first, so grpclib reads the trailers instead of raising ProtocolError"),
+)
+
+#: Used by ``_bridge/server.py`` (listed and checked here; that module reads them directly).
+SERVER_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("grpclib.server.Server", "_protocol_factory", "overridden: our protocol subclass"),
+    ("grpclib.server.Server", "__gc_step__", "called by our _protocol_factory, as upstream"),
+    ("grpclib.server.Server", "_mapping", "read by our _protocol_factory"),
+    ("grpclib.server.Server", "_codec", "read by our _protocol_factory"),
+    ("grpclib.server.Server", "_status_details_codec", "read by our _protocol_factory"),
+    ("grpclib.server.Server", "__dispatch__", "read by our _protocol_factory"),
+    ("grpclib.server.Server", "_handlers", "our _protocol_factory registers its handler"),
+    ("grpclib.server.Stream", "_stream", "the protocol Stream: length prefix read before "
+     "buffering a message"),
+    ("grpclib.server.Stream", "_codec", "decode a body read by hand"),
+    ("grpclib.server.Stream", "_recv_type", "decode a body read by hand"),
+)
+
+#: Used by ``_bridge/h2patch.py``.
+H2_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("h2.connection.H2Connection", "_data_to_send", "the outbound buffer, appended to directly"),
+    ("h2.connection.H2Connection", "_prepare_for_sending", "overridden: copy-saving DATA path"),
+    ("hyperframe.frame.Frame", "_body_repr", "DataFrame gets a cheap one"),
+    ("hyperframe.frame.DataFrame", "serialize_padding_data", "read by the cheap _body_repr"),
+    ("hyperframe.frame", "_STRUCT_HBBBL", "the frame header layout h2patch packs itself"),
+)
+
+
+def h2_connection(protocol: grpclib.protocol.H2Protocol) -> h2.connection.H2Connection:
+    """The h2 connection under a grpclib protocol (``Connection._connection``)."""
+    conn: h2.connection.H2Connection = protocol.connection._connection
+    return conn
+
+
+def is_connected(channel: grpclib.client.Channel) -> bool:
+    return bool(channel._connected)
+
+
+async def connect(channel: grpclib.client.Channel) -> None:
+    """Dial now (grpclib otherwise dials inside the first call, without a bound)."""
+    await channel.__connect__()
+
+
+def channel_protocol(channel: grpclib.client.Channel) -> Any:
+    """The channel's H2Protocol, or None before it connected."""
+    return getattr(channel, "_protocol", None)
+
+
+def protocol_args(channel: grpclib.client.Channel) -> tuple[Any, Any]:
+    """What ``Channel._protocol_factory`` passes to ``H2Protocol`` besides the handler."""
+    return channel._config, channel._h2_config
+
+
+def stream_processors(protocol: grpclib.protocol.H2Protocol) -> dict[type, Any]:
+    """h2 event class -> grpclib's handler for it (``EventsProcessor.processors``)."""
+    processors: dict[type, Any] = protocol.processor.processors
+    return processors
+
+
+def protocol_stream(protocol: grpclib.protocol.H2Protocol, stream_id: int
+                    ) -> grpclib.protocol.Stream | None:
+    """The protocol-level stream with this id, while a call holds it."""
+    stream: grpclib.protocol.Stream | None = protocol.processor.streams.get(stream_id)
+    return stream
+
+
+def sending_ended(stream: grpclib.client.Stream[Any, Any]) -> bool:
+    return bool(stream._end_done)
+
+
+def mark_sending_ended(stream: grpclib.client.Stream[Any, Any]) -> None:
+    """Record that our side of ``stream`` is over because the server closed it.
+
+    grpclib reads the trailers (the status) only after the client ended its stream and raises
+    ``ProtocolError('Outgoing stream was not ended')`` otherwise; after the server's
+    RST_STREAM(NO_ERROR) h2 refuses the END_STREAM we would send, so it is recorded instead.
+    """
+    stream._end_done = True

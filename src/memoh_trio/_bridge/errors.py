@@ -1,0 +1,72 @@
+"""Errors at the edge: grpclib, h2 and transport exceptions mapped onto :mod:`memoh_trio._errors`.
+
+Also the two internal errors a call raises about its *source* (not the server), which become
+``SourceReadError`` / ``SourceChanged`` (in :meth:`.channel.BridgeChannel.write_raw` and
+:meth:`memoh_trio._client.Client.exec`).
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+
+import grpclib.exceptions
+import h2.exceptions
+
+from .. import _errors
+
+
+class SourceFailure(Exception):
+    """Internal: reading the WriteRaw source or the Exec stdin failed (wraps the error)."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class SizeMismatch(Exception):
+    """Internal: the source did not have exactly ``expected_size`` bytes."""
+
+
+def describe_os_error(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return os.strerror(exc.errno).lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__
+
+
+def map_error(exc: BaseException, method: str, target: str) -> BaseException:
+    """Translate grpclib/transport exceptions into memoh-trio errors (others pass unchanged)."""
+    if isinstance(exc, grpclib.exceptions.GRPCError):
+        return _errors.error_for_status(int(exc.status.value), exc.message or "", method=method)
+    if isinstance(exc, grpclib.exceptions.StreamTerminatedError):
+        return _errors.Unavailable(f"connection to {target} broke: {exc}", method=method)
+    if isinstance(exc, grpclib.exceptions.ProtocolError):
+        return _errors.Unavailable(f"protocol error talking to {target}: {exc}", method=method)
+    if isinstance(exc, h2.exceptions.NoSuchStreamError):
+        # Stream-level: the server closed (or reset) this one call; the connection is fine.
+        return _errors.RPCError(f"the server closed the {method} stream early",
+                                status=_errors.Status.UNKNOWN, method=method)
+    if isinstance(exc, h2.exceptions.H2Error):  # connection-level HTTP/2 error: it is dead
+        return _errors.Unavailable(f"HTTP/2 protocol error talking to {target}: {exc}",
+                                   method=method)
+    if isinstance(exc, AttributeError) and "_transport" in str(exc):
+        # grpclib 0.4 (protocol.py, Connection.create_stream) reads ``self._transport`` after
+        # connection_lost() deleted it: the peer accepted and closed at once.
+        return _errors.Unavailable(f"connection to {target} was closed by the peer",
+                                   method=method)
+    if isinstance(exc, TimeoutError):  # grpclib's deadline (before OSError: TimeoutError is one)
+        return _errors.DeadlineExceeded("deadline exceeded", method=method)
+    if isinstance(exc, (ConnectionError, OSError, EOFError)):
+        return _errors.Unavailable(
+            f"connection to {target} failed: {describe_os_error(exc)}", method=method
+        )
+    return exc
+

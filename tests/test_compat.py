@@ -1,0 +1,182 @@
+"""The private names of grpclib, h2 and hyperframe listed in ``_bridge/compat.py``: each still
+exists, and behaves as the bridge assumes. Run this first when upgrading one of them."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+from pathlib import Path
+from typing import Any
+
+import grpclib.client
+import grpclib.config
+import grpclib.const
+import grpclib.exceptions
+import grpclib.protocol
+import h2.connection
+import h2.errors
+import h2.events
+import hyperframe.frame
+import pytest
+import trio
+import trio_asyncio
+
+from benchmarks.grpcio_peer import start_grpcio_server
+from memoh_trio._bridge import asyncio_loop, channel, compat, h2patch
+from memoh_trio._proto import mcpcontainer as pb
+
+ALL_NAMES = compat.CLIENT_NAMES + compat.SERVER_NAMES + compat.H2_NAMES
+
+
+def _resolve(dotted: str) -> object:
+    """``package.module.Class`` or ``package.module`` → the object."""
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError:
+        module, _, name = dotted.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize(("owner", "name", "why"), ALL_NAMES,
+                         ids=[f"{o.rsplit('.', 1)[-1]}.{n}" for o, n, _ in ALL_NAMES])
+def test_listed_name_exists(owner: str, name: str, why: str) -> None:
+    obj = _resolve(owner)
+    if hasattr(obj, name):
+        return
+    # An instance attribute: the class (or a base) assigns it.
+    assert isinstance(obj, type), f"{owner}.{name} is gone ({why})"
+    sources = [inspect.getsource(cls) for cls in obj.__mro__
+               if cls.__module__.partition(".")[0] in ("grpclib", "h2", "hyperframe")]
+    assert any(f"self.{name} =" in src or f"self.{name}:" in src for src in sources), (
+        f"{owner} no longer sets {name} ({why})"
+    )
+
+
+# -- client: the channel and its protocol ---------------------------------------------------
+
+
+async def test_channel_internals(tmp_path: Path) -> None:
+    """Not connected before the first call; ``__connect__`` dials through our
+    ``_protocol_factory``; ``_protocol`` is then our protocol over h2 (``Connection._connection``)
+    with grpclib's StreamReset handler wrapped."""
+    (tmp_path / "f").write_bytes(b"abc")
+    server, port = start_grpcio_server(tmp_path)
+    try:
+        async with asyncio_loop():
+            ch = await channel.BridgeChannel.open("127.0.0.1", port, dial=False)
+            try:
+                grpc_channel = ch._live_channel("test")
+                assert not compat.is_connected(grpc_channel)
+                assert compat.channel_protocol(grpc_channel) is None
+                config, h2_config = compat.protocol_args(grpc_channel)
+                assert isinstance(config, grpclib.config.Configuration)
+                assert h2_config.client_side
+                reply = await ch.unary("Stat", pb.StatRequest(path="f"), pb.StatResponse,
+                                       rpc_timeout=10)
+                assert reply.entry.size == 3
+                assert compat.is_connected(grpc_channel)
+                protocol = compat.channel_protocol(grpc_channel)
+                assert type(protocol).__name__ == "_Protocol"
+                assert type(compat.h2_connection(protocol)) is h2patch.H2Connection
+                reset = compat.stream_processors(protocol)[h2.events.StreamReset]
+                assert reset.__name__ == "on_stream_reset"
+            finally:
+                await ch.aclose()
+    finally:
+        server.stop(None)
+
+
+async def test_grpclib_reads_the_status_only_after_our_end() -> None:
+    """grpclib refuses to read the trailers of a client-streaming call whose client side was not
+    ended; ``mark_sending_ended`` is what lets it (no network needed: the check comes first)."""
+    async with asyncio_loop():
+        ch = await channel.BridgeChannel.open("127.0.0.1", 9, dial=False)
+        try:
+            grpc_channel = ch._live_channel("test")
+
+            async def check() -> None:
+                stream = grpc_channel.request(
+                    "/mcpcontainer.ContainerService/WriteRaw",
+                    grpclib.const.Cardinality.STREAM_UNARY, pb.WriteRawChunk,
+                    pb.WriteRawResponse,
+                )
+                assert not compat.sending_ended(stream)
+                with pytest.raises(grpclib.exceptions.ProtocolError, match="not ended"):
+                    await stream.recv_trailing_metadata()
+                compat.mark_sending_ended(stream)
+                assert compat.sending_ended(stream)
+                with pytest.raises(grpclib.exceptions.ProtocolError, match="Initial metadata"):
+                    await stream.recv_trailing_metadata()
+
+            await trio_asyncio.aio_as_trio(check)()
+        finally:
+            await ch.aclose()
+
+
+# -- client: RST_STREAM(NO_ERROR) after a complete answer -------------------------------------
+
+
+class _FakeStream:
+    """What grpclib's EventsProcessor and our reset handler touch of a protocol Stream."""
+
+    def __init__(self, trailers: list[tuple[str, str]] | None) -> None:
+        self.trailers = trailers
+        self.terminated: list[str] = []
+        self.window_updated = trio.Event()  # only .set() is called, synchronously
+
+    def __terminated__(self, reason: str) -> None:
+        self.terminated.append(reason)
+
+
+def _processor(stream: _FakeStream) -> grpclib.protocol.EventsProcessor:
+    handler = grpclib.client.Handler()
+    connection = types.SimpleNamespace(streams_failed=0)
+    processor = grpclib.protocol.EventsProcessor(handler, connection)  # type: ignore[arg-type]
+    processor.streams[1] = stream  # type: ignore[assignment]
+    return processor
+
+
+def _reset(code: h2.errors.ErrorCodes, *, remote: bool = True) -> h2.events.StreamReset:
+    return h2.events.StreamReset(stream_id=1, error_code=code, remote_reset=remote)
+
+
+def test_grpclib_terminates_a_stream_on_any_reset() -> None:
+    """The upstream behaviour the bridge works around: even a NO_ERROR reset after the
+    trailers ends the call with StreamTerminatedError."""
+    stream = _FakeStream(trailers=[("grpc-status", "0")])
+    processor = _processor(stream)
+    handle: Any = processor.processors[h2.events.StreamReset]
+    assert handle == processor.process_stream_reset
+    handle(_reset(h2.errors.ErrorCodes.NO_ERROR))
+    assert stream.terminated == ["Stream reset by remote party, error_code: 0"]
+
+
+@pytest.mark.parametrize(
+    ("trailers", "code", "remote", "kept"),
+    [
+        ([("grpc-status", "0")], h2.errors.ErrorCodes.NO_ERROR, True, True),
+        (None, h2.errors.ErrorCodes.NO_ERROR, True, False),  # no answer yet
+        ([("grpc-status", "0")], h2.errors.ErrorCodes.CANCEL, True, False),
+        ([("grpc-status", "0")], h2.errors.ErrorCodes.NO_ERROR, False, False),  # ours
+    ],
+)
+def test_answered_then_reset(trailers: list[tuple[str, str]] | None,
+                             code: h2.errors.ErrorCodes, remote: bool, kept: bool) -> None:
+    stream = _FakeStream(trailers)
+    protocol = types.SimpleNamespace(processor=_processor(stream))
+    event = _reset(code, remote=remote)
+    assert channel.answered_then_reset(protocol, event) is kept  # type: ignore[arg-type]
+    assert stream.window_updated.is_set() is kept  # a sender waiting for window wakes up
+
+
+# -- h2 / hyperframe (h2patch) ---------------------------------------------------------------
+
+
+def test_h2_internals() -> None:
+    conn = h2.connection.H2Connection()
+    assert isinstance(conn._data_to_send, bytearray)
+    assert callable(conn._prepare_for_sending)
+    assert hyperframe.frame._STRUCT_HBBBL.format == h2patch._HEADER.format
+    frame = hyperframe.frame.DataFrame(1, data=b"x")
+    assert frame.serialize_padding_data() == b""
