@@ -399,13 +399,14 @@ async def test_migrate_through_an_alias_meets_the_same_lock(dirs: tuple[Path, Pa
     with trio.fail_after(90):
         async with running(root) as target, \
                 open_fault_proxy(target) as proxy:
-            proxy.delay = 0.01
+            proxy.stall_after("up", 200_000)  # the first run holds the lock until resumed
             first = await start_migrate(src, proxy.target, "--concurrency", "2",
                                         "--no-tar-batches")
-            await wait_until(lambda: proxy.bytes_up >= 200_000)
+            await wait_until(lambda: proxy.stalled)
             code, out = await run_migrate(alias, target, limit=20)
             assert code == 5, (code, out)
             assert "another migration" in out, out
+            proxy.clear()  # resumes
             code, out = await finish(first, 60)
             assert code == 0, out
     assert not src.exists() and tree_files(Path(f"{src}{MIGRATED}")) == files
@@ -439,13 +440,14 @@ async def test_lock_file_is_removed_and_dry_run_takes_no_lock(dirs: tuple[Path, 
             code, out = await run_migrate(src, target, "--dry-run")
             assert code == 0, out
             assert lock_files(src.parent) == []
-            proxy.delay = 0.01
+            proxy.stall_after("up", 200_000)  # the first run holds the lock until resumed
             first = await start_migrate(src, proxy.target, "--concurrency", "1",
                                         "--no-tar-batches")
-            await wait_until(lambda: proxy.bytes_up >= 200_000)
+            await wait_until(lambda: proxy.stalled)
             assert len(lock_files(src.parent)) == 1
             code, out = await run_migrate(src, target, "--dry-run", limit=20)
             assert code == 0, (code, out)
+            proxy.clear()  # resumes
             code, out = await finish(first, 60)
             assert code == 0, out
     assert lock_files(src.parent) == []
