@@ -584,3 +584,36 @@ async def test_file_under_a_lease_is_not_waited_for(dirs: tuple[Path, Path], siz
             holder.kill()
         await holder.wait()
     assert tree_files(root) == tree_files(Path(f"{src}{MIGRATED}"))
+
+
+@pytest.mark.parametrize(("signum", "expected"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_signal_ends_the_run_while_a_read_hangs(tmp_path: Path, signum: int,
+                                                      expected: int) -> None:
+    """SRC on a hung filesystem (a FUSE filesystem whose reads are never answered, like a dead
+    NFS server): a worker thread is stuck in the kernel reading the file. SIGTERM/SIGINT still
+    end the process within seconds, with its exit code, nothing renamed, the lock released."""
+    from hangfs import HangFS
+
+    src = tmp_path / "bots" / "b1"
+    src.mkdir(parents=True)
+    root = tmp_path / "root"
+    root.mkdir()
+    try:
+        fs = HangFS(str(src), "data.bin", 600_000)
+    except OSError as exc:
+        pytest.skip(f"cannot mount a FUSE filesystem here (needs root and /dev/fuse): {exc}")
+    try:
+        async with running(root) as target:
+            proc = await start_migrate(src, target, "--no-tar-batches")
+            await wait_until(lambda: fs.reads > 0)  # a thread is now blocked in read()
+            await trio.sleep(0.5)
+            proc.send_signal(signum)
+            sent = trio.current_time()
+            code, out = await finish(proc, 20)
+            assert trio.current_time() - sent < 8, "did not stop within a few seconds"
+            assert code == expected, (code, out)
+        assert lock_files(src.parent) == []
+        assert not Path(f"{src}{MIGRATED}").exists()
+        assert temp_entries(root) == []
+    finally:
+        fs.close()
