@@ -273,9 +273,7 @@ def make_servicer(root: str | Path) -> object:
             def feed() -> None:
                 assert proc.stdin
                 try:
-                    if first.stdin_data:
-                        proc.stdin.write(first.stdin_data)
-                        proc.stdin.flush()
+                    # Like Memoh's Go server: the first message's stdin_data is dropped.
                     for msg in request_iterator:
                         proc.stdin.write(msg.stdin_data)
                         proc.stdin.flush()

@@ -25,7 +25,7 @@ import pytest
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
+SHARED = Path(os.environ.get("MEMOH_SHARED", ROOT.parent / "shared"))
 MEMOH_GO_DIR = Path(os.environ.get("MEMOH_GO_OUT", "/tmp/memoh-go"))
 MEMOH_GO_SERVER = MEMOH_GO_DIR / "memoh-go-server"
 MEMOH_GO_SEED = MEMOH_GO_DIR / "memoh-go-seed"

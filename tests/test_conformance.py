@@ -75,9 +75,10 @@ DIFFERENT: dict[str, str] = {
                              "takes a relative one from its own process's working directory "
                              "(here that fails: INTERNAL)",
     "exec_missing_workdir": "specific status codes (NOT_FOUND), Memoh INTERNAL (chdir fails)",
-    "exec_stdin_in_first_message": "memoh-trio feeds `stdin_data` of the first ExecInput to "
-                                   "the command; Memoh ignores it. memoh-trio's client sends "
-                                   "the command alone first, so it works with both",
+    "exec_stdin_in_first_message": "memoh-trio refuses `stdin_data` in the first ExecInput "
+                                   "(INVALID_ARGUMENT); Memoh silently drops it. Loud instead "
+                                   "of silent data loss; memoh-trio's client sends the command "
+                                   "alone first, so it works with both",
     "exec_timeout": "a command killed at `timeout_seconds` exits 128+9 (shell convention, the "
                     "whole process group is killed); Memoh reports -1 (it kills /bin/sh only)",
     "writeraw_abort": "`abort=true` discards the upload (ABORTED, nothing written); Memoh "

@@ -34,7 +34,7 @@ def fd(root: Path) -> Iterator[int]:
 
 
 def _no_temp_files(top: Path) -> bool:
-    return not [p for p in top.rglob("*") if _fs.is_temp_name(p.name)]
+    return not [p for p in top.rglob("*") if p.name.startswith(_fs.TEMP_PREFIX)]
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ def test_write_raw_read_raw_and_abort(stub: Any, root: Path) -> None:
     assert (root / "x/blob").read_bytes() == blob
     # No message at all: OK with 0 bytes, as Memoh's Go server (issue 10).
     assert stub.WriteRaw(iter([]), timeout=5).bytes_written == 0
-    assert not [p for p in root.rglob("*") if _fs.is_temp_name(p.name)]
+    assert not [p for p in root.rglob("*") if p.name.startswith(_fs.TEMP_PREFIX)]
 
 
 def test_message_over_limit(root: Path) -> None:
@@ -138,7 +138,8 @@ def test_message_over_limit(root: Path) -> None:
 
 def test_exec(stub: Any) -> None:
     def inputs() -> Iterator[Any]:
-        yield pb2.ExecInput(command="cat; echo oops >&2; exit 7", stdin_data=b"a")
+        yield pb2.ExecInput(command="cat; echo oops >&2; exit 7")
+        yield pb2.ExecInput(stdin_data=b"a")
         yield pb2.ExecInput(stdin_data=b"b")
 
     out = list(stub.Exec(inputs(), timeout=10))

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.grpcio_peer import make_servicer, start_grpcio_server
+from memoh_trio import _scripts
 from memoh_trio._client import connect
 from memoh_trio._errors import ConfigError, MigrationBusy, SourceError, Unavailable
 from memoh_trio._lock import single_flight
@@ -454,7 +455,8 @@ async def test_migrate_bot_seed_semantics(target: Target, tmp_path: Path) -> Non
     (data / "bots" / "done").mkdir()
     write_tree(data / "bots" / "b1", {"x": b"1"})
     async with connect(target.address) as client:
-        assert (await migrate_bot("missing", data, client)).status == "nothing-to-do"
+        with pytest.raises(SourceError, match="no bot 'missing'"):  # a typo, not the seed's no-op
+            await migrate_bot("missing", data, client)
         assert (await migrate_bot("empty", data, client)).status == "nothing-to-do"
         assert (await migrate_bot("done", data, client)).status == "already-migrated"
         first = await migrate_bot("b1", data, client)
@@ -490,7 +492,8 @@ async def test_migrate_all_one_failing_bot(target: Target, tmp_path: Path, via: 
             reports = await migrate_all(data, addresses, bot_concurrency=2)
     by_bot = {Path(r.source).name: r for r in reports}
     assert [Path(r.source).name for r in reports] == ["a", "b", "c"]
-    assert by_bot["a"].status == by_bot["c"].status == "migrated"
+    assert by_bot["a"].status == by_bot["c"].status == "migrated", (
+        by_bot["a"].failures, by_bot["c"].failures)
     assert by_bot["b"].status == "incomplete" and by_bot["b"].error
     assert not by_bot["b"].ok
     assert (data / "bots" / "b").is_dir()
@@ -717,15 +720,25 @@ async def test_early_writeback_syncs_while_copying(
         client: Any = _RecordingClient(real)
         report = await migrate(src, client, concurrency=1, rename=mode != "no-rename",
                                dry_run=mode == "dry-run")
-    syncs = client.commands.count("sync")
+    final_sync = _scripts.SYNC_COMMAND  # the final one proves it ran
+    syncs = client.commands.count("sync") + client.commands.count(final_sync)
     if mode == "migrate":
         assert report.status == "migrated", report.failures
         # 1.8 MB sent in 300 KiB files: a first sync once 400 KiB were sent, then one per
         # 400 KiB more sent after the previous sync returned (fewer when the copy outruns the
         # syncs), then the final sync before the rename.
         assert 2 <= syncs <= 1 + 4, client.commands
-        assert client.commands[-1] == "sync", client.commands
+        assert client.commands[-1] == final_sync, client.commands
         assert sorted(p.name for p in target.root.iterdir()) == sorted(files)
     else:
         # Nothing will be renamed: no early sync (and none at the end either).
         assert syncs == 0, client.commands
+
+
+def test_symlink_on_the_way() -> None:
+    from memoh_trio._migrate.run import symlink_on_the_way
+    links = {"sub", "a/b"}
+    assert symlink_on_the_way("sub/file", links) == "sub"
+    assert symlink_on_the_way("a/b/c/d", links) == "a/b"
+    assert symlink_on_the_way("sub", links) is None  # the entry itself: replaced, not followed
+    assert symlink_on_the_way("a/bc/d", links) is None and symlink_on_the_way("x", set()) is None

@@ -16,11 +16,12 @@ def test_json_shape() -> None:
     )
     d = json.loads(r.to_json())
     assert d == {
-        "source": "/data/bots/b1", "dest": "", "status": "incomplete", "renamed_to": None,
+        "bot_id": None, "source": "/data/bots/b1", "dest": "", "status": "incomplete",
+        "renamed_to": None,
         "files": 3, "bytes": 42, "dirs": 0, "symlinks": 0, "unchanged": 0,
         "skipped": [{"path": "pipe", "reason": "named pipe (FIFO): not copied, never opened"}],
         "failures": [{"path": "bad-\\xff", "error": "name is not valid UTF-8"}],
-        "error": "1 entry failed", "seconds": 1.235, "ok": False,
+        "error": "1 entry failed", "seconds": 1.235, "mtime_precision": None, "ok": False,
     }
 
 

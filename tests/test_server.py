@@ -79,7 +79,7 @@ async def call_stream(method: Callable[..., AsyncIterator[_T]], *args: Any,
 
 
 def temp_files(top: Path) -> list[Path]:
-    return [p for p in top.rglob("*") if _fs.is_temp_name(p.name)]
+    return [p for p in top.rglob("*") if p.name.startswith(_fs.TEMP_PREFIX)]
 
 
 async def wait_for(predicate: Callable[[], bool], limit: float = 5.0) -> None:
@@ -220,7 +220,8 @@ async def test_exec_streams_and_exit_code(root: Path) -> None:
 
     async def inputs() -> AsyncIterator[ExecInput]:
         yield ExecInput(command="cat; echo \"$FOO\" >&2; pwd; exit 3", work_dir="/w",
-                        env=["FOO=bar"], stdin_data=b"first ")
+                        env=["FOO=bar"])
+        yield ExecInput(stdin_data=b"first ")
         yield ExecInput(stdin_data=b"second\n")
 
     async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
@@ -231,6 +232,21 @@ async def test_exec_streams_and_exit_code(root: Path) -> None:
     stderr = b"".join(o.data for o in out if o.stream == ExecOutputStream.STDERR)
     assert stdout == b"first second\n" + os.fsencode(root / "w") + b"\n"
     assert stderr == b"bar\n"
+
+
+async def test_exec_refuses_stdin_in_the_first_message(root: Path) -> None:
+    """Memoh's server drops the first message's stdin; ours refuses it, so a client that relies
+    on it fails here as loudly as it loses data there."""
+
+    async def inputs() -> AsyncIterator[ExecInput]:
+        yield ExecInput(command="cat > got", stdin_data=b"lost on Memoh's server")
+
+    async with running(root, token=TOKEN) as addr, stub_for(addr, token=TOKEN) as stub:
+        with pytest.raises(GRPCError) as info:
+            await call_stream(stub.exec, inputs())
+    assert info.value.status == G.INVALID_ARGUMENT
+    assert "first ExecInput" in (info.value.message or "")
+    assert not (root / "got").exists()
 
 
 async def test_exec_timeout_kills_process_group(root: Path) -> None:

@@ -513,8 +513,8 @@ def test_messages_over_the_limit_are_rejected_cleanly(tmp_path: Path) -> None:
                 stub.WriteRaw(iter(chunks), timeout=10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             with pytest.raises(grpc.RpcError) as info:
-                list(stub.Exec(iter([pb.ExecInput(command="touch ran", stdin_data=big)]),
-                               timeout=10))
+                list(stub.Exec(iter([pb.ExecInput(command="cat > /dev/null; touch ran"),
+                                     pb.ExecInput(stdin_data=big)]), timeout=10))
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             # Exactly at the limit (message = 5-byte-free protobuf) is fine; the server lives on.
             ok = b"y" * (limit - 16)

@@ -15,14 +15,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from memoh_trio._scripts import (
+    NO_RUN_EXIT,
+    RUN_MEMBER,
+    RUN_STDIN,
     TAR_FAILED_EXIT,
     Check,
-    extract_script,
+    extract_command,
+    listing_script,
     move_script,
     parse_listing,
-    probe_script,
+    parse_records,
 )
-from memoh_trio._scripts import parse_failures as parse_failed_groups
 from memoh_trio._tarbatch import DEFAULT_MODE, Batcher, Member, layout, pack
 
 _names = st.sampled_from(["a", "-x", "d e", "ü", "n\nl", "q'\"$`\\", "--", "*", ".h"])
@@ -65,7 +68,7 @@ def test_pack_is_a_valid_archive_with_modes_and_mtimes() -> None:
         assert set(infos) == {"0", "1", "0/f", "1/g"}
         f = infos["0/f"]
         assert f.mode == 0o751 and f.size == 5 and f.uid == 0
-        assert f.pax_headers["mtime"] == "1600000000.123456789"
+        assert f.mtime == 1600000000 and "mtime" not in f.pax_headers  # applied later
         assert tf.extractfile(f).read() == b"hello"  # type: ignore[union-attr]
         assert "mtime" not in infos["1/g"].pax_headers
     with tarfile.open(fileobj=io.BytesIO(pack(members, lay, preserve=False))) as tf:
@@ -82,22 +85,25 @@ def test_scripts_round_trip_through_sh_and_tar(tmp_path_factory: pytest.TempPath
     members = [Member(r, r.encode() * 3, 0o640, 1_700_000_000_000_000_042) for r in rels]
     lay = layout(rels)
     check: Check = "sha256" if sha else "size"
-    res = _sh(extract_script(".memoh-tar-t", lay, check), dest, pack(members, lay))
+    archive = pack(members, lay, trailer=(RUN_MEMBER, listing_script(lay, check).encode()))
+    res = _sh(extract_command(".memoh-tar-t"), dest, archive)
     assert res.returncode == 0, res.stderr
     listing = parse_listing(res.stdout, lay.staged, check)
     want = {i: hashlib.sha256(m.data).hexdigest() if sha else len(m.data)
             for i, m in enumerate(members)}
     assert listing == want
     good = [i for i in range(len(members)) if i != drop]  # one member left out of the move
-    res = _sh(move_script(".memoh-tar-t", lay, good), dest)
-    assert res.returncode == 0 and parse_failed_groups(res.stdout) == {}, res
+    res = _sh(RUN_STDIN, dest, move_script(".memoh-tar-t", lay, good).encode())
+    records = parse_records(res.stdout, len(members))
+    assert res.returncode == 0 and all(records[i] is None for i in good), res
+    assert drop not in good or records.get(drop) is not None
     assert not (dest / ".memoh-tar-t").exists()
     for i, m in enumerate(members):
         p = dest / m.rel
         if i in good:
             assert p.read_bytes() == m.data
             assert p.stat().st_mode & 0o777 == 0o640
-            assert p.stat().st_mtime_ns == m.mtime_ns
+            assert p.stat().st_mtime_ns != m.mtime_ns  # tar -m: the metadata step sets it
         else:
             assert not p.exists()
 
@@ -105,16 +111,19 @@ def test_scripts_round_trip_through_sh_and_tar(tmp_path_factory: pytest.TempPath
 def test_cut_archive_never_reaches_a_final_path(tmp_path: Path) -> None:
     members = [Member(f"f{i}", os.urandom(3000), 0o644, 0) for i in range(3)]
     lay = layout([m.rel for m in members])
-    archive = pack(members, lay)
-    for cut in (0, 700, 2000, len(archive) // 2, len(archive) - 1100):
+    archive = pack(members, lay, trailer=(RUN_MEMBER, listing_script(lay, "size").encode()))
+    # Cut anywhere, at member boundaries included (where tar may not notice): the listing
+    # script is the last member, so it never runs.
+    for cut in (0, 700, 1024, 2000, 4608, len(archive) // 2, len(archive) - 1100,
+                len(archive) - 2048):
         dest = tmp_path / str(cut)
         dest.mkdir()
-        res = _sh(extract_script(".memoh-tar-t", lay, "size"), dest, archive[:cut])
+        res = _sh(extract_command(".memoh-tar-t"), dest, archive[:cut])
         listing = parse_listing(res.stdout, lay.staged, "size")
         ok = res.returncode == 0 and all(listing.get(i) == 3000 for i in range(3))
         assert not ok, cut
         assert [p.name for p in dest.iterdir()] in ([], [".memoh-tar-t"])
-        if res.returncode == TAR_FAILED_EXIT:
+        if res.returncode in (TAR_FAILED_EXIT, NO_RUN_EXIT):
             assert not (dest / ".memoh-tar-t").exists()
 
 
@@ -139,15 +148,8 @@ def test_move_script_reports_failed_groups(tmp_path: Path) -> None:
     (staging / "0" / "x").write_bytes(b"1")
     (staging / "1" / "ok").write_bytes(b"2")
     (tmp_path / "blocked").write_bytes(b"a file where a directory is needed")
-    res = _sh(move_script(".memoh-tar-t", lay, [0, 1]), tmp_path)
-    failed = parse_failed_groups(res.stdout)
-    assert list(failed) == [0] and "blocked" in failed[0], failed  # the mkdir message
+    res = _sh(RUN_STDIN, tmp_path, move_script(".memoh-tar-t", lay, [0, 1]).encode())
+    records = parse_records(res.stdout, 2)
+    assert records == {0: "not a directory on the way", 1: None}, records
     assert (tmp_path / "ok").read_bytes() == b"2"
     assert not staging.exists()
-
-
-def test_probe_script(tmp_path: Path) -> None:
-    assert _sh(probe_script("sha256"), tmp_path).returncode == 0
-    env_less = subprocess.run(["/bin/sh", "-c", probe_script("size")], env={"PATH": "/nonexistent"},
-                              capture_output=True, check=False)
-    assert env_less.returncode != 0

@@ -1,6 +1,17 @@
 """memoh-trio: move a Memoh bot's data tree into its container over gRPC, with Trio.
 
-The public API is re-exported here; the modules behind it are private (``_name``) and may change.
+The public API (``__all__``) is re-exported here; the modules behind it are private (``_name``)
+and may change:
+
+* migrate: :func:`migrate` (one directory), :func:`migrate_bot` (``DATA_ROOT/bots/<id>``, the
+  seed's semantics), :func:`migrate_all` (every bot), each giving a :class:`MigrationReport`;
+  :class:`Progress` to observe a run;
+* the client: :func:`connect` gives a :class:`Client` with one method per RPC; :class:`Pool` holds
+  one per bot; :class:`ClientTLS` for TLS;
+* the server: :func:`serve` (``await nursery.start(serve, root, host, port)`` gives the
+  :class:`ServerAddress`, which :func:`connect` accepts); :class:`ServerTLS`;
+* errors: every error raised on purpose is a :class:`MemohError`; RPC failures are
+  :class:`RPCError` subclasses by status (:class:`NotFound`, :class:`Unavailable`, ...).
 
 Layout (the decision logic is pure and apart from I/O, as in h11):
 
@@ -65,3 +76,51 @@ from ._tls import ClientTLS as ClientTLS
 from ._tls import ServerTLS as ServerTLS
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_CONCURRENCY",
+    "MIGRATED_SUFFIX",
+    "Aborted",
+    "AlreadyExists",
+    "Cancelled",
+    "Client",
+    "ClientTLS",
+    "ConfigError",
+    "DeadlineExceeded",
+    "ExecResult",
+    "FailedPrecondition",
+    "Failure",
+    "FileEntry",
+    "Internal",
+    "InvalidArgument",
+    "MemohError",
+    "MigrationBusy",
+    "MigrationReport",
+    "NotFound",
+    "PermissionDenied",
+    "Pool",
+    "Progress",
+    "ProgressState",
+    "RPCError",
+    "ReadFileResult",
+    "ResourceExhausted",
+    "ServerAddress",
+    "ServerHooks",
+    "ServerTLS",
+    "Skipped",
+    "SourceChanged",
+    "SourceError",
+    "SourceReadError",
+    "Stalled",
+    "Status",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "WriteResult",
+    "connect",
+    "migrate",
+    "migrate_all",
+    "migrate_bot",
+    "serve",
+]

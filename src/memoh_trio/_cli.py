@@ -21,8 +21,16 @@ from typing import Any, NoReturn, TextIO
 import trio
 
 from . import _errors as errors
+from ._migrate.context import DEFAULT_BOT_CONCURRENCY, DEFAULT_CONCURRENCY
 from ._tls import ClientTLS, ServerTLS
-from ._units import parse_listen, parse_size, parse_target
+from ._units import (
+    TEMPLATE_EXAMPLE,
+    check_target_template,
+    fill_target_template,
+    parse_listen,
+    parse_size,
+    parse_target,
+)
 
 # Exit codes: a contract with scripts and operators. Keep them stable.
 EXIT_OK = 0  # migrated, already migrated, or nothing to do
@@ -65,6 +73,41 @@ class _Interrupted(Exception):
         self.signum = signum
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and a pointer to ``--help``, not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        # self.prog is "memoh-trio" or "memoh-trio COMMAND" (subparsers inherit this class).
+        self.exit(EXIT_USAGE, f"memoh-trio: error: {message}\n"
+                              f"see '{self.prog} --help'\n")
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: None = None) -> argparse.Namespace:
+        """Like argparse's, but an unknown option points at its command's ``--help``."""
+        parsed, extra = self.parse_known_args(args, namespace)
+        if extra:
+            command = self.commands.get(getattr(parsed, "command", None) or "", self)
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+        return parsed
+
+    @property
+    def commands(self) -> dict[str, argparse.ArgumentParser]:
+        """The subcommand parsers, by name."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return dict(action.choices)
+        return {}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("memoh-trio")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
+
+
 def _size_arg(text: str) -> int:
     from ._client import MAX_CHUNK_SIZE
 
@@ -89,12 +132,29 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def _target_arg(text: str) -> str:
     try:
         parse_target(text)
     except errors.ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
+
+
+def _template_arg(text: str) -> str:
+    try:
+        return check_target_template(text)
+    except errors.ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listen_arg(text: str) -> tuple[str, int]:
@@ -142,20 +202,26 @@ def resolve_token(args: argparse.Namespace, environ: Any = os.environ) -> str | 
 def _add_connection_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("connection")
     _add_token_options(g, "bearer token")
-    g.add_argument("--tls-ca", type=Path, help="CA bundle (PEM) that signs the server certificate")
-    g.add_argument("--tls-cert", type=Path, help="client certificate (PEM) for mutual TLS")
-    g.add_argument("--tls-key", type=Path, help="client key (PEM) for mutual TLS")
-    g.add_argument("--tls-server-name", help="name to verify in the server certificate")
-    g.add_argument("--timeout", type=float, default=120.0,
+    g.add_argument("--tls-ca", type=Path, metavar="F",
+                   help="CA bundle (PEM) that signs the server certificate")
+    g.add_argument("--tls-cert", type=Path, metavar="F",
+                   help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--tls-key", type=Path, metavar="F",
+                   help="client key (PEM) for mutual TLS")
+    g.add_argument("--tls-server-name", metavar="NAME",
+                   help="name to verify in the server certificate")
+    g.add_argument("--timeout", type=_seconds_arg, default=120.0, metavar="SECONDS",
                    help="per-call timeout in seconds for unary calls (default: 120)")
 
 
 def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("copy")
-    g.add_argument("--dest", default="", help="destination directory under the server root")
-    g.add_argument("--concurrency", type=_positive_int, default=None,
-                   help="file streams at once (default: chosen by measurement)")
-    g.add_argument("--chunk-size", type=_size_arg, default=None,
+    g.add_argument("--dest", default="", metavar="DIR",
+                   help="destination directory under the server root")
+    g.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
+                   help=f"file streams and tar batches in flight at once (default: "
+                   f"{DEFAULT_CONCURRENCY})")
+    g.add_argument("--chunk-size", type=_size_arg, default=None, metavar="SIZE",
                    help="WriteRaw chunk size, e.g. 1MiB (must stay below 4 MiB)")
     g.add_argument("--verify", choices=("size", "sha256"), default="size",
                    help="what must match after each file (default: size)")
@@ -163,7 +229,7 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
                    help="do not apply permission bits and mtimes in the container")
     g.add_argument("--no-rename", dest="rename", action="store_false",
                    help="copy but never rename the source to .migrated")
-    g.add_argument("--stall-timeout", type=float, default=None,
+    g.add_argument("--stall-timeout", type=_seconds_arg, default=None, metavar="SECONDS",
                    help="fail a file whose stream makes no progress for this many seconds "
                    "(default: 60)")
     g.add_argument("--no-tar-batches", dest="tar_batches", action="store_false",
@@ -171,16 +237,23 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
                    "batches over Exec")
     g.add_argument("--dry-run", action="store_true",
                    help="walk and classify the source, copy nothing, rename nothing")
-    g.add_argument("--json", action="store_true", help="print one JSON report on stdout")
+    g.add_argument("-v", "--itemize", action="store_true",
+                   help="with --dry-run: print one line per entry it would send, like "
+                   "rsync -n -i ('>f+++++++++ new file', '>f.st...... changed file', "
+                   "'cd+++++++++ dir/', 'cL+++++++++ link -> target')")
+    g.add_argument("--json", action="store_true",
+                   help="print the report as JSON on stdout (an array of reports, each with "
+                   "bot_id, for migrate-bot and migrate-all; one object for migrate)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="memoh-trio",
         description="Move a Memoh bot's data tree into its container over gRPC, "
         "renaming the source to <dir>.migrated only when every entry made it.",
         epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="copy one directory tree into a container")
@@ -199,12 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate-all", help="migrate every bot under DATA_ROOT/bots/")
     p.add_argument("--data-root", required=True, type=Path, metavar="DIR")
     t = p.add_mutually_exclusive_group(required=True)
-    t.add_argument("--target-template", metavar="TEMPLATE",
-                   help="HOST:PORT with {bot_id}, e.g. 'bot-{bot_id}.internal:9090'")
+    t.add_argument("--target-template", metavar="TEMPLATE", type=_template_arg,
+                   help=f"HOST:PORT with {{bot_id}} in the host, e.g. '{TEMPLATE_EXAMPLE}'"
+                   .replace("%", "%%"))
     t.add_argument("--targets", type=Path, metavar="FILE.json",
                    help='JSON object {"bot_id": "host:port", ...}')
-    p.add_argument("--bots", type=_positive_int, default=4, metavar="N",
-                   help="bots migrated at once (default: 4)")
+    p.add_argument("--bots", type=_positive_int, default=DEFAULT_BOT_CONCURRENCY, metavar="N",
+                   help=f"bots migrated at once (default: {DEFAULT_BOT_CONCURRENCY})")
     _add_copy_options(p)
     _add_connection_options(p)
 
@@ -228,7 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "written with O_DIRECT where the filesystem allows it)")
 
     p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
-    p.add_argument("--files", type=_positive_int, default=400,
+    p.add_argument("--files", type=_positive_int, default=400, metavar="N",
                    help="small files in the sample tree (default: 400)")
     p.add_argument("--json", action="store_true", help="print one JSON report on stdout")
     return parser
@@ -267,56 +341,125 @@ def _print_error(message: str) -> None:
     print(f"memoh-trio: error: {message}", file=sys.stderr, flush=True)
 
 
+class _Session:
+    """What one command has to say if it is stopped half-way: the reports of what finished and
+    the sources still running or waiting (SIGINT/SIGTERM print a partial report from this)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.planned: list[tuple[str, str | None]] = []  # (source, bot_id) in report order
+        self.finished: dict[str, Any] = {}  # source -> MigrationReport
+        self.progress: Any = None  # the Progress of a single migrate / migrate-bot
+        self.signal_name: str | None = None
+
+    def partial_reports(self) -> list[Any]:
+        from ._report import MigrationReport
+
+        out = []
+        for source, bot_id in self.planned:
+            report = self.finished.get(source)
+            if report is None:
+                state = self.progress.state if self.progress is not None else None
+                report = MigrationReport(
+                    source=source, bot_id=bot_id, status="incomplete",
+                    files=state.files_done if state else 0,
+                    bytes=state.bytes_done if state else 0,
+                    error=f"stopped by {self.signal_name} before it finished")
+            out.append(report)
+        return out
+
+
 @contextlib.asynccontextmanager
-async def _progress_display(progress: Any, enabled: bool) -> AsyncIterator[None]:
-    """Draw rich progress bars from the library's progress state while the block runs."""
+async def _progress_display(progress: Any, enabled: bool,
+                            dry_run: bool = False) -> AsyncIterator[Any]:
+    """Draw the progress line from the library's progress state while the block runs; yields
+    the console to print lines above it, or ``None``."""
     if not enabled:
-        yield
+        yield None
         return
     from ._display import live_progress
 
-    async with live_progress(progress):
-        yield
+    async with live_progress(progress, dry_run=dry_run) as console:
+        yield console
 
 
-def _emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO) -> None:
-    if as_json:
-        payload: Any = reports[0].to_dict() if len(reports) == 1 else [r.to_dict() for r in reports]
-        print(json.dumps(payload, indent=2), file=out, flush=True)
-        return
+def _emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
+                  single: bool = False) -> None:
+    """Print the reports: a JSON array (one object for plain ``migrate``: ``single``), or the
+    table."""
     from ._display import print_reports
 
-    print_reports(reports, out)
+    payload: Any = reports[0].to_dict() if single else [r.to_dict() for r in reports]
+    # A reader that went away (`... | head`) wanted no more: not an error of the migration.
+    # (rich reports a broken pipe as SystemExit(1) after pointing stdout at /dev/null.)
+    with contextlib.suppress(BrokenPipeError, SystemExit):
+        if as_json:
+            print(json.dumps(payload, indent=2, ensure_ascii=False), file=out, flush=True)
+        else:
+            print_reports(reports, out)
 
 
 def _report_exit_code(reports: Sequence[Any]) -> int:
     return EXIT_OK if all(r.ok for r in reports) else EXIT_INCOMPLETE
 
 
+def _itemizer(args: argparse.Namespace) -> Callable[[str], None] | None:
+    if not args.itemize:
+        return None
+    if not args.dry_run:
+        raise errors.ConfigError("--itemize (-v) lists what a --dry-run would send: add "
+                                 "--dry-run")
+    out = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
+
+    closed = False
+
+    def itemize(line: str) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            print(line, file=out)
+        except BrokenPipeError:  # `... -v | head`: the reader has all it wanted
+            closed = True
+
+    return itemize
+
+
 # --- commands ----------------------------------------------------------------------------------
 
 
-async def _cmd_migrate(args: argparse.Namespace) -> int:
+def _planned_source(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(source, bot_id) of ``migrate`` / ``migrate-bot``, for a report if it is stopped."""
+    if args.command == "migrate":
+        return os.path.abspath(args.src), None
+    from ._migrate import bot_source
+
+    return bot_source(args.data_root, args.bot_id), args.bot_id
+
+
+async def _cmd_migrate(args: argparse.Namespace, session: _Session) -> int:
     from . import _migrate
     from ._client import connect
     from ._progress import Progress
 
-    progress = Progress()
+    progress = session.progress = Progress()
     show = sys.stderr.isatty() and not args.json
-    if args.command == "migrate":
-        src = args.src
-        _migrate.check_source(src)
+    itemize = _itemizer(args)
+    session.planned = [_planned_source(args)]
+    source = session.planned[0][0]
     async with (
         connect(args.target, **_connect_kwargs(args)) as client,
-        _progress_display(progress, show),
+        _progress_display(progress, show and itemize is None, args.dry_run),
     ):
         if args.command == "migrate":
-            report = await _migrate.migrate(src, client, progress=progress,
-                                            **_migrate_kwargs(args))
+            report = await _migrate.migrate(args.src, client, progress=progress,
+                                            itemize=itemize, **_migrate_kwargs(args))
         else:
             report = await _migrate.migrate_bot(args.bot_id, args.data_root, client,
-                                                progress=progress, **_migrate_kwargs(args))
-    _emit_reports([report], as_json=args.json, out=sys.stdout)
+                                                progress=progress, itemize=itemize,
+                                                **_migrate_kwargs(args))
+    session.finished[source] = report
+    _emit_reports([report], as_json=args.json, out=sys.stdout, single=args.command == "migrate")
     return _report_exit_code([report])
 
 
@@ -332,35 +475,55 @@ def _load_targets(args: argparse.Namespace) -> dict[str, str] | Callable[[str], 
             raise errors.ConfigError(
                 f'targets file {args.targets} must be a JSON object {{"bot_id": "host:port"}}'
             )
-        for target in data.values():
-            parse_target(target)
+        for bot_id, target in data.items():
+            try:
+                parse_target(target)
+            except errors.ConfigError as exc:
+                raise errors.ConfigError(
+                    f"targets file {args.targets}, bot {bot_id!r}: {exc}") from None
         return dict(data)
     template: str = args.target_template
-    if "{bot_id}" not in template:
-        raise errors.ConfigError("--target-template must contain {bot_id}")
-    parse_target(template.replace("{bot_id}", "x"))
-    return lambda bot_id: template.replace("{bot_id}", bot_id)
+    return functools.partial(fill_target_template, template)
 
 
-async def _cmd_migrate_all(args: argparse.Namespace) -> int:
+async def _cmd_migrate_all(args: argparse.Namespace, session: _Session) -> int:
     from . import _migrate
+    from ._display import bot_line
     from ._pool import Pool
+    from ._progress import Progress
 
+    if args.itemize:
+        raise errors.ConfigError("--itemize (-v) is for migrate and migrate-bot; for a fleet, "
+                                 "use migrate-all --dry-run, then migrate-bot -v --dry-run")
     targets = _load_targets(args)
-    if not args.data_root.is_dir():
-        raise errors.SourceError(f"data root {args.data_root} is not a directory")
+    _migrate.check_data_root(args.data_root)
     kwargs = _migrate_kwargs(args)
     file_concurrency = kwargs.pop("concurrency", None)
     if file_concurrency is not None:
         kwargs["file_concurrency"] = file_concurrency
-    async with Pool(targets, **_connect_kwargs(args)) as pool:
+    session.planned = [(_migrate.bot_source(args.data_root, b), b)
+                       for b in _migrate.list_bots(args.data_root)]
+    progress = Progress()
+    show = sys.stderr.isatty() and not args.json
+    async with (
+        Pool(targets, **_connect_kwargs(args)) as pool,
+        _progress_display(progress, show, args.dry_run) as console,
+    ):
+
+        def on_report(report: Any) -> None:
+            session.finished[report.source] = report
+            if console is not None:
+                console.print(bot_line(report), markup=False)
+            elif not args.json:
+                print(bot_line(report), file=sys.stderr, flush=True)
+
         reports = await _migrate.migrate_all(args.data_root, pool, bot_concurrency=args.bots,
-                                             **kwargs)
+                                             progress=progress, on_report=on_report, **kwargs)
     _emit_reports(reports, as_json=args.json, out=sys.stdout)
     return _report_exit_code(reports)
 
 
-async def _cmd_serve(args: argparse.Namespace) -> int:
+async def _cmd_serve(args: argparse.Namespace, session: _Session) -> int:
     from ._server import serve
 
     token = resolve_token(args)
@@ -388,15 +551,17 @@ async def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _cmd_demo(args: argparse.Namespace) -> int:
-    from ._demo import run_demo
+async def _cmd_demo(args: argparse.Namespace, session: _Session) -> int:
+    from ._demo import DONE_MESSAGE, run_demo
 
     report = await run_demo(files=args.files, show_progress=sys.stderr.isatty() and not args.json)
-    _emit_reports([report], as_json=args.json, out=sys.stdout)
+    _emit_reports([report], as_json=args.json, out=sys.stdout, single=True)
+    if report.ok:
+        print(DONE_MESSAGE, file=sys.stderr, flush=True)
     return _report_exit_code([report])
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
+_COMMANDS: dict[str, Callable[[argparse.Namespace, _Session], Awaitable[int]]] = {
     "migrate": _cmd_migrate,
     "migrate-bot": _cmd_migrate,
     "migrate-all": _cmd_migrate_all,
@@ -405,8 +570,18 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], Awaitable[int]]] = {
 }
 
 
-async def _run(args: argparse.Namespace) -> int:
-    """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code."""
+def _stop_message(args: argparse.Namespace, name: str) -> str:
+    if args.command == "serve":
+        return f"memoh-trio: {name}: stopping the server"
+    if args.command == "migrate-all":
+        return (f"memoh-trio: {name}: stopping; finished bots keep their outcome, the others "
+                "are not renamed (again: stop at once)")
+    return f"memoh-trio: {name}: stopping; the source is not renamed (again: stop at once)"
+
+
+async def _run(args: argparse.Namespace, session: _Session) -> int:
+    """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code:
+    a stopped migration prints what finished and what did not; ``serve`` stops with 0."""
     received: list[int] = []
     code = EXIT_OK
     async with trio.open_nursery() as nursery:
@@ -418,37 +593,67 @@ async def _run(args: argparse.Namespace) -> int:
                     if received:  # a second signal: stop waiting for cleanup
                         raise _Interrupted(signum)
                     received.append(signum)
-                    print(f"memoh-trio: {signal.Signals(signum).name}: stopping; nothing is "
-                          "renamed", file=sys.stderr, flush=True)
+                    session.signal_name = signal.Signals(signum).name
+                    print(_stop_message(args, session.signal_name), file=sys.stderr,
+                          flush=True)
                     command_scope.cancel()
 
         command_scope = trio.CancelScope()
         await nursery.start(watch_signals)
         with command_scope:
-            code = await _COMMANDS[args.command](args)
+            code = await _COMMANDS[args.command](args, session)
         nursery.cancel_scope.cancel()
     if received:
+        if args.command == "serve":
+            return EXIT_OK  # a server's clean stop
+        if args.command != "demo" and session.planned:
+            _emit_reports(session.partial_reports(), as_json=args.json, out=sys.stdout,
+                          single=args.command == "migrate")
         return EXIT_INTERRUPTED if received[0] == signal.SIGINT else EXIT_TERMINATED
     return code
+
+
+def _hint(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """A second line for an error, when we can say more than the error itself."""
+    if isinstance(exc, errors.Unauthenticated):
+        return ("give the server's token with --token-file F, --token or the "
+                f"{TOKEN_ENV} environment variable")
+    if isinstance(exc, errors.Unavailable) and getattr(args, "target", None):
+        from ._diagnose import diagnose
+
+        host, port = parse_target(args.target)
+        try:
+            return trio.run(functools.partial(diagnose, host, port,
+                                              client_tls=_client_tls(args) is not None))
+        except (OSError, errors.MemohError):
+            return None
+    return None
+
+
+def _fail(exc: errors.MemohError, args: argparse.Namespace) -> int:
+    _print_error(str(exc))
+    hint = _hint(exc, args)
+    if hint:
+        print(f"memoh-trio: hint: {hint}", file=sys.stderr, flush=True)
+    return exit_code_for(exc)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``memoh-trio`` console script."""
     args = build_parser().parse_args(argv)
+    session = _Session(args)
     try:
-        code = trio.run(_run, args)
+        code = trio.run(_run, args, session)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except _Interrupted as exc:
         code = EXIT_INTERRUPTED if exc.signum == signal.SIGINT else EXIT_TERMINATED
     except errors.MemohError as exc:
-        _print_error(str(exc))
-        code = exit_code_for(exc)
+        code = _fail(exc, args)
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
         if isinstance(first, errors.MemohError):
-            _print_error(str(first))
-            code = exit_code_for(first)
+            code = _fail(first, args)
         else:
             raise
     sys.exit(code)

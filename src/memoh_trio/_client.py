@@ -19,7 +19,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 import trio
 
@@ -30,6 +30,9 @@ from ._proto import mcpcontainer as pb
 from ._tasks import with_helpers
 from ._tls import ClientTLS
 from ._units import parse_target
+
+if TYPE_CHECKING:
+    from ._server import ServerAddress
 
 T = TypeVar("T")
 
@@ -136,6 +139,7 @@ class Client:
 
     @property
     def closed(self) -> bool:
+        """Whether the connection was closed."""
         return self._channel.closed
 
     def _retire(self) -> bool:
@@ -184,6 +188,8 @@ class Client:
         )
 
     async def list_dir(self, path: str = "", *, recursive: bool = False) -> list[FileEntry]:
+        """The entries of the directory ``path`` ("" is the root); all below it with
+        ``recursive``."""
         rep = await self._unary(
             "ListDir", pb.ListDirRequest(path=path, recursive=recursive), pb.ListDirResponse
         )
@@ -195,14 +201,17 @@ class Client:
         return _entry(rep.entry)
 
     async def mkdir(self, path: str) -> None:
+        """Create the directory ``path`` and its missing parents (no error if it exists)."""
         await self._unary("Mkdir", pb.MkdirRequest(path=path), pb.MkdirResponse)
 
     async def rename(self, old_path: str, new_path: str) -> None:
+        """Move ``old_path`` to ``new_path``, replacing a file there."""
         await self._unary(
             "Rename", pb.RenameRequest(old_path=old_path, new_path=new_path), pb.RenameResponse
         )
 
     async def delete_file(self, path: str, *, recursive: bool = False) -> None:
+        """Delete the file or empty directory ``path``; a whole tree with ``recursive``."""
         await self._unary(
             "DeleteFile", pb.DeleteFileRequest(path=path, recursive=recursive),
             pb.DeleteFileResponse,
@@ -432,7 +441,7 @@ def _check_chunk_size(size: int) -> int:
 
 @asynccontextmanager
 async def connect(
-    target: str,
+    target: str | ServerAddress,
     *,
     tls: ClientTLS | None = None,
     token: str | None = None,
@@ -440,9 +449,11 @@ async def connect(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     connect_timeout: float = 10.0,
 ) -> AsyncIterator[Client]:
-    """Connect to the ContainerService at ``target`` (``"host:port"``).
+    """Connect to the ContainerService at ``target``.
 
     Args:
+        target: ``"host:port"`` (``"[v6]:port"``), or the :class:`memoh_trio.ServerAddress`
+            that ``await nursery.start(memoh_trio.serve, ...)`` returns.
         tls: TLS (and mTLS) settings; None for plaintext HTTP/2.
         token: sent as ``authorization: Bearer TOKEN`` with every call.
         timeout: deadline of each call in seconds (None: no deadline).
@@ -455,6 +466,7 @@ async def connect(
 
     The connection is closed when the block exits, also on cancellation.
     """
+    target = str(target)
     parse_target(target)
     error: Exception | None = None
     # The loop's nursery would wrap exceptions in ExceptionGroups: carry them out unwrapped.

@@ -3,7 +3,8 @@
 Builds ``DATA_ROOT/bots/demo-bot`` in a temporary directory (small files in nested directories, a
 large file, an empty file, an empty directory and a symlink), serves a temporary "container" root
 on 127.0.0.1 with :func:`memoh_trio.serve`, runs :func:`memoh_trio.migrate_bot` against it and
-checks that the container tree is identical to the source before everything is removed again.
+checks that the container tree is identical to the source before everything is removed again
+(so the report's paths are gone when it is printed: the CLI ends with :data:`DONE_MESSAGE`).
 """
 
 from __future__ import annotations
@@ -91,8 +92,8 @@ async def run_demo(*, files: int = 400, show_progress: bool = False) -> Migratio
         async with trio.open_nursery() as nursery:
             token = secrets.token_hex(16)  # the demo server is authenticated like any other
             addr = await nursery.start(functools.partial(serve, container, token=token))
-            print(f"demo: {source} -> container root {container} served on {addr}",
-                  file=sys.stderr, flush=True)
+            print(f"demo: migrating a sample bot ({files} small files, a large one) into a "
+                  f"container root served on {addr}", file=sys.stderr, flush=True)
             async with (
                 connect(str(addr), token=token) as client,
                 _maybe_progress(progress, show_progress),
@@ -105,6 +106,9 @@ async def run_demo(*, files: int = 400, show_progress: bool = False) -> Migratio
                 raise MemohError("demo: the container tree differs from the source")
             if not (data_root / "bots" / f"{DEMO_BOT}.migrated").is_dir():
                 raise MemohError("demo: the source was not renamed to .migrated")
-            print("demo: container tree identical to the source; source renamed to "
-                  f"{DEMO_BOT}.migrated", file=sys.stderr, flush=True)
         return report
+
+
+#: The demo's last words (the CLI prints them after the report): its paths are gone by then.
+DONE_MESSAGE = (f"demo: the container tree is identical to the source, which was renamed to "
+                f"{DEMO_BOT}.migrated; both lived in a temporary directory, now removed")

@@ -1,103 +1,256 @@
-"""Terminal output of the CLI: rich progress bars fed by a :class:`Progress`, and report tables.
+"""Terminal output of the CLI: a one-line progress display fed by a :class:`Progress`, and the
+report table.
 
-Only the CLI uses this module; the library never prints.
+The progress line follows ``rsync --info=progress2``: one line, files as counts, bytes in binary
+units, the rate and ETA from the first second (the rate is measured here over a sliding window,
+not by rich, which resets a task's speed whenever its total changes, and totals grow while the
+walk is still discovering files). The pure parts (:class:`RateMeter`, :func:`progress_text`,
+:func:`report_lines`) are tested without a terminal. Only the CLI uses this module; the library
+never prints.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import TextIO
 
 import trio
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import Progress as RichProgress
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from ._progress import Progress, ProgressState
 from ._report import MigrationReport
 from ._units import format_size
 
+#: Seconds of history behind the displayed rate (rsync averages over a few seconds too).
+RATE_WINDOW = 5.0
+#: Redraws per second.
+REFRESH_PER_SECOND = 4
+#: Failures and skipped entries listed per report on a terminal; ``--json`` has them all.
+TERMINAL_LIST_LIMIT = 20
+#: Widest and narrowest progress bar drawn before the text of the progress line.
+BAR_WIDTH = 30
+MIN_BAR_WIDTH = 8
+#: Width of the report when stdout is not a terminal.
+PIPE_WIDTH = 100
+
+
+class RateMeter:
+    """Bytes per second over the last :data:`RATE_WINDOW` seconds (pure: the caller gives the
+    time). Before the first window is full, the rate is the average since the start."""
+
+    def __init__(self, start: float, window: float = RATE_WINDOW) -> None:
+        self._window = window
+        self._samples: collections.deque[tuple[float, int]] = collections.deque([(start, 0)])
+
+    def add(self, now: float, done: int) -> None:
+        """Record ``done`` bytes at time ``now``."""
+        self._samples.append((now, done))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
+            self._samples.popleft()
+
+    def rate(self) -> float | None:
+        """Bytes per second, or ``None`` before there is a measurable interval."""
+        (t0, b0), (t1, b1) = self._samples[0], self._samples[-1]
+        if t1 - t0 < 0.2:
+            return None
+        return max(b1 - b0, 0) / (t1 - t0)
+
+
+def format_duration(seconds: float) -> str:
+    """``H:MM:SS`` (pure)."""
+    s = max(0, math.ceil(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def progress_text(state: ProgressState, rate: float | None, *, dry_run: bool = False) -> str:
+    """The text of the progress line (pure), e.g.
+    ``bots 1/3  120/400 files  1.2/24.5 MiB  5%  3.1 MiB/s  ETA 0:00:07``.
+
+    While the walk is still discovering, totals carry a ``+`` (they may grow), and the ETA is
+    for what was found so far.
+    """
+    more = "+" if state.scanning else ""
+    parts = []
+    if state.bots_total:
+        parts.append(f"bots {state.bots_done}/{state.bots_total}")
+    if dry_run:  # nothing is sent: what the walk found, no rate, no ETA
+        parts.append(f"dry run: found {state.files_total:,}{more} files, "
+                     f"{format_size(state.bytes_total)}{more}")
+        return "  ".join(parts)
+    parts.append(f"{state.files_done:,}/{state.files_total:,}{more} files")
+    parts.append(f"{_size_pair(state.bytes_done, state.bytes_total)}{more}")
+    if state.bytes_total:
+        parts.append(f"{min(100, 100 * state.bytes_done // state.bytes_total)}%")
+    if rate is not None:
+        parts.append(f"{format_size(rate)}/s")
+        left = state.bytes_total - state.bytes_done
+        if rate > 0 and left > 0:
+            parts.append(f"ETA {format_duration(left / rate)}")
+    if state.failures:
+        parts.append(f"{state.failures:,} failed")
+    return "  ".join(parts)
+
+
+def _size_pair(done: int, total: int) -> str:
+    """``1.2/24.5 MiB``: one unit, the total's, for both numbers."""
+    full = format_size(total)
+    number, _, unit = full.partition(" ")
+    if unit == "B":
+        return f"{done}/{total} B"
+    scale = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+    return f"{done / scale:.1f}/{number} {unit}"
+
+
+class _Line:
+    """The live renderable: a bar and the text, redrawn from the newest state."""
+
+    def __init__(self, progress: Progress, start: float, dry_run: bool) -> None:
+        self.progress = progress
+        self.meter = RateMeter(start)
+        self.dry_run = dry_run
+
+    def sample(self, now: float) -> None:
+        self.meter.add(now, self.progress.state.bytes_done)
+
+    def __rich_console__(self, console: Console,
+                         options: ConsoleOptions) -> Iterator[RenderableType]:
+        state = self.progress.state
+        text = progress_text(state, self.meter.rate(), dry_run=self.dry_run)
+        # The text comes first; the bar takes what is left of the line (none on a narrow one).
+        bar_width = min(BAR_WIDTH, options.max_width - len(text) - 1)
+        if bar_width < MIN_BAR_WIDTH or self.dry_run:  # a dry run sends nothing: no bar
+            yield Text(text, no_wrap=True, overflow="ellipsis")
+            return
+        total, done = state.bytes_total, state.bytes_done
+        bar = ProgressBar(total=total or None, completed=done, width=bar_width,
+                          pulse=state.scanning and not total)
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(bar, Text(text, no_wrap=True))
+        yield grid
+
 
 @contextlib.asynccontextmanager
-async def live_progress(
-    progress: Progress, *, console: Console | None = None
-) -> AsyncIterator[None]:
-    """Show files and bytes done/total, throughput and ETA on stderr while the block runs."""
-    console = console or Console(stderr=True)
-    bars = RichProgress(
-        TextColumn("{task.description:>5}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("•"),
-        DownloadColumn(binary_units=True),
-        TextColumn("•"),
-        TransferSpeedColumn(),
-        TextColumn("• ETA"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-        refresh_per_second=8,
-    )
-    files = bars.add_task("files", total=None)
-    data = bars.add_task("bytes", total=None)
-
-    def draw(state: ProgressState) -> None:
-        total_files = None if state.scanning and state.files_total == 0 else state.files_total
-        bars.update(files, completed=state.files_done, total=total_files)
-        bars.update(data, completed=state.bytes_done, total=state.bytes_total or None)
-
-    with bars:
+async def live_progress(progress: Progress, *, console: Console | None = None,
+                        dry_run: bool = False) -> AsyncIterator[Console]:
+    """Show the progress line on stderr while the block runs; yields the console, on which
+    lines can be printed above the progress line (the fleet's per-bot lines)."""
+    console = console or Console(stderr=True, highlight=False)
+    line = _Line(progress, trio.current_time(), dry_run)
+    with Live(line, console=console, refresh_per_second=REFRESH_PER_SECOND,
+              transient=False, redirect_stdout=False, redirect_stderr=False) as live:
         async with trio.open_nursery() as nursery:
 
-            async def follow() -> None:
-                async for state in progress.value.eventual_values():
-                    draw(state)
-                    await trio.sleep(1 / 16)  # rich redraws at 8 Hz; no need to wake more often
+            async def sample() -> None:
+                while True:
+                    line.sample(trio.current_time())
+                    await trio.sleep(1 / REFRESH_PER_SECOND)
 
-            nursery.start_soon(follow)
+            nursery.start_soon(sample)
             try:
-                yield
+                yield console
             finally:
                 nursery.cancel_scope.cancel()
-        draw(progress.state)
+                line.sample(trio.current_time())
+                live.refresh()
+
+
+# --- reports -----------------------------------------------------------------------------------
+
+
+def bot_line(report: MigrationReport) -> str:
+    """One line for a bot that just finished (``migrate-all``)."""
+    name = report.bot_id or os.path.basename(report.source.rstrip("/")) or report.source
+    text = f"{name}: {report.status}"
+    if report.status in ("migrated", "incomplete", "dry-run"):
+        text += f", {_count(report.files, 'file')}, {format_size(report.bytes)}"
+        if report.unchanged:
+            text += f", {report.unchanged:,} unchanged"
+        text += f" in {report.seconds:.1f} s"
+    if report.failures:
+        text += f", {len(report.failures):,} failed"
+    if report.error and report.status == "incomplete":
+        text += f": {report.error}"
+    return text
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n:,} {what}" + ("" if n == 1 else "s")
+
+
+def _rate(r: MigrationReport) -> str:
+    if r.status != "migrated" or r.seconds <= 0 or r.bytes == 0:
+        return "-"
+    return f"{r.bytes / r.seconds / 2**20:.1f}"
+
+
+def report_table(reports: Sequence[MigrationReport]) -> Table:
+    """The summary table; fits 80 columns (headers never truncated)."""
+    table = Table(title="memoh-trio migration", box=box.SIMPLE_HEAD, show_edge=False,
+                  pad_edge=False, padding=(0, 1))
+    # Only the name column gives way on a narrow terminal (cut with an ellipsis); the others
+    # keep their width, so no header is ever truncated.
+    table.add_column("bot" if any(r.bot_id for r in reports) else "source",
+                     overflow="ellipsis", min_width=6)
+    for name in ("status", "files", "size", "skipped", "failed", "time", "MiB/s"):
+        table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True,
+                         min_width=len(name))
+    for r in reports:
+        idle = r.status in ("already-migrated", "nothing-to-do")
+        table.add_row(
+            r.bot_id or os.path.basename(r.source.rstrip("/")) or r.source, r.status,
+            "-" if idle else f"{r.files:,}", "-" if idle else format_size(r.bytes),
+            f"{len(r.skipped):,}", f"{len(r.failures):,}",
+            "-" if idle else f"{r.seconds:.1f}s", _rate(r),
+        )
+    return table
+
+
+def report_lines(reports: Sequence[MigrationReport], *, limit: int | None) -> list[str]:
+    """The lines under the table: what else was done, renames, skipped entries and failures
+    (at most ``limit`` of each per report, then ``… and N more``), errors. Pure."""
+    out: list[str] = []
+    for r in reports:
+        who = f"{r.bot_id}: " if r.bot_id else ""
+        also = [text for n, text in (
+            (r.unchanged, f"{r.unchanged:,} unchanged (already in the container)"),
+            (r.dirs, _count(r.dirs, "empty directory").replace("directorys", "directories")),
+            (r.symlinks, _count(r.symlinks, "symlink"))) if n]
+        if also and r.status in ("migrated", "incomplete", "dry-run"):
+            dry = " (dry run: nothing sent)" if r.status == "dry-run" else ""
+            out.append(f"{who}also: " + ", ".join(also) + dry)
+        if r.mtime_precision == "s":
+            out.append(f"{who}mtimes: whole seconds (the container's touch takes no "
+                       "nanoseconds and it has no python3)")
+        if r.renamed_to:
+            out.append(f"renamed  {r.source} → {os.path.basename(r.renamed_to)}")
+        for label, items in (("skipped", [f"{s.path}: {s.reason}" for s in r.skipped]),
+                             ("FAILED ", [f"{f.path}: {f.error}" for f in r.failures])):
+            shown = items if limit is None else items[:limit]
+            out += [f"{label}  {who}{item}" for item in shown]
+            if len(items) > len(shown):
+                out.append(f"{label}  {who}… and {len(items) - len(shown):,} more "
+                           "(--json lists them all)")
+        if r.error:
+            out.append(f"{r.source}: not renamed: {r.error}")
+    return out
 
 
 def print_reports(reports: Sequence[MigrationReport], out: TextIO) -> None:
-    """Print a summary table, then every failure and skipped entry with its reason."""
+    """Print the summary table, then the lines of :func:`report_lines` (lists capped on a
+    terminal)."""
+    tty = out.isatty()
     console = Console(file=out, highlight=False, soft_wrap=True,
-                      width=None if out.isatty() else 120)
-    table = Table(title="memoh-trio migration", show_lines=False)
-    for name, justify in [
-        ("source", "left"), ("status", "left"), ("files", "right"), ("bytes", "right"),
-        ("dirs", "right"), ("links", "right"), ("unchanged", "right"), ("skipped", "right"),
-        ("failed", "right"), ("seconds", "right"), ("MiB/s", "right"),
-    ]:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for r in reports:
-        rate = r.bytes / r.seconds / 2**20 if r.seconds > 0 else 0.0
-        table.add_row(
-            os.path.basename(r.source.rstrip("/")) or r.source, r.status, str(r.files),
-            format_size(r.bytes), str(r.dirs), str(r.symlinks),
-            str(r.unchanged), str(len(r.skipped)), str(len(r.failures)), f"{r.seconds:.2f}",
-            f"{rate:.1f}",
-        )
-    console.print(table)
-    for r in reports:
-        if r.renamed_to:
-            console.print(f"{r.source} → renamed to {r.renamed_to}", markup=False)
-        for s in r.skipped:
-            console.print(f"skipped  {s.path}: {s.reason}", markup=False)
-        for f in r.failures:
-            console.print(f"FAILED   {f.path}: {f.error}", markup=False)
-        if r.error:
-            console.print(f"{r.source}: not renamed: {r.error}", markup=False)
+                      width=None if tty else PIPE_WIDTH)
+    lines = report_lines(reports, limit=TERMINAL_LIST_LIMIT if tty else None)
+    console.print(Group(report_table(reports)))
+    for line in lines:
+        console.print(line, markup=False)

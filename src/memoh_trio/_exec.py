@@ -39,7 +39,6 @@ class ExecRequest:
     work_dir: str = ""
     env: Sequence[str] = ()
     timeout_seconds: int = 0
-    stdin_data: bytes = b""
 
 
 def exit_code(returncode: int) -> int:
@@ -95,8 +94,6 @@ async def run_exec(root_fd: int, request: ExecRequest, stdin: AsyncIterator[byte
 
     async def feed() -> None:
         try:
-            if request.stdin_data:
-                await stdin_pipe.send_all(request.stdin_data)
             async for data in stdin:
                 if data:
                     await stdin_pipe.send_all(data)

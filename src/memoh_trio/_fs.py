@@ -35,6 +35,7 @@ from typing import Literal
 
 from ._errors import Status
 from ._paths import (
+    SERVER_TEMP_PREFIX,
     InvalidPath,
     PathError,
     PathEscape,
@@ -55,17 +56,12 @@ READ_MAX_LINE_RUNES = 1000
 DIR_MODE = 0o755
 FILE_MODE = 0o666
 #: Temporary upload files are siblings named ``.memoh-tmp-<random hex>``.
-TEMP_PREFIX = ".memoh-tmp-"
+TEMP_PREFIX = SERVER_TEMP_PREFIX
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: opening a FIFO must not hang the server; the type is checked right after.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 _TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is one of our temporary upload files."""
-    return name.startswith(TEMP_PREFIX)
 
 
 # --------------------------------------------------------------------------- fault injection
@@ -98,6 +94,7 @@ class ServerHooks:
             raise OSError(self.fail_errno, f"injected fault: {os.strerror(self.fail_errno)}")
 
     def should_stall(self, received: int) -> bool:
+        """Whether an upload that has received ``received`` bytes stops reading its stream."""
         return self.stall_after_bytes is not None and received >= self.stall_after_bytes
 
 

@@ -17,6 +17,14 @@ from __future__ import annotations
 
 import os
 
+#: Name prefixes of the temporary entries memoh-trio creates at a destination, never final names:
+#: the server's upload in progress, the migrator's upload before its Rename, and a tar batch's
+#: staging directory. A rerun removes those an interrupted run left behind.
+SERVER_TEMP_PREFIX = ".memoh-tmp-"
+PART_PREFIX = ".memoh-part-"
+TAR_PREFIX = ".memoh-tar-"
+TEMP_PREFIXES = (SERVER_TEMP_PREFIX, PART_PREFIX, TAR_PREFIX)
+
 #: Longest single name Linux accepts (bytes, after UTF-8 encoding).
 NAME_MAX = 255
 #: Longest request path accepted (bytes); Linux's PATH_MAX.

@@ -11,13 +11,15 @@ entry                  action                          effect on the rename
 =====================  ==============================  =====================================
 regular file, size>0   ``COPY`` (temp name + Rename)   must be copied and verified
 regular file, size 0   ``CREATE`` (empty WriteRaw)     must be created
-directory, empty       ``MKDIR``                       must be created
+directory, empty (*)   ``MKDIR``                       must be created
 directory, non-empty   ``DIR`` (created by its files)  none (mode/mtime preserved at the end)
 symlink                ``SYMLINK`` (Exec ``ln -s``)    must be recreated, never followed
 FIFO/socket/device     ``SKIP`` with a reason          none: reported, never opened
 non-UTF-8 name/target  ``FAIL``                        blocks the rename
 unreadable/walk error  ``FAIL``                        blocks the rename
 =====================  ==============================  =====================================
+
+(*) or holding only FIFOs, sockets or devices: they are skipped, so nothing else creates it.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class WalkEntry:
         host_path: the absolute host path.
         st: the ``lstat`` result, or ``None`` when it could not be taken.
         error: the error met reading this entry (lstat, scandir, readlink), if any.
-        empty_dir: for directories, whether listing it found no entries.
+        empty_dir: for directories, whether listing it found no entries that create it in the
+            container (none, or only special files, which are skipped).
         link_target: for symlinks, the link text as ``os.readlink`` returned it.
     """
 

@@ -1,7 +1,7 @@
 """Progress of a migration, observable by the CLI (or anyone) without polling.
 
-The migrator updates one :class:`Progress`; observers wait on its ``value``, a
-``trio_util.AsyncValue`` holding an immutable :class:`ProgressState`::
+The migrator updates one :class:`Progress`; observers iterate over :meth:`Progress.changes`
+(immutable :class:`ProgressState` snapshots) or wait for a condition with :meth:`Progress.wait`::
 
     progress = Progress()
     async with trio.open_nursery() as nursery:
@@ -9,16 +9,19 @@ The migrator updates one :class:`Progress`; observers wait on its ``value``, a
         report = await migrate(src, client, progress=progress)
 
     async def draw(progress):
-        async for state in progress.value.eventual_values():
+        async for state in progress.changes():
             bar.update(completed=state.bytes_done, total=state.bytes_total)
 
 Totals grow while the walk is still running (``scanning`` is true); they are final once it is
-false. The walk runs well ahead of the copy, so totals settle early.
+false. The walk runs well ahead of the copy, so totals settle early. Given to
+:func:`memoh_trio.migrate_all`, one Progress counts the whole fleet: every bot's files and bytes,
+plus ``bots_done``/``bots_total``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from trio_util import AsyncValue
@@ -36,6 +39,8 @@ class ProgressState:
         failures: entries failed so far.
         scanning: the walk is still running, so the totals may still grow.
         finished: the migration is over (successfully or not).
+        bots_done: :func:`memoh_trio.migrate_all` only: bots finished.
+        bots_total: :func:`memoh_trio.migrate_all` only: bots to migrate (0 otherwise).
     """
 
     files_done: int = 0
@@ -45,13 +50,25 @@ class ProgressState:
     failures: int = 0
     scanning: bool = True
     finished: bool = False
+    bots_done: int = 0
+    bots_total: int = 0
 
 
 class Progress:
-    """Mutable progress holder; ``value`` is the observable ``AsyncValue[ProgressState]``."""
+    """Mutable progress holder, updated by the migrator and observed by anyone.
+
+    Attributes:
+        value: the observable state, a ``trio_util.AsyncValue[ProgressState]`` (``.value`` is
+            the snapshot, ``eventual_values()``/``wait_value()`` wait on it). Prefer
+            :attr:`state`, :meth:`changes` and :meth:`wait`, which keep trio-util out of your
+            code.
+    """
 
     def __init__(self) -> None:
         self.value: AsyncValue[ProgressState] = AsyncValue(ProgressState())
+        self._parent: Progress | None = None
+        self._unscanned = 0  # fleet: bots whose walk is not over yet
+        self._scan_reported = False
 
     @property
     def state(self) -> ProgressState:
@@ -59,35 +76,77 @@ class Progress:
         state: ProgressState = self.value.value
         return state
 
+    async def changes(self) -> AsyncIterator[ProgressState]:
+        """The current state, then each later one (states set while the consumer is busy are
+        coalesced: it always gets the newest). Ends never: stop iterating when done."""
+        async for state in self.value.eventual_values():
+            yield state
+
+    async def wait(self, predicate: Callable[[ProgressState], bool]) -> ProgressState:
+        """Wait until ``predicate(state)`` is true; return that state."""
+        state: ProgressState = await self.value.wait_value(predicate)
+        return state
+
     def _update(self, **changes: int | bool) -> None:
         self.value.value = dataclasses.replace(self.state, **changes)  # type: ignore[arg-type]
 
+    def _add(self, **deltas: int) -> None:
+        s = self.state
+        self._update(**{k: getattr(s, k) + v for k, v in deltas.items()})
+        if self._parent is not None:
+            self._parent._add(**deltas)
+
     def found(self, files: int, nbytes: int) -> None:
         """The walk found ``files`` more files holding ``nbytes`` bytes."""
-        s = self.state
-        self._update(files_total=s.files_total + files, bytes_total=s.bytes_total + nbytes)
+        self._add(files_total=files, bytes_total=nbytes)
 
     def sent(self, nbytes: int) -> None:
         """``nbytes`` more bytes were handed to the transport."""
-        self._update(bytes_done=self.state.bytes_done + nbytes)
+        self._add(bytes_done=nbytes)
 
     def unsent(self, nbytes: int) -> None:
         """A file failed after ``nbytes`` of it were counted: take them back out."""
-        self._update(bytes_done=self.state.bytes_done - nbytes)
+        self._add(bytes_done=-nbytes)
 
     def file_done(self, nbytes_not_streamed: int = 0) -> None:
         """One file finished; ``nbytes_not_streamed`` counts bytes not sent (resume's unchanged)."""
-        s = self.state
-        self._update(files_done=s.files_done + 1, bytes_done=s.bytes_done + nbytes_not_streamed)
+        self._add(files_done=1, bytes_done=nbytes_not_streamed)
 
     def failed(self) -> None:
         """One entry failed."""
-        self._update(failures=self.state.failures + 1)
+        self._add(failures=1)
 
     def scan_finished(self) -> None:
         """The walk is over: totals are final."""
         self._update(scanning=False)
+        self._report_scanned()
 
     def finish(self) -> None:
         """The migration is over."""
         self._update(scanning=False, finished=True)
+        self._report_scanned()
+
+    # --- the fleet (migrate_all): one child per bot, adding into this one
+
+    def _report_scanned(self) -> None:
+        if self._parent is not None and not self._scan_reported:
+            self._scan_reported = True
+            self._parent._child_scanned()
+
+    def _child_scanned(self) -> None:
+        self._unscanned -= 1
+        if self._unscanned <= 0:
+            self._update(scanning=False)
+
+    def _start_fleet(self, bots: int) -> None:
+        self._unscanned = bots
+        self._update(bots_total=bots, scanning=bots > 0)
+
+    def _bot(self) -> Progress:
+        """A progress for one bot of the fleet: its counts add into this one."""
+        child = Progress()
+        child._parent = self
+        return child
+
+    def _bot_done(self) -> None:
+        self._update(bots_done=self.state.bots_done + 1)

@@ -40,7 +40,8 @@ class MigrationReport:
         renamed_to: the new name of the source when it was renamed, else ``None``.
         files: regular files copied (empty files created included).
         bytes: bytes copied.
-        dirs: empty directories created.
+        dirs: empty directories created (directories with entries are created by them and
+            not counted).
         symlinks: symlinks recreated.
         unchanged: files not resent because the destination already had them (same size + mtime).
         skipped: entries deliberately not copied, with reasons.
@@ -48,6 +49,12 @@ class MigrationReport:
         error: why the source was not renamed, or a fatal error, in plain words (``None`` when
             it was renamed).
         seconds: wall time.
+        mtime_precision: how exactly modification times were applied in the container:
+            ``"ns"`` (python3 or GNU ``touch``), ``"s"`` (whole seconds: busybox ``touch``
+            without python3), ``None`` when none was applied (``preserve=False``, dry run,
+            nothing to apply).
+        bot_id: the bot (:func:`memoh_trio.migrate_bot` / :func:`memoh_trio.migrate_all`),
+            ``None`` for a plain :func:`memoh_trio.migrate`.
     """
 
     source: str
@@ -63,6 +70,8 @@ class MigrationReport:
     failures: list[Failure] = field(default_factory=list)
     error: str | None = None
     seconds: float = 0.0
+    mtime_precision: Literal["ns", "s"] | None = None
+    bot_id: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -70,8 +79,8 @@ class MigrationReport:
         return self.status != "incomplete"
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (``ok`` included)."""
-        d = asdict(self)
+        """A JSON-ready dict (``ok`` included; ``bot_id`` first)."""
+        d = {"bot_id": self.bot_id, **asdict(self)}
         d["seconds"] = round(self.seconds, 3)
         d["ok"] = self.ok
         return d

@@ -6,14 +6,17 @@ runs of small files, with the per-file path's guarantees kept:
 1. :class:`Batcher` groups small files into batches (bounded in files, bytes and script size).
 2. :func:`pack` builds the archive in memory from what the client read. Members are named
    ``<group>/<basename>``, one group per destination directory, so the staged names are safe and
-   each group can be moved with one ``mv``. Modes and mtimes (nanoseconds, in a pax header) ride
-   in the headers; owners are not kept (``uid``/``gid`` 0 and ``tar -o``).
-3. The extract script (:mod:`memoh_trio._scripts`; first Exec, the archive as stdin) unpacks
-   into a fresh staging directory ``.memoh-tar-<random>`` under the destination (same
-   filesystem) and lists the size (or SHA-256) of every staged file, which is parsed back.
-4. The client compares it with what it read; the move script (second Exec) then moves only the
-   verified files into place -- ``mv`` is ``rename(2)`` on one filesystem, so a final path holds
-   either its old file or the complete new one -- and deletes the staging directory.
+   each group can be moved with one ``mv``. Modes ride in the headers, mtimes in whole seconds
+   (not restored: ``tar -m``); owners are not kept (``uid``/``gid`` 0 and ``tar -o``). Modes and
+   mtimes are then applied by the metadata step, as for every file.
+3. The extract command (:mod:`memoh_trio._scripts`; first Exec, short and fixed, the archive as
+   stdin) unpacks into a fresh staging directory ``.memoh-tar-<random>`` under the destination
+   (same filesystem) and runs the archive's last member, a script listing the size (or SHA-256)
+   of every staged file, which is parsed back (a dropped or cut stdin has no such script).
+4. The client compares it with what it read; the move script (second Exec, as stdin) then moves
+   only the verified files into place, never through a symlink, printing a record per file --
+   ``mv`` is ``rename(2)`` on one filesystem, so a final path holds either its old file or the
+   complete new one -- and deletes the staging directory.
 
 A cut stream, a failed ``tar`` or a failed check leaves files only in the staging directory,
 which is deleted (and stale ones from interrupted runs by the resume pass).
@@ -27,17 +30,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from ._paths import TAR_PREFIX as TAR_PREFIX
+
 T = TypeVar("T")
 
-#: Prefix of a staging directory (under the destination root).
-TAR_PREFIX = ".memoh-tar-"
 #: Files up to this size go through tar batches; larger ones stream through WriteRaw.
 MAX_MEMBER_SIZE = 256 * 1024
-#: Bounds of one batch: file data, file count, and path bytes (the scripts quote each path
-#: about twice; the whole command must stay well below the 16 MiB message limit).
+#: Bounds of one batch: file data, file count, and path bytes. The archive travels as Exec stdin
+#: (split into messages of at most 1 MiB); the staged names are the arguments of one ``stat`` /
+#: ``sha256sum`` and of one ``mv`` per directory, which must stay well below Linux's 2 MiB
+#: for all arguments together (each name is also below the 128 KiB of one argument).
 MAX_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCH_FILES = 1000
-MAX_BATCH_PATH_BYTES = 1024 * 1024
+MAX_BATCH_PATH_BYTES = 256 * 1024
 _BLOCK = 512
 
 
@@ -120,9 +125,13 @@ def layout(rels: Sequence[str]) -> Layout:
 DEFAULT_MODE = 0o644
 
 
-def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True) -> bytes:
+def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True,
+         trailer: tuple[str, bytes] | None = None) -> bytes:
     """The tar archive (pax format) of ``members`` staged as ``lay`` says (without
-    ``preserve``: mode :data:`DEFAULT_MODE`, and the extract script ignores the mtimes)."""
+    ``preserve``: mode :data:`DEFAULT_MODE`, and the extract script ignores the mtimes).
+
+    ``trailer``: ``(name, data)`` of one more file, last in the archive (the listing script:
+    it only exists in the container once the whole archive arrived)."""
     out: list[bytes] = []
     for g in range(len(lay.dirs)):
         info = tarfile.TarInfo(str(g))
@@ -133,10 +142,9 @@ def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True) -> by
         info = tarfile.TarInfo(name)
         info.size = len(m.data)
         info.mode = m.mode & 0o7777 if preserve else DEFAULT_MODE
-        secs, ns = divmod(m.mtime_ns, 1_000_000_000)
-        info.mtime = secs
-        if ns:  # exact sub-second mtime for GNU tar (busybox keeps the whole seconds)
-            info.pax_headers = {"mtime": f"{secs}.{ns:09d}"}
+        # Whole seconds, no pax mtime record (1 KiB per member): the extract ignores mtimes,
+        # the metadata step applies them to the nanosecond where the container can.
+        info.mtime = m.mtime_ns // 1_000_000_000
         info.uid = info.gid = 0
         info.uname = info.gname = ""
         out.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
@@ -144,5 +152,11 @@ def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True) -> by
         pad = -len(m.data) % _BLOCK
         if pad:
             out.append(b"\0" * pad)
+    if trailer is not None:
+        info = tarfile.TarInfo(trailer[0])
+        info.size = len(trailer[1])
+        info.mode = 0o600
+        out.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        out.append(trailer[1] + b"\0" * (-len(trailer[1]) % _BLOCK))
     out.append(b"\0" * (2 * _BLOCK))
     return b"".join(out)

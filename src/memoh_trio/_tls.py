@@ -30,6 +30,7 @@ class ClientTLS:
     server_hostname: str | None = None
 
     def context(self) -> ssl.SSLContext:
+        """The client ``ssl.SSLContext`` (raises ConfigError for unreadable or invalid files)."""
         if (self.cert is None) != (self.key is None):
             raise ConfigError("mutual TLS needs both a client certificate and its key")
         try:
@@ -59,6 +60,7 @@ class ServerTLS:
     client_ca: Path | None = None
 
     def context(self) -> ssl.SSLContext:
+        """The server ``ssl.SSLContext`` (raises ConfigError for unreadable or invalid files)."""
         try:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             ctx.load_cert_chain(str(self.cert), str(self.key))

@@ -67,6 +67,41 @@ def parse_target(text: str) -> tuple[str, int]:
     return host, port
 
 
+#: The placeholder of a target template (``migrate-all --target-template``).
+BOT_ID_FIELD = "{bot_id}"
+#: A template that works, for error messages and the README.
+TEMPLATE_EXAMPLE = "{bot_id}.bots.internal:9090"
+
+
+def check_target_template(template: str) -> str:
+    """Check a ``HOST:PORT`` template whose host holds ``{bot_id}``; return it unchanged.
+
+    ``{bot_id}`` is replaced by each bot's id, so the template must be a valid target for any bot
+    id: the placeholder belongs in the host (``{bot_id}.bots.internal:9090``, ``10.0.0.7:9090``
+    has no room for it), never in the port.
+
+    Raises:
+        ConfigError: no ``{bot_id}``, or not ``HOST:PORT`` once it is filled in; the message
+            quotes ``template`` as the user typed it.
+    """
+    hint = f"expected HOST:PORT with {BOT_ID_FIELD} in the host, e.g. '{TEMPLATE_EXAMPLE}'"
+    if BOT_ID_FIELD not in template:
+        raise ConfigError(f"target template {template!r} has no {BOT_ID_FIELD}: {hint}")
+    _host, sep, port = template.strip().rpartition(":")
+    if sep and BOT_ID_FIELD in port:
+        raise ConfigError(f"target template {template!r} puts {BOT_ID_FIELD} in the port: {hint}")
+    try:
+        parse_target(template.replace(BOT_ID_FIELD, "bot"))
+    except ConfigError:
+        raise ConfigError(f"malformed target template {template!r}: {hint}") from None
+    return template
+
+
+def fill_target_template(template: str, bot_id: str) -> str:
+    """The target of one bot (pure)."""
+    return template.replace(BOT_ID_FIELD, bot_id)
+
+
 def parse_listen(text: str) -> tuple[str, int]:
     """Like :func:`parse_target` but port 0 (pick a free port) is allowed."""
     if text.strip().endswith(":0"):

@@ -9,7 +9,8 @@ Links are never followed (only ``lstat`` and ``readlink``, relative to the descr
 directory opened with ``O_NOFOLLOW`` and checked to be the one classified); special files are
 never opened.
 Each directory is reported before its contents, with ``empty_dir`` telling whether it had no
-entries. Errors become entries with ``error`` set; they never stop the walk.
+entries that create it in the container (none, or only special files, which are skipped).
+Errors become entries with ``error`` set; they never stop the walk.
 """
 
 from __future__ import annotations
@@ -85,7 +86,13 @@ class Walker:
     def _open_dir(self, rel: str, name: str, parent_fd: int | None,
                   st: os.stat_result | None) -> tuple[_Level | None, bool, OSError | None]:
         """Open the directory ``name`` (relative to ``parent_fd``; the root by its path) and
-        check it is the one ``st`` describes; returns (level, is_empty, error)."""
+        check it is the one ``st`` describes; returns (level, is_empty, error).
+
+        ``is_empty``: no entry in it creates it in the container, i.e. it has none, or only
+        special files (FIFOs, sockets, devices), which are skipped. Such a directory must be
+        created like an empty one. Only the special files met before the first other entry are
+        held in memory (usually none).
+        """
         try:
             fd = os.open(name, _DIR_FLAGS, dir_fd=parent_fd)
         except OSError as exc:
@@ -102,17 +109,25 @@ class Walker:
         except OSError as exc:
             os.close(fd)
             return None, False, exc
+        ahead: list[os.DirEntry[str]] = []
         try:
-            first = next(it, None)
+            while True:
+                de = next(it, None)
+                if de is None:
+                    break
+                ahead.append(de)
+                if not _is_special(de):
+                    break
         except OSError as exc:
             it.close()
             os.close(fd)
             return None, False, exc
-        if first is None:
+        if not ahead:
             it.close()
             os.close(fd)
             return None, True, None
-        return _Level(rel, fd, itertools.chain([first], it), it.close), False, None
+        empty = _is_special(ahead[-1]) if ahead else True  # the listing ended on special files
+        return _Level(rel, fd, itertools.chain(ahead, it), it.close), empty, None
 
     def next_batch(self, limit: int = BATCH_SIZE) -> list[WalkEntry]:
         """Up to ``limit`` more entries; an empty list means the walk is over."""
@@ -173,6 +188,15 @@ class Walker:
                 return WalkEntry(rel, host, st=st, error=exc)
             return WalkEntry(rel, host, st=st, link_target=target)
         return WalkEntry(rel, host, st=st)
+
+
+def _is_special(de: os.DirEntry[str]) -> bool:
+    """Neither a directory, a regular file nor a symlink (never followed)."""
+    try:
+        return not (de.is_dir(follow_symlinks=False) or de.is_file(follow_symlinks=False)
+                    or de.is_symlink())
+    except OSError:
+        return False  # cannot tell: the walk reports it, and the directory is not "empty"
 
 
 async def walk(

@@ -29,17 +29,15 @@ from typing import Any
 import trio
 
 from ._client import Client, connect
-from ._fs import TEMP_PREFIX as _SERVER_TEMP_PREFIX
-from ._migrate import PART_PREFIX as _PART_PREFIX
+from ._paths import TEMP_PREFIXES as _TEMP_PREFIXES
 from ._server import ServerAddress, serve
-from ._tarbatch import TAR_PREFIX as _TAR_PREFIX
 
 __all__ = ["TEMP_PREFIXES", "RunningServer", "running_server", "temp_entries"]
 
 #: Name prefixes of the temporary entries memoh-trio creates at a destination: the server's
 #: upload file, the migrator's part file, the tar-batch staging directory. None of them may be
 #: left behind once a migration (or a failed one) is over.
-TEMP_PREFIXES: tuple[str, ...] = (_SERVER_TEMP_PREFIX, _PART_PREFIX, _TAR_PREFIX)
+TEMP_PREFIXES: tuple[str, ...] = _TEMP_PREFIXES
 
 
 def temp_entries(top: str | os.PathLike[str]) -> list[str]:

@@ -369,9 +369,17 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         first = await self._recv(stream)
         if first is None:
             raise _grpc_error(Status.INVALID_ARGUMENT, "failed to receive exec config")
+        if first.stdin_data:
+            # Memoh's Go server reads only the command from the first message and drops its
+            # stdin; a client relying on it would lose data there without a word. Refusing it
+            # here makes such a client fail loudly against this server too.
+            raise _grpc_error(Status.INVALID_ARGUMENT,
+                              "stdin_data in the first ExecInput is not read (Memoh's server "
+                              "drops it too): send the command alone, then stdin in the "
+                              "following messages")
         request = _exec.ExecRequest(
             command=first.command, work_dir=first.work_dir, env=tuple(first.env),
-            timeout_seconds=first.timeout_seconds, stdin_data=first.stdin_data,
+            timeout_seconds=first.timeout_seconds,
         )
 
         async def stdin() -> AsyncIterator[bytes]:
@@ -390,6 +398,15 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
             raise
         except ValueError as exc:  # e.g. a NUL byte in the command
             raise _grpc_error(Status.INVALID_ARGUMENT, str(exc)) from None
+        except BaseExceptionGroup as group:
+            # A status raised while reading stdin (e.g. a message over the limit) comes out of
+            # run_exec's nursery wrapped in a group: answer with that status, not UNKNOWN.
+            found = group.subgroup(GRPCError)
+            while found is not None and isinstance(found, BaseExceptionGroup):
+                found = found.exceptions[0]  # type: ignore[assignment]
+            if isinstance(found, GRPCError):
+                raise found from None
+            raise
         await stream.send_message(ExecOutput(stream=ExecOutputStream.EXIT, exit_code=code))
 
 

@@ -57,6 +57,7 @@ Error handling:
 
 
 from .bots import ClientSource as ClientSource
+from .bots import bot_source as bot_source
 from .bots import list_bots as list_bots
 from .bots import migrate_all as migrate_all
 from .bots import migrate_bot as migrate_bot
@@ -68,5 +69,6 @@ from .context import PART_PREFIX as PART_PREFIX
 from .context import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .context import Verify as Verify
 from .context import control_timeout as control_timeout
+from .preflight import check_data_root as check_data_root
 from .run import check_source as check_source
 from .run import migrate as migrate

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import trio
@@ -14,7 +16,16 @@ from .._errors import ConfigError, MemohError, SourceError
 from .._plan import describe_os_error
 from .._progress import Progress
 from .._report import MigrationReport
-from .context import DEFAULT_BOT_CONCURRENCY, DEFAULT_CONCURRENCY, MIGRATED_SUFFIX, Options
+from .context import (
+    DEFAULT_BOT_CONCURRENCY,
+    DEFAULT_CONCURRENCY,
+    DEFAULT_STALL_TIMEOUT,
+    MIGRATED_SUFFIX,
+    Options,
+    Verify,
+    norm_dest,
+)
+from .preflight import check_data_root, is_empty_dir, unknown_bot
 from .run import check_options, migrate
 
 if TYPE_CHECKING:
@@ -27,21 +38,24 @@ class ClientSource(Protocol):
     async def get(self, bot_id: str) -> Client: ...
 
 
-def _bot_state(src: str) -> Literal["already-migrated", "nothing-to-do", "migrate"]:
-    """The seed's checks, in its order: migrated already? any data?"""
+def _bot_state(data_root: str | os.PathLike[str], bot_id: str,
+               ) -> Literal["already-migrated", "nothing-to-do", "migrate"]:
+    """The seed's checks, in its order: migrated already? any data? A bot id that is neither a
+    directory nor a migrated one is a typo, and a data root without ``bots/`` a wrong path:
+    both raise :class:`SourceError` with a hint."""
+    bots_dir = check_data_root(data_root)
+    src = os.path.join(bots_dir, bot_id)
     if os.path.isdir(src + MIGRATED_SUFFIX):
         return "already-migrated"
     try:
         st = os.stat(src)
-        if not stat.S_ISDIR(st.st_mode):
-            return "nothing-to-do"
-        with os.scandir(src) as it:
-            empty = next(it, None) is None
     except FileNotFoundError:
-        return "nothing-to-do"
+        raise unknown_bot(bots_dir, bot_id) from None
     except OSError as exc:
         raise SourceError(f"cannot read source {src}: {describe_os_error(exc)}") from None
-    return "nothing-to-do" if empty else "migrate"
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"{src} is not a directory: bots are directories under {bots_dir}")
+    return "nothing-to-do" if is_empty_dir(src) else "migrate"
 
 
 def bot_source(data_root: str | os.PathLike[str], bot_id: str) -> str:
@@ -58,28 +72,50 @@ async def migrate_bot(
     bot_id: str,
     data_root: str | os.PathLike[str],
     client_or_pool: Client | ClientSource,
-    **opts: object,
+    *,
+    dest: str = "",
+    concurrency: int = DEFAULT_CONCURRENCY,
+    chunk_size: int | None = None,
+    verify: Verify = "size",
+    preserve: bool = True,
+    rename: bool = True,
+    dry_run: bool = False,
+    resume: bool = True,
+    progress: Progress | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+    lock_wait: float = 0.0,
+    tar_batches: bool = True,
+    itemize: Callable[[str], None] | None = None,
 ) -> MigrationReport:
     """Migrate ``DATA_ROOT/bots/<bot_id>`` with the seed's semantics.
 
-    Already migrated (``<bot_id>.migrated`` exists) → ``status="already-migrated"``; no source
-    directory, or an empty one → ``status="nothing-to-do"``; otherwise :func:`migrate` with
-    ``opts``. ``client_or_pool`` is a client, or a pool whose ``get(bot_id)`` gives one.
+    Already migrated (``<bot_id>.migrated`` exists) → ``status="already-migrated"``; an empty
+    bot directory → ``status="nothing-to-do"``; otherwise :func:`memoh_trio.migrate` with the same
+    keyword arguments. The report's ``bot_id`` is set. ``client_or_pool`` is a client, or a pool
+    whose ``get(bot_id)`` gives one (only called when there is something to copy).
 
     Raises:
-        as :func:`migrate`; SourceError if the bot directory cannot be read.
+        SourceError: the data root is missing or has no ``bots/`` directory, or no bot
+            ``bot_id`` exists there (neither a directory nor a ``.migrated`` one: a typo; the
+            message names the nearest bot ids), or the bot directory cannot be read.
+        ConfigError: an invalid bot id or option. Otherwise as :func:`memoh_trio.migrate`.
     """
     _check_bot_id(bot_id)
     src = bot_source(data_root, bot_id)
-    state = _bot_state(src)
+    state = _bot_state(data_root, bot_id)
     if state != "migrate":
-        progress = opts.get("progress")
-        if isinstance(progress, Progress):
+        if progress is not None:
             progress.finish()
-        return MigrationReport(source=src, status=state)
+        return MigrationReport(source=src, dest=norm_dest(dest), status=state, bot_id=bot_id)
     get = getattr(client_or_pool, "get", None)
     client: Client = await get(bot_id) if get is not None else client_or_pool  # type: ignore[assignment]
-    return await migrate(src, client, **opts)  # type: ignore[arg-type]
+    report = await migrate(src, client, dest=dest, concurrency=concurrency,
+                           chunk_size=chunk_size, verify=verify, preserve=preserve,
+                           rename=rename, dry_run=dry_run, resume=resume, progress=progress,
+                           stall_timeout=stall_timeout, lock_wait=lock_wait,
+                           tar_batches=tar_batches, itemize=itemize)
+    report.bot_id = bot_id
+    return report
 
 
 def list_bots(data_root: str | os.PathLike[str]) -> list[str]:
@@ -101,50 +137,112 @@ async def migrate_all(
     *,
     bot_concurrency: int = DEFAULT_BOT_CONCURRENCY,
     file_concurrency: int = DEFAULT_CONCURRENCY,
-    **opts: object,
+    dest: str = "",
+    chunk_size: int | None = None,
+    verify: Verify = "size",
+    preserve: bool = True,
+    rename: bool = True,
+    dry_run: bool = False,
+    resume: bool = True,
+    progress: Progress | None = None,
+    stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
+    tar_batches: bool = True,
+    on_report: Callable[[MigrationReport], None] | None = None,
 ) -> list[MigrationReport]:
     """Migrate every bot under ``DATA_ROOT/bots/``, one report per bot, in bot-id order.
 
-    ``targets`` is a pool (``get(bot_id)``), or an address map / function from which a
-    :class:`memoh_trio.Pool` is built. At most ``bot_concurrency`` bots and, within each,
-    ``file_concurrency`` file streams run at once. One bot's failure (including a lost connection
-    to its container) never stops the others: it becomes that bot's incomplete report.
+    Args:
+        data_root: the directory holding ``bots/``.
+        targets: a pool (``get(bot_id)``), or an address map / function from which a
+            :class:`memoh_trio.Pool` is built.
+        bot_concurrency: bots migrated at once.
+        file_concurrency: file streams at once within each bot (``concurrency`` of
+            :func:`memoh_trio.migrate`).
+        progress: the whole fleet's progress: files and bytes of every bot, and
+            ``bots_done``/``bots_total``.
+        on_report: called with each bot's report as soon as that bot is finished (reports of
+            bots already finished are not lost if the run is cancelled later).
+        dest, chunk_size, verify, preserve, rename, dry_run, resume, stall_timeout,
+            tar_batches: as :func:`memoh_trio.migrate`, for every bot.
+
+    Returns:
+        One report per bot (``bot_id`` set), in bot-id order (bots also start in that order).
+
+    Raises:
+        SourceError: the data root is missing or has no ``bots/`` directory.
+        ConfigError: invalid options. One bot's failure (including a lost connection to its
+            container) never stops the others: it becomes that bot's incomplete report.
     """
     if isinstance(bot_concurrency, bool) or not isinstance(bot_concurrency, int) \
             or bot_concurrency < 1:
         raise ConfigError(f"bot concurrency must be at least 1, got {bot_concurrency!r}")
-    verify = str(opts.get("verify", "size"))
-    check_options(Options(concurrency=file_concurrency, verify=verify))  # type: ignore[arg-type]
-    opts.pop("progress", None)
+    check_options(Options(concurrency=file_concurrency, chunk_size=chunk_size, verify=verify,
+                          stall_timeout=stall_timeout))
+    check_data_root(data_root)
     bots = list_bots(data_root)
-    if hasattr(targets, "get") and not isinstance(targets, Mapping):
-        return await _migrate_bots(bots, data_root, targets, bot_concurrency, file_concurrency,
-                                   opts)
-    from .._pool import Pool
+    fleet = progress if progress is not None else Progress()
+    fleet._start_fleet(len(bots))
+    opts = _BotOptions(dest=dest, concurrency=file_concurrency, chunk_size=chunk_size,
+                       verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
+                       resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
+    try:
+        if hasattr(targets, "get") and not isinstance(targets, Mapping):
+            return await _migrate_bots(bots, data_root, targets, bot_concurrency, opts, fleet,
+                                       on_report)
+        from .._pool import Pool
 
-    async with Pool(targets) as pool:
-        return await _migrate_bots(bots, data_root, pool, bot_concurrency, file_concurrency, opts)
+        async with Pool(targets) as pool:
+            return await _migrate_bots(bots, data_root, pool, bot_concurrency, opts, fleet,
+                                       on_report)
+    finally:
+        fleet.finish()
+
+
+@dataclass(frozen=True)
+class _BotOptions:
+    dest: str
+    concurrency: int
+    chunk_size: int | None
+    verify: Verify
+    preserve: bool
+    rename: bool
+    dry_run: bool
+    resume: bool
+    stall_timeout: float | None
+    tar_batches: bool
 
 
 async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
-                        pool: ClientSource, bot_concurrency: int, file_concurrency: int,
-                        opts: dict[str, object]) -> list[MigrationReport]:
+                        pool: ClientSource, bot_concurrency: int, opts: _BotOptions,
+                        fleet: Progress, on_report: Callable[[MigrationReport], None] | None,
+                        ) -> list[MigrationReport]:
     reports: dict[str, MigrationReport] = {}
     limiter = trio.CapacityLimiter(bot_concurrency)
 
-    async def one(bot_id: str) -> None:
-        async with limiter:
+    async def one(bot_id: str, token: object) -> None:
+        try:
             start = time.monotonic()
+            progress = fleet._bot()
             try:
-                reports[bot_id] = await migrate_bot(bot_id, data_root, pool,
-                                                     concurrency=file_concurrency, **opts)
+                report = await migrate_bot(bot_id, data_root, pool, progress=progress,
+                                           **dataclasses.asdict(opts))
             except MemohError as exc:
-                reports[bot_id] = MigrationReport(
-                    source=bot_source(data_root, bot_id), status="incomplete",
+                report = MigrationReport(
+                    source=bot_source(data_root, bot_id), status="incomplete", bot_id=bot_id,
                     error=str(exc), seconds=time.monotonic() - start)
+            finally:
+                progress.finish()
+            reports[bot_id] = report
+            fleet._bot_done()
+            if on_report is not None:
+                on_report(report)
+        finally:
+            limiter.release_on_behalf_of(token)
 
     bots = list(bots)
     async with trio.open_nursery() as nursery:
-        for bot_id in bots:
-            nursery.start_soon(one, bot_id)
+        for bot_id in bots:  # started in bot-id order: a slot first, then the task
+            token = object()
+            await limiter.acquire_on_behalf_of(token)
+            nursery.start_soon(one, bot_id, token)
     return [reports[b] for b in bots]

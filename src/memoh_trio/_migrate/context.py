@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from .. import _source
+from .. import _scripts, _source
 from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
+from .._paths import PART_PREFIX as PART_PREFIX
+from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .._plan import Action, describe_os_error, display_path
 from .._progress import Progress
 from .._report import Failure, MigrationReport
 
 if TYPE_CHECKING:
-    from .._client import Client
+    from .._client import Client, ExecResult
 
 #: File streams in flight at once. Measured on 2 cores (see the closing note of issue 3).
 DEFAULT_CONCURRENCY = 8
@@ -32,12 +34,6 @@ DEFAULT_CONCURRENCY = 8
 DEFAULT_BOT_CONCURRENCY = 4
 #: Suffix of a migrated source (the seed's ``migratedSuffix``).
 MIGRATED_SUFFIX = ".migrated"
-#: Prefix of the client-side temporary sibling a file is uploaded to before its Rename. Distinct
-#: from the server's own ``.memoh-tmp-`` so the two never collide.
-PART_PREFIX = ".memoh-part-"
-#: memoh-trio's server writes uploads to ``.memoh-tmp-*`` siblings; a server killed mid-stream
-#: (SIGKILL) leaves them behind, and the resume pass removes them like our own parts.
-SERVER_TEMP_PREFIX = ".memoh-tmp-"
 #: A stream with no progress for this long fails (the migration never hangs by default).
 DEFAULT_STALL_TIMEOUT = 60.0
 #: Timeout given to the server for each batched Exec, in seconds.
@@ -173,6 +169,13 @@ class Context:
     def path(self, rel: str) -> str:
         """The container path of a source-relative path."""
         return join(self.opts.dest, rel)
+
+    async def exec(self, command: str, *, stdin: bytes = b"",
+                   timeout_seconds: int = EXEC_TIMEOUT) -> ExecResult:
+        """Run ``command`` in the destination directory (see :func:`memoh_trio._scripts.in_dir`:
+        never through a relative ``work_dir``, which Memoh's server resolves elsewhere)."""
+        return await self.client.exec(_scripts.in_dir(self.opts.dest, command), stdin=stdin,
+                                      timeout_seconds=timeout_seconds)
 
     async def discard(self, path: str, *, recursive: bool = False) -> None:
         """Delete a temporary file or staging dir (a container path), best effort, shielded.

@@ -51,8 +51,9 @@ def unchanged(existing: Mapping[str, FileEntry], action: Action) -> bool:
     return mtime_seconds(e.mod_time) == action.mtime_ns // 1_000_000_000
 
 
-async def load_existing(ctx: Context) -> dict[str, FileEntry]:
-    """The quick-check index of the destination; deletes stale temporary files on the way."""
+async def load_existing(ctx: Context, *, clean: bool = True) -> dict[str, FileEntry]:
+    """The quick-check index of the destination; deletes stale temporary files on the way
+    (unless ``clean`` is false: a dry run changes nothing)."""
     try:
         entries = await ctx.client.list_dir(ctx.opts.dest, recursive=True)
     except FATAL_ERRORS:
@@ -71,7 +72,7 @@ async def load_existing(ctx: Context) -> dict[str, FileEntry]:
             stale.append(rel)
         elif not e.is_dir:
             existing[rel] = e
-    for rel in stale + sorted(staging):
+    for rel in (stale + sorted(staging)) if clean else []:
         with trio.move_on_after(CLEANUP_TIMEOUT):
             with contextlib.suppress(MemohError):
                 await ctx.client.delete_file(ctx.path(rel), recursive=rel in staging)
@@ -103,8 +104,7 @@ async def check_hashes(ctx: Context, batch: Sequence[Action]) -> HashCheck:
     remote: dict[str, str] = {}
     script, stdin = _scripts.sha256_many([a.rel for a in listable])
     try:
-        res = await ctx.client.exec(script, work_dir=ctx.opts.dest,
-                                    timeout_seconds=EXEC_TIMEOUT, stdin=stdin)
+        res = await ctx.exec(script, stdin=stdin, timeout_seconds=EXEC_TIMEOUT)
         remote = _scripts.parse_sha256_many(res.stdout)
     except FATAL_ERRORS:
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import trio
@@ -26,6 +27,7 @@ from .._plan import (
 )
 from .._progress import Progress
 from .._report import Failure, MigrationReport, Skipped
+from .._scripts import Capabilities
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
 from .._walk import walk
@@ -44,6 +46,7 @@ from .context import (
     norm_dest,
     plain,
 )
+from .preflight import source_state
 
 if TYPE_CHECKING:
     from .._client import Client, FileEntry
@@ -57,6 +60,16 @@ WALK_BUFFER = 1024
 STREAM_QUEUE = 4096
 
 
+def symlink_on_the_way(rel: str, links: set[str]) -> str | None:
+    """The first proper ancestor of ``rel`` that is a symlink at the destination, if any (pure)."""
+    parts = rel.split("/")
+    for n in range(1, len(parts)):
+        prefix = "/".join(parts[:n])
+        if prefix in links:
+            return prefix
+    return None
+
+
 def check_source(src: str | os.PathLike[str]) -> str:
     """Check that ``src`` is a readable directory; return its real path (``realpath``).
 
@@ -67,7 +80,7 @@ def check_source(src: str | os.PathLike[str]) -> str:
         SourceError: missing, not a directory, or unreadable (in plain words).
     """
     given = os.path.abspath(os.fspath(src))
-    path = os.path.realpath(given)
+    path = real_source(given)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -84,6 +97,12 @@ def check_source(src: str | os.PathLike[str]) -> str:
     except OSError as exc:
         raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
     return path
+
+
+def real_source(src: str | os.PathLike[str]) -> str:
+    """``src`` resolved to its real path (``realpath``; a dangling alias of a migrated source
+    resolves to the renamed directory's old name, so it reads as already migrated)."""
+    return os.path.realpath(os.path.abspath(os.fspath(src)))
 
 
 def source_identity(path: str) -> tuple[int, int] | None:
@@ -116,11 +135,13 @@ class _Run:
     """One :func:`migrate` call: dispatches the walk to the transfer methods, records what they
     return in the ledger, and decides."""
 
-    def __init__(self, src: str, client: Client, opts: Options, progress: Progress) -> None:
+    def __init__(self, src: str, client: Client, opts: Options, progress: Progress,
+                 itemize: Callable[[str], None] | None = None) -> None:
         self.src = src
         #: the directory the run copies: renamed only if ``src`` still names it at the end
         self.identity = source_identity(src)
         self.opts = opts
+        self.itemize = itemize
         # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
         # the stall timeout; WriteRaw has its own progress-based stall detection.
         if opts.stall_timeout is not None:
@@ -129,9 +150,10 @@ class _Run:
         self.ctx = Context(client, opts, self.ledger, trio.CapacityLimiter(opts.concurrency))
         self.report = self.ledger.report
         self.existing: dict[str, FileEntry] = {}
+        self.dest_links: set[str] = set()  # symlinks found at the destination (resume listing)
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
         self.batcher: Batcher[Action] = Batcher()
-        self.caps = meta.Capabilities()
+        self.caps = Capabilities()  # probed once at the start of a real run
         self.pending_links: list[Action] = []
         self.pending_hash: list[Action] = []  # resume skips them if the hashes agree
         self.pending_meta: list[Action] = []  # files: mode + mtime
@@ -142,12 +164,21 @@ class _Run:
         ledger, opts = self.ledger, self.opts
         start = time.monotonic()
         try:
-            if not opts.dry_run:
+            if opts.dry_run:
+                # Ask the container as the real run would (a wrong token fails here too), and
+                # count what resume would not resend; delete nothing.
+                await self._check_dest()
+                existing = await resume.load_existing(self.ctx, clean=False)
+                self.existing = existing if opts.resume else {}
+            else:
                 if opts.dest:
-                    await self.ctx.client.mkdir(opts.dest)
+                    await self._make_dest()
                 if opts.resume:
                     self.existing = await resume.load_existing(self.ctx)
-                if opts.tar_batches and await tar.probe(self.ctx):
+                    self.dest_links = {rel for rel, e in self.existing.items()
+                                       if e.mode.startswith("L")}
+                self.caps = await meta.probe(self.ctx)
+                if opts.tar_batches and self.caps.tar_ok(opts.verify):
                     self.tar_max_size = MAX_MEMBER_SIZE
             helpers = [] if opts.dry_run or not opts.rename else [self._writeback]
             await with_helpers(self._copy_tree, helpers)
@@ -176,6 +207,30 @@ class _Run:
         if ledger.fatal is not None:
             raise self._fatal_error()
         return self.report
+
+    async def _make_dest(self) -> None:
+        try:
+            await self.ctx.client.mkdir(self.opts.dest)
+        except FATAL_ERRORS:
+            raise
+        except RPCError as exc:
+            await self._check_dest()
+            raise ConfigError(f"cannot create the destination {self.opts.dest!r} in the "
+                              f"container: {plain(exc)}") from None
+
+    async def _check_dest(self) -> None:
+        """Raise :class:`ConfigError` when the destination exists and is not a directory."""
+        if not self.opts.dest:
+            return
+        try:
+            entry = await self.ctx.client.stat(self.opts.dest)
+        except FATAL_ERRORS:
+            raise
+        except RPCError:
+            return  # missing (created by the run) or not statable: the run will tell
+        if not entry.is_dir:
+            raise ConfigError(f"destination {self.opts.dest!r} is a file in the container, not "
+                              "a directory: choose another --dest")
 
     def _fatal_error(self) -> RPCError:
         exc = self.ledger.fatal
@@ -273,14 +328,22 @@ class _Run:
         where = route(action, dry_run=self.opts.dry_run,
                       unchanged=resume.unchanged(self.existing, action),
                       tar_max_size=self.tar_max_size)
-        if where is Route.FAIL:
+        link = (symlink_on_the_way(action.rel, self.dest_links)
+                if self.dest_links and where not in (Route.FAIL, Route.SKIP, Route.DRY) else None)
+        if link is not None:
+            # WriteRaw/Mkdir/Rename on a server without confinement (Memoh's) would write
+            # through it; the scripts refuse it too. Nothing is done for this entry.
+            ledger.fail(action, f"a symlink is in the way at the destination: {link}")
+        elif where is Route.FAIL:
             if action.rel == "":  # the root itself could not be listed
                 ledger.walk_complete = False
             ledger.fail(action, action.reason)
         elif where is Route.SKIP:
             report.skipped.append(Skipped(display_path(action.rel), action.reason))
         elif where is Route.DIR:
-            if self.opts.preserve:
+            if self.opts.dry_run:
+                self._itemize(action)
+            elif self.opts.preserve:
                 self.dir_meta.append(action)
         elif where is Route.DRY:
             self._count_dry(action)
@@ -310,6 +373,11 @@ class _Run:
 
     def _count_dry(self, action: Action) -> None:
         report = self.report
+        self.ledger.done += 1
+        if action.kind in (Kind.COPY, Kind.CREATE) and resume.unchanged(self.existing, action):
+            report.unchanged += 1
+            return
+        self._itemize(action)
         if action.kind in (Kind.COPY, Kind.CREATE):
             report.files += 1
             report.bytes += action.size
@@ -317,7 +385,10 @@ class _Run:
             report.dirs += 1
         elif action.kind is Kind.SYMLINK:
             report.symlinks += 1
-        self.ledger.done += 1
+
+    def _itemize(self, action: Action) -> None:
+        if self.itemize is not None:
+            self.itemize(itemize_line(action, self.existing.get(action.rel)))
 
     # ------------------------------------------------------------------ tasks
 
@@ -413,7 +484,7 @@ class _Run:
                     for action in found.resend:  # with this task's slot, one after another
                         await self._copy_entry(action)
                 elif what == "links":
-                    failed = await meta.recreate_links(self.ctx, batch)
+                    failed = await meta.recreate_links(self.ctx, self.caps, batch)
                     for i, action in enumerate(batch):
                         if i in failed:
                             self.ledger.fail(action, f"cannot recreate the symlink: {failed[i]}")
@@ -437,7 +508,9 @@ class _Run:
             await self._apply_meta(entries[i:i + meta.EXEC_BATCH])
 
     async def _apply_meta(self, batch: list[Action]) -> None:
-        failed = await meta.apply_meta(self.ctx, self.caps, batch)
+        failed, precision = await meta.apply_meta(self.ctx, self.caps, batch)
+        if self.report.mtime_precision != "s":  # the coarsest precision any batch used
+            self.report.mtime_precision = precision
         for i, reason in failed.items():
             self.ledger.fail(batch[i], f"cannot apply permissions/mtime: {reason}")
 
@@ -458,6 +531,7 @@ async def migrate(
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     lock_wait: float = 0.0,
     tar_batches: bool = True,
+    itemize: Callable[[str], None] | None = None,
 ) -> MigrationReport:
     """Copy the tree under ``src`` into the container and, on full success, rename ``src``.
 
@@ -473,7 +547,8 @@ async def migrate(
             container and on this host, and sent again unless the hashes agree).
         preserve: apply permission bits and mtimes in the container (batched Exec).
         rename: rename ``src`` to ``src + ".migrated"`` when everything made it.
-        dry_run: walk and classify only; copy and rename nothing.
+        dry_run: predict the run: ask the container what it has (so resume applies and the
+            credentials are checked), walk and classify; copy, delete and rename nothing.
         resume: skip files already at the destination with the same size and mtime.
         progress: updated as the copy goes (see :class:`memoh_trio.Progress`).
         stall_timeout: fail a file whose stream makes no progress for this many seconds
@@ -483,12 +558,20 @@ async def migrate(
         tar_batches: send runs of small files as tar streams through Exec (see
             :mod:`memoh_trio._tarbatch`) when the container has ``tar``; off: one WriteRaw +
             Rename per file.
+        itemize: with ``dry_run``, called with one line per entry the run would send, in
+            ``rsync -n -i`` form (``>f+++++++++ path`` a new file, ``>f.st...... path`` one
+            that differs in size/time, ``cd+++++++++ dir/``, ``cL+++++++++ link -> target``).
 
     Returns:
         The report; ``report.ok`` is false when some entries failed (the source is then kept).
+        A source whose ``.migrated`` sibling exists and that is gone itself is
+        ``already-migrated``; an empty source is ``nothing-to-do`` (neither is renamed, as in
+        the seed).
 
     Raises:
-        ConfigError: bad options. SourceError: bad source. MigrationBusy: another run holds the
+        ConfigError: bad options, or a destination that is a file. SourceError: bad source
+        (missing, not a directory, unreadable, itself a ``.migrated`` directory, or with a
+        ``.migrated`` sibling already there). MigrationBusy: another run holds the
         lock. Unavailable / Unauthenticated: the connection was lost or refused (fatal; the copy
         was stopped and nothing renamed).
     """
@@ -496,16 +579,36 @@ async def migrate(
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
                    resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
     check_options(opts)
-    path = check_source(src)
     progress = progress if progress is not None else Progress()
+    # SRC by its real directory: an alias (or a symlinked parent) meets the same lock, and the
+    # rename renames the real directory (see check_source).
+    absolute, state = source_state(real_source(src))  # reruns, typos, empty sources: see .preflight
+    if state != "migrate":
+        progress.finish()
+        return MigrationReport(source=absolute, dest=opts.dest, status=state)
+    path = check_source(src)
     if opts.dry_run:  # changes nothing, so takes no lock (works on a read-only data root)
-        return await _Run(path, client, opts, progress).run()
+        return await _Run(path, client, opts, progress, itemize).run()
     async with single_flight(path, wait=lock_wait):
         if already_migrated(path):  # the run we waited for renamed it
             progress.finish()
             return MigrationReport(source=path, dest=opts.dest, status="already-migrated")
         check_source(path)
-        return await _Run(path, client, opts, progress).run()
+        return await _Run(path, client, opts, progress, itemize).run()
+
+
+def itemize_line(action: Action, existing: FileEntry | None) -> str:
+    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
+    name = display_path(action.rel)
+    if action.kind in (Kind.DIR, Kind.MKDIR):
+        return f"cd+++++++++ {name}/"
+    if action.kind is Kind.SYMLINK:
+        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
+    if existing is None or existing.is_dir:
+        return f">f+++++++++ {name}"
+    size = "." if existing.size == action.size else "s"
+    when = "." if resume.mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
+    return f">f.{size}{when}...... {name}"
 
 
 def already_migrated(src: str) -> bool:

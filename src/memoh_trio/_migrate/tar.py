@@ -2,8 +2,11 @@
 
 :func:`send_batch` reads the files, unpacks them in a fresh staging directory in the container,
 checks the container's listing against what it read, moves the verified files into place and
-returns what happened; it never records anything itself. A file that changed while it was read is
-handed back (``changed``) for the per-file path.
+returns what happened; it never records anything itself. A file that changed while it was read,
+and the files of a batch that failed as a whole in the container (tar failed, stdin dropped, the
+staging directory vanished, ``mv`` failed), are handed back (``changed``) for the per-file path,
+which proves or fails each one; conflicts the move script found (a symlink or a directory in the
+way) fail.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from .. import _scripts, _source
 from .._errors import MemohError
 from .._plan import Action
 from .._tarbatch import TAR_PREFIX, Member, layout, pack
-from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, plain
+from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context
 
 
 @dataclass
@@ -29,18 +32,6 @@ class BatchOutcome:
     copied: list[Action] = field(default_factory=list)
     failed: list[tuple[Action, str]] = field(default_factory=list)
     changed: list[Action] = field(default_factory=list)
-
-
-async def probe(ctx: Context) -> bool:
-    """Whether the container can take tar batches (Exec, tar and friends): one Exec."""
-    try:
-        res = await ctx.client.exec(_scripts.probe_script(ctx.opts.verify),
-                                    work_dir=ctx.opts.dest, timeout_seconds=30)
-    except FATAL_ERRORS:
-        raise
-    except (MemohError, OSError):  # no Exec (UNIMPLEMENTED), or no shell
-        return False
-    return res.exit_code == 0
 
 
 class _BatchFailed(Exception):
@@ -63,11 +54,14 @@ async def send_batch(ctx: Context, batch: Sequence[Action]) -> BatchOutcome:
         await _unpack_verify_move(ctx, members, out, settled)
     except FATAL_ERRORS:
         raise
-    except (MemohError, OSError, _BatchFailed) as exc:
-        why = str(exc) if isinstance(exc, _BatchFailed) else plain(exc)
+    except (MemohError, OSError, _BatchFailed):
+        # The batch failed as a whole in the container (tar failed, the archive or the script
+        # did not arrive -- a server that drops stdin, a message over the peer's limit --, its
+        # staging directory vanished): its files go the per-file way, which proves each one or
+        # fails it with its own reason. Conflicts found by the scripts are not retried.
         for i, (action, _, _) in enumerate(members):
             if i not in settled:
-                out.failed.append((action, why))
+                out.changed.append(action)
     return out
 
 
@@ -77,19 +71,20 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     actions = [a for a, _, _ in members]
     lay = layout([a.rel for a in actions])
     payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
-                   preserve=preserve)
+                   preserve=preserve,
+                   trailer=(_scripts.RUN_MEMBER,
+                            _scripts.listing_script(lay, verify).encode("utf-8",
+                                                                        "surrogateescape")))
     staging = TAR_PREFIX + secrets.token_hex(8)
     nbytes = sum(a.size for a in actions)
     placed = False
     try:
-        res = await ctx.client.exec(_scripts.extract_script(staging, lay, verify,
-                                                            preserve=preserve),
-                                    work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT,
+        res = await ctx.exec(_scripts.extract_command(staging), timeout_seconds=EXEC_TIMEOUT,
                                     stdin=payload)
         if res.exit_code != 0:
             why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
             what = ("cannot unpack the batch in the container"
-                    if res.exit_code == _scripts.TAR_FAILED_EXIT
+                    if res.exit_code in (_scripts.TAR_FAILED_EXIT, _scripts.NO_RUN_EXIT)
                     else "the container's shell failed")
             raise _BatchFailed(f"{what}: {why}")
         ctx.progress.sent(nbytes)
@@ -105,28 +100,28 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     continue
                 settled.add(i)
                 ctx.progress.unsent(action.size)
-                out.failed.append((action, "the file is missing from the unpacked batch"
-                                   if got is None else
-                                   f"verification failed in the container: expected {want}, "
-                                   f"found {got}"))
-            res = await ctx.client.exec(_scripts.move_script(staging, lay, good),
-                                        work_dir=ctx.opts.dest, timeout_seconds=EXEC_TIMEOUT)
-            placed = True  # the script removed the staging directory
-            failed_groups = _scripts.parse_failures(res.stdout)
+                if got is None:  # not listed (staging vanished?): the per-file way decides
+                    out.changed.append(action)
+                    continue
+                out.failed.append((action, f"verification failed in the container: expected "
+                                           f"{want}, found {got}"))
+            script = _scripts.move_script(staging, lay, good)
+            res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
+                                        stdin=script.encode("utf-8", "surrogateescape"))
+            records = _scripts.parse_records(res.stdout, len(members))
+            placed = res.exit_code == 0  # else the staging directory may be left: discard it
             for i in good:
                 action = actions[i]
                 settled.add(i)
-                g = int(lay.staged[i].split("/", 1)[0])
-                if g in failed_groups:
-                    ctx.progress.unsent(action.size)
-                    out.failed.append((action, f"cannot move the file into place: "
-                                               f"{failed_groups[g]}"))
-                elif res.exit_code != 0:
-                    ctx.progress.unsent(action.size)
-                    out.failed.append((action, f"the container's shell failed: "
-                                               f"exit {res.exit_code}"))
-                else:
+                record = records[i]
+                if record is None:
                     out.copied.append(action)
+                    continue
+                ctx.progress.unsent(action.size)
+                if record in (_scripts.NO_RECORD, _scripts.MOVE_FAILED):
+                    out.changed.append(action)  # as above: the per-file way decides
+                    continue
+                out.failed.append((action, f"cannot move the file into place: {record}"))
             counted = False
         finally:
             if counted:  # an error before every member was settled

@@ -1,0 +1,356 @@
+"""End to end into real containers' userlands: ``memoh_trio.migrate`` into memoh-trio's server as a
+child process (plain, and inside the busybox / busybox-python / gnu-nopython kinds of
+``../shared/containers/run-in.sh``) and into Memoh's own Go server, with the tree shapes that broke
+the scripts before issue 10 (1,000 files with 100-byte names, 400 directories with one small file
+each, 1,000 symlinks, 1,000 empty files, empty directories, modes, 2020 mtimes with nanoseconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
+
+import memoh_trio
+from memoh_trio import MigrationReport
+from memoh_trio._tarbatch import TAR_PREFIX
+
+KINDS = ("plain", "busybox", "busybox-python", "gnu-nopython")
+#: 2020-01-01T00:00:00Z plus some nanoseconds.
+OLD = 1_577_836_800_000_000_000
+
+
+def build_tree(src: Path, *, scale: int = 1000) -> None:
+    """The tree of issue 10, ``scale`` entries per shape (400 session directories at 1,000)."""
+    (src / "long").mkdir(parents=True)
+    for i in range(scale):
+        name = f"{i:05d}-" + "n" * 94  # 100 bytes
+        (src / "long" / name).write_bytes(b"%d\n" % i * (i % 7 + 1))
+    for i in range(scale * 2 // 5):
+        d = src / "sessions" / str(uuid.UUID(int=i + 1))
+        d.mkdir(parents=True)
+        (d / "state.json").write_bytes(b'{"n": %d}' % i)
+    (src / "links").mkdir()
+    for i in range(scale):
+        target = (f"../long/{i:05d}-" + "n" * 94) if i % 3 else ("/abs/target" if i % 2
+                                                                  else f"dangling-{i}")
+        (src / "links" / f"l{i:05d}").symlink_to(target)
+    (src / "empty").mkdir()
+    for i in range(scale):
+        (src / "empty" / f"e{i:05d}").write_bytes(b"")
+    (src / "emptydirs" / "a" / "b").mkdir(parents=True)
+    (src / "emptydirs" / "c").mkdir()
+    (src / "modes").mkdir()
+    (src / "modes" / "secret").write_bytes(b"s")
+    os.chmod(src / "modes" / "secret", 0o600)
+    (src / "modes" / "tool").write_bytes(b"#!/bin/sh\n")
+    os.chmod(src / "modes" / "tool", 0o755)
+    (src / "modes" / "private").mkdir()
+    (src / "modes" / "private" / "f").write_bytes(b"p")
+    # mtimes last, deepest first, so no later write moves them.
+    paths = sorted((p for p in src.rglob("*")), key=lambda p: -len(p.parts))
+    for n, p in enumerate(paths):
+        t = OLD + n * 1_000_000_007 + 123_456_789
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+    os.chmod(src / "modes" / "private", 0o700)
+
+
+def snapshot(root: Path, precision: str | None) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``root`` (not ``root`` itself): type, mode, mtime, bytes or target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        rel = p.relative_to(root).as_posix()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+            continue
+        mtime = st.st_mtime_ns if precision == "ns" else st.st_mtime_ns // 10**9
+        if stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), mtime)
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), mtime, p.read_bytes())
+    return out
+
+
+@contextlib.asynccontextmanager
+async def container(kind: str, root: Path) -> AsyncIterator[memoh_trio.Client]:
+    if kind == "memoh-go":
+        async with memoh_go_server(root) as peer, memoh_trio.connect(peer.target) as client:
+            yield client
+        return
+    async with memoh_trio_server(root, kind=None if kind == "plain" else kind) as peer, \
+            memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+        yield client
+
+
+def precision_of(kind: str) -> str:
+    return "s" if kind == "busybox" else "ns"
+
+
+def temporaries(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in root.rglob(".memoh-*")]
+
+
+class Recording:
+    """A client that remembers each Exec's command and exit code (to tell a tar batch that
+    worked from one that fell back to streams)."""
+
+    def __init__(self, client: memoh_trio.Client) -> None:
+        self._client = client
+        self.execs: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def exec(self, command: str, **kw: Any) -> Any:
+        res = await self._client.exec(command, **kw)
+        self.execs.append((command, res.exit_code))
+        return res
+
+    def tar_batches(self) -> list[int]:
+        return [code for cmd, code in self.execs if TAR_PREFIX in cmd and "tar -x" in cmd]
+
+
+async def migrate_tree(kind: str, tmp_path: Path, **kw: Any,
+                       ) -> tuple[MigrationReport, Path, Recording]:
+    src = tmp_path / "src"
+    build_tree(src)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with container(kind, dst) as client:
+        rec = Recording(client)
+        with trio.fail_after(120):
+            report = await memoh_trio.migrate(src, rec, **kw)  # type: ignore[arg-type]
+    return report, dst, rec
+
+
+async def check_big_tree(kind: str, tmp_path: Path, **kw: Any) -> None:
+    report, dst, rec = await migrate_tree(kind, tmp_path, **kw)
+    assert report.status == "migrated", (report.failures[:5], report.error)
+    batches = rec.tar_batches()
+    if kw.get("tar_batches", True):  # every batch unpacked in the container, none fell back
+        assert len(batches) >= 2 and set(batches) == {0}, batches
+    else:
+        assert batches == []
+    assert report.mtime_precision == precision_of(kind)
+    migrated = tmp_path / "src.migrated"
+    assert report.renamed_to == str(migrated)
+    assert report.symlinks == 1000 and report.files == 1000 + 400 + 1000 + 3
+    want = snapshot(migrated, report.mtime_precision)
+    got = snapshot(dst, report.mtime_precision)
+    assert got.keys() == want.keys()
+    diff = [k for k in want if got[k] != want[k]]
+    assert diff == [], [(k, want[k][:3], got[k][:3]) for k in diff[:5]]
+    assert temporaries(dst) == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_big_tree_into_each_container_kind(kind: str, tmp_path: Path) -> None:
+    await check_big_tree(kind, tmp_path)
+
+
+@pytest.mark.slow  # 6-9 s alone, 16-30 s with the machine loaded: 3,400 WriteRaw streams
+@pytest.mark.parametrize("kind", ["plain", "busybox"])
+async def test_big_tree_without_tar_batches(kind: str, tmp_path: Path) -> None:
+    """Every file through WriteRaw; links and metadata still through the scripts."""
+    await check_big_tree(kind, tmp_path, tar_batches=False)
+
+
+@pytest.mark.memoh_go
+async def test_big_tree_into_memoh_go_server(tmp_path: Path) -> None:
+    await check_big_tree("memoh-go", tmp_path)
+
+
+def conflict_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"keep")
+    os.chmod(outside / "keep", 0o644)
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "file").write_bytes(b"new")
+    (src / "sub" / "link").symlink_to("file")
+    (src / "x").symlink_to("sub")  # the destination has a real directory x/
+    (src / "fine").write_bytes(b"fine")
+    os.utime(src / "fine", ns=(OLD, OLD))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "sub").symlink_to(outside)
+    (dst / "x").mkdir()
+    return src, dst, outside
+
+
+@pytest.mark.parametrize("kind", [*KINDS, pytest.param("memoh-go", marks=pytest.mark.memoh_go)])
+@pytest.mark.parametrize("tar_batches", [True, False], ids=["tar", "streams"])
+async def test_destination_conflicts_fail_and_touch_nothing(kind: str, tar_batches: bool,
+                                                           tmp_path: Path) -> None:
+    """Destination ``sub -> /outside`` and a real directory ``x/`` where the source has a
+    symlink: those entries fail, nothing outside changes, the source is kept."""
+    src, dst, outside = conflict_tree(tmp_path)
+    before = snapshot(outside, "ns")
+    async with container(kind, dst) as client:
+        with trio.fail_after(60):
+            report = await memoh_trio.migrate(src, client, tar_batches=tar_batches)
+    assert report.status == "incomplete" and not report.ok
+    assert report.renamed_to is None and src.is_dir()
+    failed = {f.path for f in report.failures}
+    assert "x" in failed and "sub/file" in failed, report.failures
+    assert snapshot(outside, "ns") == before
+    assert list((dst / "x").iterdir()) == []
+    assert (dst / "fine").read_bytes() == b"fine"
+    assert temporaries(dst) == []
+
+
+async def test_a_command_that_fails_in_the_container(tmp_path: Path) -> None:
+    """chmod fails in the container (the metadata step of one file): that file fails, the run
+    is incomplete, the source kept; the files are complete at their final paths or absent."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(b"x" * i)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "chmod").write_text("#!/bin/sh\necho 'chmod: refused' >&2\nexit 1\n")
+    os.chmod(bin_dir / "chmod", 0o755)
+    apps = Path(os.environ.get("MEMOH_CONTAINERS", "/tmp/memoh-containers")) / "gnu-nopython"
+    path = f"{bin_dir}:{apps}"  # the kind's own PATH, our chmod first
+    async with memoh_trio_server(dst, kind="gnu-nopython") as peer, \
+            memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+        with trio.fail_after(60):
+            report = await _with_path(client, path, src)
+    assert report.status == "incomplete" and report.renamed_to is None and src.is_dir()
+    assert len(report.failures) == 20  # every file: its metadata step failed
+    assert all("chmod failed" in f.error for f in report.failures), report.failures[:3]
+    for i in range(20):
+        assert (dst / f"f{i}").read_bytes() == b"x" * i
+    assert temporaries(dst) == []
+
+
+async def _with_path(client: Any, path: str, src: Path) -> MigrationReport:
+    """Run a migration whose Exec calls see ``PATH=path`` (a container whose chmod fails)."""
+
+    class WithPath:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        async def exec(self, command: str, **kw: Any) -> Any:
+            kw["env"] = [f"PATH={path}"]
+            return await client.exec(command, **kw)
+
+    return await memoh_trio.migrate(src, WithPath(), verify="size")  # type: ignore[arg-type]
+
+
+async def test_a_failed_tar_batch_falls_back_to_streams(tmp_path: Path) -> None:
+    """tar is there but fails (exit 70 from the extract): the batch's files go one WriteRaw
+    each, are verified as such, and the run completes."""
+    src = tmp_path / "src"
+    files = {f"d{i % 3}/f{i}": b"y" * i for i in range(30)}
+    for rel, data in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "tar").write_text("#!/bin/sh\necho 'tar: broken' >&2\nexit 2\n")
+    os.chmod(bin_dir / "tar", 0o755)
+    apps = Path(os.environ.get("MEMOH_CONTAINERS", "/tmp/memoh-containers")) / "gnu-nopython"
+    async with memoh_trio_server(dst, kind="gnu-nopython") as peer, \
+            memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+        rec = Recording(client)
+        with trio.fail_after(60):
+            report = await _with_path(rec, f"{bin_dir}:{apps}", src)
+    assert report.status == "migrated", report.failures
+    assert rec.tar_batches() and set(rec.tar_batches()) == {70}
+    for rel, data in files.items():
+        assert (dst / rel).read_bytes() == data
+    assert temporaries(dst) == []
+
+
+@pytest.mark.parametrize("kind", ["plain", "busybox"])
+async def test_server_that_drops_stdin_never_ends_migrated(kind: str, tmp_path: Path) -> None:
+    """An Exec that loses its stdin (Memoh's server drops the first message's): the scripts
+    print no record, so links, modes/mtimes and tar batches fail; nothing is renamed."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a").write_bytes(b"a")
+    os.chmod(src / "a", 0o600)
+    (src / "l").symlink_to("a")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+
+    async with container(kind, dst) as client:
+        class DropsStdin:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(client, name)
+
+            async def exec(self, command: str, **kw: Any) -> Any:
+                kw.pop("stdin", None)
+                return await client.exec(command, **kw)
+
+        with trio.fail_after(60):
+            report = await memoh_trio.migrate(src, DropsStdin())  # type: ignore[arg-type]
+    assert report.status == "incomplete" and report.renamed_to is None and src.is_dir()
+    assert {f.path for f in report.failures} >= {"a", "l"}
+    assert all("no record" in f.error or "unpack" in f.error for f in report.failures), \
+        report.failures
+    assert temporaries(dst) == []
+
+
+@pytest.mark.parametrize("kind", ["busybox", "gnu-nopython"])
+async def test_cli_json_says_the_mtime_precision(kind: str, tmp_path: Path) -> None:
+    """``memoh-trio migrate --json``: the report names the precision the container allowed."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"f")
+    os.utime(src / "d" / "f", ns=(OLD + 123, OLD + 123))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with memoh_trio_server(dst, kind=kind) as peer:
+        env = dict(os.environ, MEMOH_TRIO_TOKEN=TEST_TOKEN)
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [sys.executable, "-m", "memoh_trio", "migrate", str(src), "--target", peer.target,
+                 "--json"], capture_stdout=True, capture_stderr=True, check=False, env=env)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["status"] == "migrated"
+    assert report["mtime_precision"] == precision_of(kind)
+    want = OLD + 123 if precision_of(kind) == "ns" else OLD
+    assert (dst / "d" / "f").stat().st_mtime_ns == want
+
+
+@pytest.mark.parametrize("kind", ["plain", "busybox",
+                                  pytest.param("memoh-go", marks=pytest.mark.memoh_go)])
+@pytest.mark.parametrize("tar_batches", [True, False], ids=["tar", "streams"])
+async def test_dest_directory_is_entered_by_the_scripts(kind: str, tar_batches: bool,
+                                                        tmp_path: Path) -> None:
+    """``dest`` below the server's root: every script runs there. Memoh's server resolves a
+    relative Exec ``work_dir`` against its own process's directory (it failed with ``chdir
+    sub/d ir: no such file or directory``), so the scripts ``cd`` into it themselves."""
+    src = tmp_path / "src"
+    build_tree(src, scale=20)
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with container(kind, dst) as client:
+        with trio.fail_after(60):
+            report = await memoh_trio.migrate(src, client, dest="sub/d ir",
+                                              tar_batches=tar_batches)
+    assert report.status == "migrated", (report.failures[:5], report.error)
+    migrated = tmp_path / "src.migrated"
+    want = snapshot(migrated, report.mtime_precision)
+    got = snapshot(dst / "sub" / "d ir", report.mtime_precision)
+    assert got == want
+    assert sorted(os.listdir(dst)) == ["sub"]
