@@ -25,7 +25,7 @@ import trio
 from faultproxy import open_fault_proxy
 from helpers import running as running_addr
 from helpers import temp_entries, tree_files, wait_until
-from peers import memoh_go_server
+from peers import RUN_IN, memoh_go_server, need_container
 
 from memoh_trio._fs import ServerHooks
 
@@ -502,7 +502,9 @@ def test_open_source_refuses_links_and_fifos_without_blocking(tmp_path: Path) ->
         open_source(want)
 
 
-def test_sha256_many_in_a_real_shell(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["dash", "busybox", "gnu-nopython"])
+def test_sha256_many_in_a_real_shell(tmp_path: Path, kind: str) -> None:
+    """The batched hash script under the shells containers have (busybox: ``run-in.sh``)."""
     import hashlib
 
     from memoh_trio._scripts import parse_sha256_many, sha256_many
@@ -512,8 +514,12 @@ def test_sha256_many_in_a_real_shell(tmp_path: Path) -> None:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(name.encode() * 3)
     script, stdin = sha256_many(names)
-    res = subprocess.run(["/bin/sh", "-c", script], cwd=tmp_path, input=stdin,
-                         capture_output=True, check=False)
+    argv = ["/bin/sh", "-c", script]
+    if kind != "dash":
+        need_container(kind)
+        argv = ["bash", str(RUN_IN), kind, *argv]
+    res = subprocess.run(argv, cwd=tmp_path, input=stdin, capture_output=True, check=False,
+                         timeout=120)
     assert res.returncode == 0
     got = parse_sha256_many(res.stdout)
     assert got == {n: hashlib.sha256(n.encode() * 3).hexdigest()
