@@ -27,7 +27,7 @@ from pathlib import Path
 
 from benchmarks import scenarios
 from benchmarks._measure import parse_result
-from benchmarks.run import REPO, ServerProc, proc_peak_rss, proc_times
+from benchmarks.run import REPO, ServerProc, _env, proc_peak_rss, proc_times
 
 PY = sys.executable
 
@@ -59,7 +59,7 @@ def run_one(v: Variant, src: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-root-"))
     if v.kind == "memoh":
         argv = [PY, "-m", "memoh_trio", "serve", "--root", str(root), "--listen", "127.0.0.1:0",
-                "--no-auth", *v.options]
+                *v.options]
     else:
         argv = [PY, "-m", "benchmarks.servers", "grpcio", "--root", str(root)]
     with tempfile.TemporaryFile() as log:
@@ -70,7 +70,8 @@ def run_one(v: Variant, src: Path) -> None:
                       "--src", str(src)]
             if v.concurrency is not None:
                 client += ["--concurrency", str(v.concurrency)]
-            done = subprocess.run(client, cwd=REPO, capture_output=True, text=True, check=False)
+            done = subprocess.run(client, cwd=REPO, env=_env(), capture_output=True, text=True,
+                                  check=False)
             result = parse_result(done.stdout)
             if done.returncode != 0 or result is None:
                 raise SystemExit(f"{v.label}: client failed ({done.returncode}):\n{done.stderr}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib
 import os
 import sys
 from typing import Any
@@ -22,16 +21,10 @@ from benchmarks._measure import Meter
 
 
 def _api() -> tuple[Any, Any]:
-    """``(connect, migrate)``: the public names once the package re-exports them."""
+    """``(connect, migrate)`` from the public API."""
     import memoh_trio
 
-    connect = getattr(memoh_trio, "connect", None)
-    if connect is None:
-        connect = importlib.import_module("memoh_trio._client").connect
-    migrate = getattr(memoh_trio, "migrate", None)
-    if migrate is None:
-        migrate = importlib.import_module("memoh_trio._migrate").migrate
-    return connect, migrate
+    return memoh_trio.connect, memoh_trio.migrate
 
 
 def _count(value: Any) -> int:
@@ -45,7 +38,8 @@ def _count(value: Any) -> int:
 
 async def run(target: str, src: str, options: dict[str, Any]) -> dict[str, Any]:
     connect, migrate = _api()
-    async with connect(target) as client:
+    # memoh-trio's server requires a token; run.py gives it to both ends (others ignore it).
+    async with connect(target, token=os.environ.get("MEMOH_TRIO_TOKEN")) as client:
         report = await migrate(src, client, **options)
     failures = getattr(report, "failures", ())
     return {

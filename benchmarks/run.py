@@ -82,6 +82,29 @@ def _cp_argv(target: str, src: Path, dest: Path) -> list[str]:
     return ["cp", "-r", str(src), str(dest / "copy")]
 
 
+#: Memoh's Go binaries (``../shared/memoh-go/build.sh --install`` builds them there).
+MEMOH_GO_DIR = Path(os.environ.get("MEMOH_GO_OUT", "/tmp/memoh-go"))
+MEMOH_GO_SERVER = MEMOH_GO_DIR / "memoh-go-server"
+MEMOH_GO_SEED = MEMOH_GO_DIR / "memoh-go-seed"
+MEMOH_GO_BUILD = REPO.parent / "shared" / "memoh-go" / "build.sh"
+if not MEMOH_GO_BUILD.exists():  # a worktree under /work/wt/: shared/ is beside its parent
+    MEMOH_GO_BUILD = REPO.parent.parent / "shared" / "memoh-go" / "build.sh"
+#: The token memoh-trio's server requires in benchmark runs and its clients send
+#: (``MEMOH_TRIO_TOKEN`` in every process's environment; Memoh's Go server ignores it).
+BENCH_TOKEN = "memoh-trio-bench-token"
+
+
+def _go_seed_argv(target: str, src: Path, dest: Path) -> list[str]:
+    return [str(MEMOH_GO_SEED), str(src), target]
+
+
+def _cli_argv(target: str, src: Path, dest: Path) -> list[str]:
+    """``memoh-trio migrate`` as an operator runs it: the console script, whole process."""
+    script = Path(PY).parent / "memoh-trio"
+    launcher = [str(script)] if script.exists() else [PY, "-m", "memoh_trio"]
+    return [*launcher, "migrate", str(src), "--target", target, "--json"]
+
+
 CONTENDERS: tuple[Contender, ...] = (
     Contender("memoh", "memoh-trio (defaults)", "memoh", _module("benchmarks.memoh_client"), True),
     Contender("memoh@grpcio", "memoh-trio (defaults)", "grpcio",
@@ -94,8 +117,30 @@ CONTENDERS: tuple[Contender, ...] = (
               _module("benchmarks.grpcio_fast"), True),
     Contender("raw-tcp", "raw TCP socket copy", "raw", _raw_argv, False),
     Contender("cp", "cp -r", "none", _cp_argv, False, copy_subdir="copy"),
+    # Issue 12: Memoh's own Go migrator and memoh-trio, both into Memoh's own Go server.
+    Contender("go-seed", "Memoh Go migrator", "go", _go_seed_argv, True),
+    Contender("cli@go", "memoh-trio CLI", "go", _cli_argv, True),
+    Contender("memoh@go", "memoh-trio (defaults)", "go", _module("benchmarks.memoh_client"), True),
 )
-SERVER_LABELS = {"memoh": "memoh-trio", "grpcio": "grpcio", "raw": "raw receiver", "none": "-"}
+SERVER_LABELS = {"memoh": "memoh-trio", "grpcio": "grpcio", "raw": "raw receiver", "none": "-",
+                 "go": "Memoh Go"}
+#: Contenders run as whole processes an operator starts: their time is the process's wall time.
+WHOLE_PROCESS = {"go-seed", "cli@go", "cp"}
+
+
+def memoh_go_missing() -> str | None:
+    """Why Memoh's Go binaries cannot run here (None: they can), after one build attempt."""
+    def missing() -> list[str]:
+        return [p.name for p in (MEMOH_GO_SERVER, MEMOH_GO_SEED) if not os.access(p, os.X_OK)]
+
+    if missing() and MEMOH_GO_BUILD.exists():
+        print(f"building Memoh's Go binaries: {MEMOH_GO_BUILD} --install", flush=True)
+        subprocess.run([str(MEMOH_GO_BUILD), "--install"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, check=False, timeout=900)
+    if missing():
+        return (f"skipped: Memoh's Go binaries not built ({', '.join(missing())} missing in "
+                f"{MEMOH_GO_DIR}; run ../shared/memoh-go/build.sh --install)")
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,6 +151,7 @@ def _env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
     env.setdefault("PYTHONHASHSEED", "0")
+    env["MEMOH_TRIO_TOKEN"] = BENCH_TOKEN
     return env
 
 
@@ -250,7 +296,7 @@ class Servers:
     def _argv(self, kind: str, root: Path) -> list[str]:
         if kind == "memoh" and self.profile_dir is None and self.memoh_launcher == "cli":
             return [PY, "-m", "memoh_trio", "serve", "--root", str(root),
-                    "--listen", "127.0.0.1:0", "--no-auth"]
+                    "--listen", "127.0.0.1:0"]  # the token: MEMOH_TRIO_TOKEN (BENCH_TOKEN)
         if kind == "memoh":
             argv = [PY, "-m", "benchmarks.servers", "memoh", "--root", str(root)]
             if self.profile_dir is not None:
@@ -261,6 +307,8 @@ class Servers:
             return [PY, "-m", "benchmarks.servers", "grpcio", "--root", str(root)]
         if kind == "raw":
             return [PY, "-m", "benchmarks.raw_tcp", "serve", "--root", str(root)]
+        if kind == "go":
+            return [str(MEMOH_GO_SERVER), "--root", str(root), "--listen", "127.0.0.1:0"]
         raise ValueError(kind)
 
     def start(self, kind: str, root: Path, log: IO[bytes]) -> ServerProc:
@@ -269,7 +317,7 @@ class Servers:
         except RuntimeError:
             if kind != "memoh" or self.memoh_launcher != "cli" or self.profile_dir is not None:
                 raise
-            self.memoh_launcher = "benchmarks.servers (memoh_trio._server.serve)"
+            self.memoh_launcher = "benchmarks.servers (memoh_trio.serve)"
             log.seek(0)
             log.truncate()
             return ServerProc(self._argv(kind, root), log)
@@ -281,7 +329,8 @@ class Servers:
 
 @dataclass
 class RunResult:
-    seconds: float
+    seconds: float  # the timed region (in-process), or the whole process where there is none
+    wall: float  # the whole client process, interpreter start included
     files: int
     bytes: int
     client_cpu: float
@@ -398,12 +447,29 @@ def run_once(c: Contender, src: Path, manifest: scenarios.Manifest, work: Path,
             else:
                 _rmtree(dest)
     return RunResult(
-        seconds=float(result.get("seconds", outcome.wall)),
+        seconds=float(result.get("seconds", outcome.wall)) if c.key not in WHOLE_PROCESS
+        else outcome.wall,
+        wall=outcome.wall,
         files=manifest.files, bytes=manifest.bytes,
         client_cpu=float(result.get("cpu", outcome.cpu)),
         client_rss=int(result.get("peak_rss") or outcome.peak_rss),
         server_cpu=server_cpu, server_rss=server_rss,
     )
+
+
+def compile_package() -> None:
+    """Byte-compile memoh-trio (untimed), as ``pip install`` does for an operator's install.
+
+    An editable install under ``PYTHONDONTWRITEBYTECODE=1`` (this machine sets it) has no
+    ``.pyc`` files for the package: every CLI start would compile its ~40 modules from source
+    (~30 ms of a ~200 ms start, ``python -v`` / cProfile ``builtins.compile``), a cost no
+    installed copy pays. Stale ``.pyc`` files are rebuilt by the same call.
+    """
+    import compileall
+
+    import memoh_trio
+
+    compileall.compile_dir(str(Path(memoh_trio.__file__).parent), quiet=1)
 
 
 def _warm(src: Path) -> None:
@@ -489,10 +555,85 @@ def evaluate_targets(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[Tar
         t = seconds(s, "memoh")
         return t / cell.runs[0].files if cell and cell.runs and t else None
 
+    for s, goal in GO_TARGETS.items():
+        if s in cells:
+            add(f"({s}) issue 12: Memoh Go migrator / memoh-trio CLI, whole process, "
+                "Memoh Go server", ratio(s, "cli@go", "go-seed"), goal)
+    e_go = cells.get("e", {}).get("cli@go")
+    rss_go = e_go.peak("client_rss") if e_go is not None else None
+    add(f"(e) issue 12: memoh-trio CLI peak RSS into Memoh Go server, {size}",
+        rss_go / MiB if rss_go else None, GO_RSS_MIB, "MiB", at_most=True)
+
     pa, pd = per_file("a"), per_file("d")
     add("(d) scale: per-file time, (d) / (a), memoh-trio on its server",
         pd / pa if pa and pd else None, 1.2, at_most=True)
     return out
+
+
+#: Issue 12's targets: Memoh's Go migrator's whole-process time / memoh-trio CLI's, both into
+#: Memoh's Go server, per scenario.
+GO_TARGETS = {"a": 2.0, "b": 1.0, "c": 1.5, "d": 3.0}
+#: (e): memoh-trio's client peak RSS moving 4 GiB into Memoh's Go server, at most this.
+GO_RSS_MIB = 100
+
+
+def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]:
+    """Issue 12's headline: Memoh's own Go migrator vs memoh-trio, into Memoh's own Go server."""
+    def cell(s: str, c: str) -> Cell | None:
+        found = cells.get(s, {}).get(c)
+        return found if found is not None and found.runs else None
+
+    def secs(s: str, c: str, attr: str = "seconds") -> float | None:
+        found = cell(s, c)
+        return found.median(attr) if found is not None else None
+
+    def why(s: str, c: str) -> str:
+        found = cells.get(s, {}).get(c)
+        if found is None:
+            return "not run"
+        return found.errors[0].splitlines()[0][:100] if found.errors else "no runs"
+
+    lines = [
+        "## Headline (issue 12): Memoh's Go migrator vs memoh-trio, both into Memoh's Go server",
+        "",
+        "Whole-process wall time (interpreter/program start included), medians of this run; "
+        "ratio = Go time / memoh-trio time (above 1: memoh-trio is faster). In-process: "
+        "memoh-trio as a library (`benchmarks/memoh_client.py`: connect + migrate + rename, "
+        "imports excluded) into the same server.",
+        "",
+        "| scenario | Memoh Go migrator s | memoh-trio CLI s | ratio | target | result "
+        "| memoh-trio in-process s | ratio in-process |",
+        "|---|---:|---:|---:|---:|---|---:|---:|",
+    ]
+    for s, goal in GO_TARGETS.items():
+        if s not in cells:
+            continue
+        go, cli, lib = secs(s, "go-seed"), secs(s, "cli@go"), secs(s, "memoh@go")
+        ratio = go / cli if go and cli else None
+        verdict = "-" if ratio is None else ("PASS" if ratio >= goal else "MISS")
+        if smoke and ratio is not None:
+            verdict += " (smoke)"
+        go_s = _fmt(go, 3) if go else why(s, "go-seed")
+        cli_s = _fmt(cli, 3) if cli else why(s, "cli@go")
+        lines.append(
+            f"| ({s}) {scenarios.title(s, smoke)} | {go_s} | {cli_s} "
+            f"| {_fmt(ratio, 2) + 'x' if ratio else '-'} | >= {goal}x | {verdict} "
+            f"| {_fmt(lib, 3) if lib else why(s, 'memoh@go')} "
+            f"| {_fmt(go / lib, 2) + 'x' if go and lib else '-'} |")
+    if "e" in cells:
+        e = cell("e", "cli@go")
+        rss = e.peak("client_rss") if e is not None else None
+        go, cli = secs("e", "go-seed"), secs("e", "cli@go")
+        verdict = "-" if not rss else ("PASS" if rss <= GO_RSS_MIB * MiB else "MISS")
+        lines.append(
+            f"| ({'e'}) {scenarios.title('e', smoke)}: memoh-trio CLI peak RSS "
+            f"| {_fmt(go, 3) if go else why('e', 'go-seed')} "
+            f"| {_fmt(cli, 3) if cli else why('e', 'cli@go')} "
+            f"| {_fmt(go / cli, 2) + 'x' if go and cli else '-'} "
+            f"| RSS <= {GO_RSS_MIB} MiB | {verdict}: {_mib(rss) if rss else '-'} MiB "
+            f"| {_fmt(secs('e', 'memoh@go'), 3)} | - |")
+    lines.append("")
+    return lines
 
 
 def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scenarios.Manifest],
@@ -516,19 +657,23 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
       "flushed (untimed `sync`) before every run, so no run pays for an earlier one's writes, "
       f"and outputs of {KEEP_ASIDE_MIN_FILES}+ files are deleted only at the end, so none "
       "pays for an earlier one's deletions (see `Trash` in run.py); "
-      "memoh-trio's own `sync` before it renames the source is timed. Contenders are "
+      "memoh-trio's own `sync` before it renames the source is timed; memoh-trio is "
+      "byte-compiled first (untimed), as `pip install` leaves it. Contenders are "
       "interleaved within each repetition; every destination was checked against the source "
       "(count and bytes" + ("; full content" if smoke else "") + ").")
-    w("- 'vs seed' = throughput relative to the seed algorithm on the grpcio server, same run.")
+    w("- 'vs seed' = throughput relative to the seed algorithm on the grpcio server, same run. "
+      "'process s' = the client's whole process, start to exit; for whole-process contenders "
+      f"({', '.join(sorted(WHOLE_PROCESS))}) 'seconds' is that time too.")
     w("")
+    lines += render_headline(cells, smoke)
     for key in cells:
         m = manifests[key]
         w(f"## ({key}) {scenarios.title(key, smoke)}: {m.files:,} files, "
           f"{m.bytes / 1e6:,.1f} MB, {repeats[key]} run{'s' if repeats[key] != 1 else ''}")
         w("")
-        w("| contender | server | MB/s | files/s | seconds | vs seed | client CPU s | "
-          "server CPU s | client peak RSS MiB | server peak RSS MiB |")
-        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        w("| contender | server | MB/s | files/s | seconds | process s | vs seed | client CPU s "
+          "| server CPU s | client peak RSS MiB | server peak RSS MiB |")
+        w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         seed = cells[key].get("seed")
         seed_t = seed.median("seconds") if seed and seed.runs else None
         for c in contenders:
@@ -539,18 +684,19 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
             if tp is None:
                 err = cell.errors[0].splitlines()[0] if cell.errors else "no runs"
                 status = err if err.startswith("skipped") else f"FAILED: {err[:120]}"
-                w(f"| {c.label} | {SERVER_LABELS[c.server]} | {status} | | | | | | | |")
+                w(f"| {c.label} | {SERVER_LABELS[c.server]} | {status} | | | | | | | | |")
                 continue
             t = cell.median("seconds")
             vs = f"{seed_t / t:.2f}x" if seed_t and t else "-"
             note = f" ({len(cell.errors)} failed)" if cell.errors else ""
             per_s = _fmt(tp[1], 0 if tp[1] >= 10 else 2)
             w(f"| {c.label}{note} | {SERVER_LABELS[c.server]} | {_fmt(tp[0])} | {per_s} "
-              f"| {_fmt(t, 3)} | {vs} | {_fmt(cell.median('client_cpu'), 2)} "
+              f"| {_fmt(t, 3)} | {_fmt(cell.median('wall'), 3)} | {vs} "
+              f"| {_fmt(cell.median('client_cpu'), 2)} "
               f"| {_fmt(cell.median('server_cpu'), 2)} | {_mib(cell.peak('client_rss'))} "
               f"| {_mib(cell.peak('server_rss'))} |")
         w("")
-    w("## Targets (issue 5): ratios of medians within this run")
+    w("## Targets (issues 5 and 12): ratios of medians within this run")
     w("")
     w("| target | measured | goal | result |")
     w("|---|---:|---:|---|")
@@ -589,7 +735,8 @@ def render_chart(cells: dict[str, dict[str, Cell]], contenders: Sequence[Contend
     keys = list(cells)
     fig, axes = plt.subplots(len(keys), 1, figsize=(10, 2.2 + 0.45 * len(contenders) * len(keys)),
                              squeeze=False)
-    colors = {"memoh": "#1f77b4", "grpcio": "#ff7f0e", "raw": "#2ca02c", "none": "#7f7f7f"}
+    colors = {"memoh": "#1f77b4", "grpcio": "#ff7f0e", "raw": "#2ca02c", "none": "#7f7f7f",
+              "go": "#9467bd"}
     for ax, key in zip(axes[:, 0], keys, strict=True):
         labels: list[str] = []
         values: list[float] = []
@@ -668,6 +815,9 @@ def _run_all(keys: Sequence[str], contenders: list[Contender], skip: set[str],
              smoke: bool) -> bool:
     """Every scenario and contender, interleaved; fills ``cells``. True if a run failed."""
     failed = False
+    go_missing = memoh_go_missing() if any(c.server == "go" for c in contenders) else None
+    if go_missing:
+        print(go_missing, flush=True)
     for key in keys:
         t_gen = time.perf_counter()
         src, manifest = scenarios.ensure(cache, key, smoke)
@@ -680,11 +830,13 @@ def _run_all(keys: Sequence[str], contenders: list[Contender], skip: set[str],
         for c in contenders:
             if f"{key}:{c.key}" in skip:
                 row[c.key].errors.append("skipped (--skip) to keep the run's time in budget")
+            elif c.server == "go" and go_missing:
+                row[c.key].errors.append(go_missing)
         with tempfile.TemporaryDirectory(prefix="work-", dir=cache) as work:
             for rep in range(repeats[key]):
                 order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
                 for c in order:
-                    if f"{key}:{c.key}" in skip:
+                    if f"{key}:{c.key}" in skip or (c.server == "go" and go_missing):
                         continue
                     try:
                         r = run_once(c, src, manifest, Path(work), servers,
@@ -748,6 +900,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = RESULTS
     out.mkdir(parents=True, exist_ok=True)
 
+    compile_package()
     started = datetime.datetime.now(datetime.UTC)
     t_start = time.perf_counter()
     servers = Servers()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import functools
+import os
 import signal
 import sys
 import threading
@@ -22,12 +23,13 @@ import trio
 
 
 async def _serve_memoh(root: Path) -> None:
-    from memoh_trio._server import serve
+    from memoh_trio import serve
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            addr = await nursery.start(functools.partial(serve, root, "127.0.0.1", 0,
-                                                         allow_unauthenticated=True))
+            token = os.environ.get("MEMOH_TRIO_TOKEN")
+            addr = await nursery.start(functools.partial(
+                serve, root, "127.0.0.1", 0, token=token, allow_unauthenticated=token is None))
             print(f"listening on {addr}", flush=True)
             async for _ in signals:
                 nursery.cancel_scope.cancel()

@@ -7,11 +7,12 @@ exits non-zero if any run failed) and that the report has a row for each of them
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.run import CONTENDERS, SERVER_LABELS
+from benchmarks.run import CONTENDERS, MEMOH_GO_SEED, MEMOH_GO_SERVER, SERVER_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,12 +30,24 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
     for section in ("## (a)", "## (d)", "## (e)", "## Targets"):
         assert section in table
     rows = [line for line in table.splitlines() if line.startswith("| ")]
+    go_built = all(os.access(p, os.X_OK) for p in (MEMOH_GO_SERVER, MEMOH_GO_SEED))
     for c in CONTENDERS:
         row = f"| {c.label} | {SERVER_LABELS[c.server]} |"
         matching = [r for r in rows if r.startswith(row)]
         assert len(matching) == 3, f"{row} should appear once per scenario:\n{table}"
         assert all("FAILED" not in r for r in matching), table
+        if c.server == "go" and not go_built:  # skipped, saying why and how to build them
+            assert all("skipped: Memoh's Go binaries not built" in r for r in matching), table
+        else:
+            assert all("skipped" not in r for r in matching), table
     assert "## Failed runs" not in table
+    # Issue 12's headline: Go time / memoh-trio time for (a) and (d), (e)'s CLI peak RSS.
+    headline = table.split("## Headline (issue 12)")[1].split("\n## ")[0]
+    for key in ("(a)", "(d)", "(e)"):
+        line = next(r for r in headline.splitlines() if r.startswith(f"| {key}"))
+        assert ("x |" in line) == go_built, line  # a ratio where both ran, else the reason
+        if not go_built:
+            assert "Go binaries not built" in line, line
     # Outputs of the many-file scenario (d) were put aside during the run, removed at its end.
     assert "run outputs kept aside" in proc.stdout
     assert not list((tmp_path / "cache").glob("trash-*"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import h2.config
 import h2.connection
@@ -65,14 +65,17 @@ def test_repr_fix_installed_when_a_channel_opens_not_at_import() -> None:
 import trio
 import memoh_trio
 from memoh_trio._bridge import asyncio_loop, channel
+import grpclib.protocol
 from hyperframe.frame import DataFrame
 assert "_body_repr" not in DataFrame.__dict__, "installed at import"
+assert grpclib.protocol.Stream.send_data.__module__ == "grpclib.protocol", "installed at import"
 async def main() -> None:
     async with asyncio_loop():
         ch = await channel.BridgeChannel.open("127.0.0.1", 9, dial=False)
         await ch.aclose()
 trio.run(main)
 assert "_body_repr" in DataFrame.__dict__, "not installed by BridgeChannel.open"
+assert grpclib.protocol.Stream.send_data.__module__ != "grpclib.protocol", "not installed"
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -449,3 +452,104 @@ def test_adopt_leaves_other_subclasses_alone() -> None:
         conn = cls(h2.config.H2Configuration(client_side=True))
         h2patch.adopt(conn)
         assert type(conn) is cls
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. grpclib's Stream.send_data, one transport write per run of frames: the same bytes
+
+
+class _Transport:
+    """What grpclib's stream needs of an asyncio transport: ``write``, recorded."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+
+def _send_with(
+    send_data: Callable[..., Awaitable[None]],
+    messages: Sequence[tuple[int, bool]],
+    *,
+    frame: int,
+    window: int,
+    update: int,
+    adopt: bool = True,
+) -> tuple[bytes, int]:
+    """Send ``messages`` (size, end_stream) on a grpclib stream with ``send_data``; a peer with
+    ``frame``-byte frames and a ``window``-byte initial window opens ``update`` more bytes each
+    time the sender waits. Returns (every byte written, number of writes)."""
+    import asyncio
+
+    import grpclib.config
+    import grpclib.protocol
+
+    conn = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding=None)
+    )
+    if adopt:
+        h2patch.adopt(conn)
+    conn.initiate_connection()
+    conn.receive_data(SettingsFrame(0, settings={
+        h2.settings.SettingCodes.MAX_FRAME_SIZE: frame,
+        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
+    }).serialize() + WindowUpdateFrame(0, window_increment=MAX_WINDOW - 65535).serialize())
+    conn.send_headers(1, _REQUEST)
+    transport = _Transport()
+    transport.write(conn.data_to_send())
+
+    async def main() -> None:
+        connection = grpclib.protocol.Connection(
+            conn, transport, config=grpclib.config.Configuration())  # type: ignore[arg-type]
+        stream = grpclib.protocol.Stream(connection, conn, transport,  # type: ignore[arg-type]
+                                         stream_id=1)
+        for i, (size, end) in enumerate(messages):
+            task = asyncio.ensure_future(send_data(stream, _payload(size, seed=i), end))
+            while not task.done():
+                await asyncio.sleep(0)
+                if not task.done() and not stream.window_updated.is_set():
+                    conn.receive_data(WindowUpdateFrame(1, window_increment=update).serialize())
+                    stream.window_updated.set()
+            task.result()
+
+    asyncio.run(main())
+    return b"".join(transport.writes), len(transport.writes)
+
+
+@pytest.mark.parametrize(
+    ("messages", "frame", "window", "update"),
+    [
+        ([(0, True)], 16384, 65535, 65535),
+        ([(1, False), (0, True)], 16384, 65535, 65535),
+        ([(5 << 20, False), (3, True)], 16384, MAX_WINDOW, 1),  # grpc-go's frames, open window
+        ([(1 << 20, True)], 16384, 65535, 65535),  # the default window: waits every 64 KiB
+        ([(1 << 20, False), (777777, True)], 16384, 100000, 33333),  # window ends mid-frame
+        ([(h2patch.COALESCE * 2 + 1, True)], 16385, MAX_WINDOW, 1),  # frames not a power of 2
+        ([(300000, True)], MAX_FRAME, 70000, 70000),
+    ],
+)
+def test_send_data_same_bytes_fewer_writes(
+    messages: list[tuple[int, bool]], frame: int, window: int, update: int
+) -> None:
+    import grpclib.protocol
+
+    h2patch.install()
+    assert grpclib.protocol.Stream.send_data is h2patch.send_data  # installed
+    # grpclib and h2 as released, against both of our paths: the frame-by-frame loop (an h2
+    # connection of any class) and send_data_run (on our H2Connection).
+    upstream, n_upstream = _send_with(h2patch._UPSTREAM_SEND_DATA, messages, frame=frame,
+                                      window=window, update=update, adopt=False)
+    loop, n_loop = _send_with(h2patch.send_data, messages, frame=frame, window=window,
+                              update=update, adopt=False)
+    patched, n_patched = _send_with(h2patch.send_data, messages, frame=frame, window=window,
+                                    update=update)
+    assert loop == upstream
+    assert patched == upstream
+    assert n_loop == n_patched
+    assert sum(size for size, _ in messages) < len(upstream)
+    frames = sum(-(-size // frame) or 1 for size, _ in messages)
+    if frames > 8:  # the point: fewer writes; far fewer where the window is open
+        assert n_patched < n_upstream
+        if window == MAX_WINDOW:
+            assert n_patched * 8 < n_upstream

@@ -29,98 +29,122 @@ Layout (the decision logic is pure and apart from I/O, as in h11):
 * ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """
 
-from ._client import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
-from ._client import Client as Client
-from ._client import ExecResult as ExecResult
-from ._client import FileEntry as FileEntry
-from ._client import ReadFileResult as ReadFileResult
-from ._client import WriteResult as WriteResult
-from ._client import connect as connect
-from ._errors import Aborted as Aborted
-from ._errors import AlreadyExists as AlreadyExists
-from ._errors import Cancelled as Cancelled
-from ._errors import ConfigError as ConfigError
-from ._errors import DeadlineExceeded as DeadlineExceeded
-from ._errors import FailedPrecondition as FailedPrecondition
-from ._errors import Internal as Internal
-from ._errors import InvalidArgument as InvalidArgument
-from ._errors import MemohError as MemohError
-from ._errors import MigrationBusy as MigrationBusy
-from ._errors import NotFound as NotFound
-from ._errors import PermissionDenied as PermissionDenied
-from ._errors import ResourceExhausted as ResourceExhausted
-from ._errors import RPCError as RPCError
-from ._errors import SourceChanged as SourceChanged
-from ._errors import SourceError as SourceError
-from ._errors import SourceReadError as SourceReadError
-from ._errors import Stalled as Stalled
-from ._errors import Status as Status
-from ._errors import Unauthenticated as Unauthenticated
-from ._errors import Unavailable as Unavailable
-from ._errors import Unimplemented as Unimplemented
-from ._migrate import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
-from ._migrate import MIGRATED_SUFFIX as MIGRATED_SUFFIX
-from ._migrate import migrate as migrate
-from ._migrate import migrate_all as migrate_all
-from ._migrate import migrate_bot as migrate_bot
-from ._pool import Pool as Pool
-from ._progress import Progress as Progress
-from ._progress import ProgressState as ProgressState
-from ._report import Failure as Failure
-from ._report import MigrationReport as MigrationReport
-from ._report import Skipped as Skipped
-from ._server import ServerAddress as ServerAddress
-from ._server import ServerHooks as ServerHooks
-from ._server import serve as serve
-from ._tls import ClientTLS as ClientTLS
-from ._tls import ServerTLS as ServerTLS
+
+import importlib as _importlib
+import typing as _typing
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "DEFAULT_CHUNK_SIZE",
-    "DEFAULT_CONCURRENCY",
-    "MIGRATED_SUFFIX",
-    "Aborted",
-    "AlreadyExists",
-    "Cancelled",
-    "Client",
-    "ClientTLS",
-    "ConfigError",
-    "DeadlineExceeded",
-    "ExecResult",
-    "FailedPrecondition",
-    "Failure",
-    "FileEntry",
-    "Internal",
-    "InvalidArgument",
-    "MemohError",
-    "MigrationBusy",
-    "MigrationReport",
-    "NotFound",
-    "PermissionDenied",
-    "Pool",
-    "Progress",
-    "ProgressState",
-    "RPCError",
-    "ReadFileResult",
-    "ResourceExhausted",
-    "ServerAddress",
-    "ServerHooks",
-    "ServerTLS",
-    "Skipped",
-    "SourceChanged",
-    "SourceError",
-    "SourceReadError",
-    "Stalled",
-    "Status",
-    "Unauthenticated",
-    "Unavailable",
-    "Unimplemented",
-    "WriteResult",
-    "connect",
-    "migrate",
-    "migrate_all",
-    "migrate_bot",
-    "serve",
-]
+# What type checkers and IDEs see; at run time a name loads on first use (``__getattr__``).
+if _typing.TYPE_CHECKING:
+    from ._client import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
+    from ._client import Client as Client
+    from ._client import ExecResult as ExecResult
+    from ._client import FileEntry as FileEntry
+    from ._client import ReadFileResult as ReadFileResult
+    from ._client import WriteResult as WriteResult
+    from ._client import connect as connect
+    from ._errors import Aborted as Aborted
+    from ._errors import AlreadyExists as AlreadyExists
+    from ._errors import Cancelled as Cancelled
+    from ._errors import ConfigError as ConfigError
+    from ._errors import DeadlineExceeded as DeadlineExceeded
+    from ._errors import FailedPrecondition as FailedPrecondition
+    from ._errors import Internal as Internal
+    from ._errors import InvalidArgument as InvalidArgument
+    from ._errors import MemohError as MemohError
+    from ._errors import MigrationBusy as MigrationBusy
+    from ._errors import NotFound as NotFound
+    from ._errors import PermissionDenied as PermissionDenied
+    from ._errors import ResourceExhausted as ResourceExhausted
+    from ._errors import RPCError as RPCError
+    from ._errors import SourceChanged as SourceChanged
+    from ._errors import SourceError as SourceError
+    from ._errors import SourceReadError as SourceReadError
+    from ._errors import Stalled as Stalled
+    from ._errors import Status as Status
+    from ._errors import Unauthenticated as Unauthenticated
+    from ._errors import Unavailable as Unavailable
+    from ._errors import Unimplemented as Unimplemented
+    from ._migrate import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+    from ._migrate import MIGRATED_SUFFIX as MIGRATED_SUFFIX
+    from ._migrate import migrate as migrate
+    from ._migrate import migrate_all as migrate_all
+    from ._migrate import migrate_bot as migrate_bot
+    from ._pool import Pool as Pool
+    from ._progress import Progress as Progress
+    from ._progress import ProgressState as ProgressState
+    from ._report import Failure as Failure
+    from ._report import MigrationReport as MigrationReport
+    from ._report import Skipped as Skipped
+    from ._server import ServerAddress as ServerAddress
+    from ._server import ServerHooks as ServerHooks
+    from ._server import serve as serve
+    from ._tls import ClientTLS as ClientTLS
+    from ._tls import ServerTLS as ServerTLS
+
+#: Public name -> the private module that defines it. Importing :mod:`memoh_trio` loads none of
+#: them: ``memoh-trio --version`` must not pay for trio, grpclib and the generated stubs, and a
+#: command loads only the modules it uses (``__getattr__`` below, PEP 562).
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_CHUNK_SIZE": "._client",
+    "Client": "._client",
+    "ExecResult": "._client",
+    "FileEntry": "._client",
+    "ReadFileResult": "._client",
+    "WriteResult": "._client",
+    "connect": "._client",
+    "Aborted": "._errors",
+    "AlreadyExists": "._errors",
+    "Cancelled": "._errors",
+    "ConfigError": "._errors",
+    "DeadlineExceeded": "._errors",
+    "FailedPrecondition": "._errors",
+    "Internal": "._errors",
+    "InvalidArgument": "._errors",
+    "MemohError": "._errors",
+    "MigrationBusy": "._errors",
+    "NotFound": "._errors",
+    "PermissionDenied": "._errors",
+    "ResourceExhausted": "._errors",
+    "RPCError": "._errors",
+    "SourceChanged": "._errors",
+    "SourceError": "._errors",
+    "SourceReadError": "._errors",
+    "Stalled": "._errors",
+    "Status": "._errors",
+    "Unauthenticated": "._errors",
+    "Unavailable": "._errors",
+    "Unimplemented": "._errors",
+    "DEFAULT_CONCURRENCY": "._migrate",
+    "MIGRATED_SUFFIX": "._migrate",
+    "migrate": "._migrate",
+    "migrate_all": "._migrate",
+    "migrate_bot": "._migrate",
+    "Pool": "._pool",
+    "Progress": "._progress",
+    "ProgressState": "._progress",
+    "Failure": "._report",
+    "MigrationReport": "._report",
+    "Skipped": "._report",
+    "ServerAddress": "._server",
+    "ServerHooks": "._server",
+    "serve": "._server",
+    "ClientTLS": "._tls",
+    "ServerTLS": "._tls",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> _typing.Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value  # the next lookup does not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

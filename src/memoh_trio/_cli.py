@@ -16,13 +16,11 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-import trio
-
+from . import __version__
 from . import _errors as errors
-from ._migrate.context import DEFAULT_BOT_CONCURRENCY, DEFAULT_CONCURRENCY
-from ._tls import ClientTLS, ServerTLS
+from ._defaults import DEFAULT_BOT_CONCURRENCY, DEFAULT_CONCURRENCY
 from ._units import (
     TEMPLATE_EXAMPLE,
     check_target_template,
@@ -31,6 +29,15 @@ from ._units import (
     parse_size,
     parse_target,
 )
+
+if TYPE_CHECKING:
+    import trio
+
+    from ._tls import ClientTLS
+
+# Imports are lazy here: a command loads only what it uses (``--version`` and argument errors:
+# none of trio, grpclib, the bridge or rich; rich only to draw; the server modules only for
+# ``serve``). ``python -X importtime -m memoh_trio --version`` shows what a start costs.
 
 # Exit codes: a contract with scripts and operators. Keep them stable.
 EXIT_OK = 0  # migrated, already migrated, or nothing to do
@@ -97,15 +104,6 @@ class _Parser(argparse.ArgumentParser):
             if isinstance(action, argparse._SubParsersAction):
                 return dict(action.choices)
         return {}
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("memoh-trio")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "unknown"
 
 
 def _size_arg(text: str) -> int:
@@ -253,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "renaming the source to <dir>.migrated only when every entry made it.",
         epilog="exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()),
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"memoh-trio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("migrate", help="copy one directory tree into a container")
@@ -309,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _client_tls(args: argparse.Namespace) -> ClientTLS | None:
+    from ._tls import ClientTLS
+
     if not (args.tls_ca or args.tls_cert or args.tls_key or args.tls_server_name):
         return None
     return ClientTLS(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key,
@@ -524,7 +524,10 @@ async def _cmd_migrate_all(args: argparse.Namespace, session: _Session) -> int:
 
 
 async def _cmd_serve(args: argparse.Namespace, session: _Session) -> int:
+    import trio
+
     from ._server import serve
+    from ._tls import ServerTLS
 
     token = resolve_token(args)
     if token is not None and args.no_auth:
@@ -582,6 +585,8 @@ def _stop_message(args: argparse.Namespace, name: str) -> str:
 async def _run(args: argparse.Namespace, session: _Session) -> int:
     """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code:
     a stopped migration prints what finished and what did not; ``serve`` stops with 0."""
+    import trio
+
     received: list[int] = []
     code = EXIT_OK
     async with trio.open_nursery() as nursery:
@@ -623,6 +628,8 @@ def _hint(exc: BaseException, args: argparse.Namespace) -> str | None:
 
         host, port = parse_target(args.target)
         try:
+            import trio
+
             return trio.run(functools.partial(diagnose, host, port,
                                               client_tls=_client_tls(args) is not None))
         except (OSError, errors.MemohError):
@@ -641,6 +648,8 @@ def _fail(exc: errors.MemohError, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``memoh-trio`` console script."""
     args = build_parser().parse_args(argv)
+    import trio
+
     session = _Session(args)
     try:
         code = trio.run(_run, args, session)

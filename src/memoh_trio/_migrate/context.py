@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import trio
 
 from .. import _scripts, _source
+from .._defaults import DEFAULT_BOT_CONCURRENCY as DEFAULT_BOT_CONCURRENCY
+from .._defaults import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
 from .._paths import PART_PREFIX as PART_PREFIX
 from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
@@ -28,10 +30,6 @@ from .._report import Failure, MigrationReport
 if TYPE_CHECKING:
     from .._client import Client, ExecResult
 
-#: File streams in flight at once. Measured on 2 cores (see the closing note of issue 3).
-DEFAULT_CONCURRENCY = 8
-#: Bots migrated at once by :func:`memoh_trio.migrate_all`.
-DEFAULT_BOT_CONCURRENCY = 4
 #: Suffix of a migrated source (the seed's ``migratedSuffix``).
 MIGRATED_SUFFIX = ".migrated"
 #: A stream with no progress for this long fails (the migration never hangs by default).
