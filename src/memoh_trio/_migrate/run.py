@@ -173,10 +173,12 @@ class _Run:
             else:
                 if opts.dest:
                     await self._make_dest()
-                if opts.resume:
-                    self.existing = await resume.load_existing(self.ctx)
-                    self.dest_links = {rel for rel, e in self.existing.items()
-                                       if e.mode.startswith("L")}
+                # Listed even without resume: the symlinks already at the destination are what
+                # the WriteRaw path must never write through (a server that does not confine
+                # paths, like Memoh's, would follow them).
+                existing = await resume.load_existing(self.ctx)
+                self.dest_links = {rel for rel, e in existing.items() if e.mode.startswith("L")}
+                self.existing = existing if opts.resume else {}
                 self.caps = await meta.probe(self.ctx)
                 if opts.tar_batches and self.caps.tar_ok(opts.verify):
                     self.tar_max_size = MAX_MEMBER_SIZE
