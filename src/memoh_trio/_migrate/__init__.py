@@ -70,5 +70,5 @@ from .context import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .context import Verify as Verify
 from .context import control_timeout as control_timeout
 from .preflight import check_data_root as check_data_root
-from .run import check_source as check_source
+from .preflight import check_source as check_source
 from .run import migrate as migrate

@@ -20,7 +20,15 @@ import trio
 from .. import _scripts, _source
 from .._defaults import DEFAULT_BOT_CONCURRENCY as DEFAULT_BOT_CONCURRENCY
 from .._defaults import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
-from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
+from .._errors import (
+    ConfigError,
+    MemohError,
+    NotFound,
+    RPCError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
 from .._paths import PART_PREFIX as PART_PREFIX
 from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .._plan import Action, describe_os_error, display_path
@@ -65,6 +73,21 @@ class Options:
     resume: bool = True
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT
     tar_batches: bool = True
+
+
+def check_options(opts: Options) -> None:
+    """Raise :class:`ConfigError` for options no run could use."""
+    c = opts.concurrency
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ConfigError(f"concurrency must be a whole number of at least 1, got {c!r}")
+    if opts.chunk_size is not None and (not isinstance(opts.chunk_size, int)
+                                        or opts.chunk_size < 1):
+        raise ConfigError(f"chunk size must be a positive number of bytes, "
+                          f"got {opts.chunk_size!r}")
+    if opts.verify not in ("size", "sha256"):
+        raise ConfigError(f"verify must be 'size' or 'sha256', got {opts.verify!r}")
+    if opts.stall_timeout is not None and not opts.stall_timeout > 0:
+        raise ConfigError(f"stall timeout must be positive, got {opts.stall_timeout!r}")
 
 
 class Deadlined:

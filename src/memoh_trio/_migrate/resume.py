@@ -20,7 +20,7 @@ import trio
 
 from .. import _scripts, _source
 from .._errors import MemohError, RPCError
-from .._plan import Action
+from .._plan import Action, Kind, display_path
 from .._tarbatch import TAR_PREFIX
 from .context import (
     CLEANUP_TIMEOUT,
@@ -142,3 +142,17 @@ async def local_hashes(batch: Sequence[Action]) -> dict[str, str]:
     except trio.Cancelled:
         stopped = True
         raise
+
+
+def itemize_line(action: Action, existing: FileEntry | None) -> str:
+    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
+    name = display_path(action.rel)
+    if action.kind in (Kind.DIR, Kind.MKDIR):
+        return f"cd+++++++++ {name}/"
+    if action.kind is Kind.SYMLINK:
+        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
+    if existing is None or existing.is_dir:
+        return f">f+++++++++ {name}"
+    size = "." if existing.size == action.size else "s"
+    when = "." if mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
+    return f">f.{size}{when}...... {name}"

@@ -4,16 +4,16 @@ rename (see :mod:`memoh_trio._migrate` for the whole flow)."""
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import trio
 
-from .._errors import ConfigError, MemohError, RPCError, SourceError, Unavailable
+from .._errors import ConfigError, MemohError, RPCError, Unavailable
 from .._finalize import Outcome, decide
 from .._lock import single_flight
+from .._paths import symlink_on_the_way
 from .._plan import (
     REQUIRED_KINDS,
     Action,
@@ -42,11 +42,13 @@ from .context import (
     Ledger,
     Options,
     Verify,
+    check_options,
     control_timeout,
     norm_dest,
     plain,
 )
-from .preflight import source_state
+from .preflight import already_migrated, check_source, real_source, source_identity, source_state
+from .resume import itemize_line
 
 if TYPE_CHECKING:
     from .._client import Client, FileEntry
@@ -58,77 +60,6 @@ WALK_BUFFER = 1024
 #: the large ones stream: on the mixed tree (c) the batches began at 0.34-0.44 s, after the
 #: large files, when the dispatcher waited for a slot for each large file in walk order.
 STREAM_QUEUE = 4096
-
-
-def symlink_on_the_way(rel: str, links: set[str]) -> str | None:
-    """The first proper ancestor of ``rel`` that is a symlink at the destination, if any (pure)."""
-    parts = rel.split("/")
-    for n in range(1, len(parts)):
-        prefix = "/".join(parts[:n])
-        if prefix in links:
-            return prefix
-    return None
-
-
-def check_source(src: str | os.PathLike[str]) -> str:
-    """Check that ``src`` is a readable directory; return its real path (``realpath``).
-
-    A symlinked SRC (or one with a symlinked parent) is resolved: the run copies, locks and
-    renames the real directory, whichever name it was given by.
-
-    Raises:
-        SourceError: missing, not a directory, or unreadable (in plain words).
-    """
-    given = os.path.abspath(os.fspath(src))
-    path = real_source(given)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SourceError(f"source {given} does not exist") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"source {given} is not a directory")
-    if os.path.dirname(path) == path:
-        raise SourceError(f"source {given} is the root directory: it cannot be renamed")
-    try:
-        with os.scandir(path) as it:
-            next(it, None)
-    except OSError as exc:
-        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
-    return path
-
-
-def real_source(src: str | os.PathLike[str]) -> str:
-    """``src`` resolved to its real path (``realpath``; a dangling alias of a migrated source
-    resolves to the renamed directory's old name, so it reads as already migrated)."""
-    return os.path.realpath(os.path.abspath(os.fspath(src)))
-
-
-def source_identity(path: str) -> tuple[int, int] | None:
-    """``(st_dev, st_ino)`` of the directory ``path`` names (not followed), or ``None``."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return None
-    if not stat.S_ISDIR(st.st_mode):
-        return None
-    return st.st_dev, st.st_ino
-
-
-def check_options(opts: Options) -> None:
-    """Raise :class:`ConfigError` for options no run could use."""
-    c = opts.concurrency
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ConfigError(f"concurrency must be a whole number of at least 1, got {c!r}")
-    if opts.chunk_size is not None and (not isinstance(opts.chunk_size, int)
-                                        or opts.chunk_size < 1):
-        raise ConfigError(f"chunk size must be a positive number of bytes, "
-                          f"got {opts.chunk_size!r}")
-    if opts.verify not in ("size", "sha256"):
-        raise ConfigError(f"verify must be 'size' or 'sha256', got {opts.verify!r}")
-    if opts.stall_timeout is not None and not opts.stall_timeout > 0:
-        raise ConfigError(f"stall timeout must be positive, got {opts.stall_timeout!r}")
 
 
 class _Run:
@@ -597,21 +528,3 @@ async def migrate(
             return MigrationReport(source=path, dest=opts.dest, status="already-migrated")
         check_source(path)
         return await _Run(path, client, opts, progress, itemize).run()
-
-
-def itemize_line(action: Action, existing: FileEntry | None) -> str:
-    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
-    name = display_path(action.rel)
-    if action.kind in (Kind.DIR, Kind.MKDIR):
-        return f"cd+++++++++ {name}/"
-    if action.kind is Kind.SYMLINK:
-        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
-    if existing is None or existing.is_dir:
-        return f">f+++++++++ {name}"
-    size = "." if existing.size == action.size else "s"
-    when = "." if resume.mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
-    return f">f.{size}{when}...... {name}"
-
-
-def already_migrated(src: str) -> bool:
-    return not os.path.lexists(src) and os.path.isdir(src + MIGRATED_SUFFIX)
