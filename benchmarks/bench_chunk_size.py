@@ -22,7 +22,7 @@ import trio
 
 from benchmarks.grpcio_peer import start_grpcio_server
 from benchmarks.run import LISTEN_TIMEOUT, MEMOH_GO_SERVER, proc_times
-from memoh_trio._client import connect
+from memoh_trio import connect
 
 MiB = 1024 * 1024
 
@@ -52,7 +52,7 @@ async def run(args: argparse.Namespace) -> None:
                     line = await go.stdout.receive_some(4096)
                 target = line.decode().split()[2]
             else:
-                from memoh_trio._server import serve
+                from memoh_trio import serve
 
                 addr = await nursery.start(partial(serve, root, durable=False,
                                                               allow_unauthenticated=True))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib
 import os
 import sys
 from typing import Any
@@ -22,16 +21,10 @@ from benchmarks._measure import Meter
 
 
 def _api() -> tuple[Any, Any]:
-    """``(connect, migrate)``: the public names once the package re-exports them."""
+    """``(connect, migrate)`` from the public API."""
     import memoh_trio
 
-    connect = getattr(memoh_trio, "connect", None)
-    if connect is None:
-        connect = importlib.import_module("memoh_trio._client").connect
-    migrate = getattr(memoh_trio, "migrate", None)
-    if migrate is None:
-        migrate = importlib.import_module("memoh_trio._migrate").migrate
-    return connect, migrate
+    return memoh_trio.connect, memoh_trio.migrate
 
 
 def _count(value: Any) -> int:

@@ -317,7 +317,7 @@ class Servers:
         except RuntimeError:
             if kind != "memoh" or self.memoh_launcher != "cli" or self.profile_dir is not None:
                 raise
-            self.memoh_launcher = "benchmarks.servers (memoh_trio._server.serve)"
+            self.memoh_launcher = "benchmarks.servers (memoh_trio.serve)"
             log.seek(0)
             log.truncate()
             return ServerProc(self._argv(kind, root), log)

@@ -23,7 +23,7 @@ import trio
 
 
 async def _serve_memoh(root: Path) -> None:
-    from memoh_trio._server import serve
+    from memoh_trio import serve
 
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:

@@ -36,10 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from faultproxy import DOWN, UP, open_fault_proxy
 
-from memoh_trio._client import connect
-from memoh_trio._errors import MemohError
-from memoh_trio._fs import ServerHooks
-from memoh_trio._migrate import migrate
+from memoh_trio import MemohError, ServerHooks, connect, migrate
 from memoh_trio.testing import TEMP_PREFIXES, running_server, temp_entries
 
 FAULTS = ["none", "delay", "stall", "cut-up", "cut-down", "nth-write", "enospc", "stop-reading"]

@@ -736,7 +736,7 @@ async def test_early_writeback_syncs_while_copying(
 
 
 def test_symlink_on_the_way() -> None:
-    from memoh_trio._migrate.run import symlink_on_the_way
+    from memoh_trio._paths import symlink_on_the_way
     links = {"sub", "a/b"}
     assert symlink_on_the_way("sub/file", links) == "sub"
     assert symlink_on_the_way("a/b/c/d", links) == "a/b"

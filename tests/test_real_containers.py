@@ -192,15 +192,18 @@ def conflict_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
 
 @pytest.mark.parametrize("kind", [*KINDS, pytest.param("memoh-go", marks=pytest.mark.memoh_go)])
 @pytest.mark.parametrize("tar_batches", [True, False], ids=["tar", "streams"])
+@pytest.mark.parametrize("resume", [True, False], ids=["resume", "no-resume"])
 async def test_destination_conflicts_fail_and_touch_nothing(kind: str, tar_batches: bool,
-                                                           tmp_path: Path) -> None:
+                                                           resume: bool, tmp_path: Path) -> None:
     """Destination ``sub -> /outside`` and a real directory ``x/`` where the source has a
-    symlink: those entries fail, nothing outside changes, the source is kept."""
+    symlink: those entries fail, nothing outside changes, the source is kept (without resume
+    too: the destination is listed for its symlinks all the same)."""
     src, dst, outside = conflict_tree(tmp_path)
     before = snapshot(outside, "ns")
     async with container(kind, dst) as client:
         with trio.fail_after(60):
-            report = await memoh_trio.migrate(src, client, tar_batches=tar_batches)
+            report = await memoh_trio.migrate(src, client, tar_batches=tar_batches,
+                                              resume=resume)
     assert report.status == "incomplete" and not report.ok
     assert report.renamed_to is None and src.is_dir()
     failed = {f.path for f in report.failures}

@@ -177,3 +177,40 @@ def test_walk_matches_tree(tmp_path_factory: pytest.TempPathFactory, tree: dict[
     expected = build(root, tree)
     got = trio.run(collect, root, batch_size)
     assert set(got) == expected
+
+
+@pytest.mark.parametrize("swap", ["symlink", "other-dir"])
+def test_directory_swapped_between_lstat_and_listing_is_not_listed(tmp_path: Path,
+                                                                   swap: str) -> None:
+    """A directory replaced (by a symlink to a directory outside the tree, or by another
+    directory) after its ``lstat`` and before it is listed is an error entry: nothing outside
+    the tree is ever listed through it."""
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("s")
+    st_d = os.lstat(src / "d")
+    (src / "d").rename(tmp_path / "aside")
+    if swap == "symlink":
+        (src / "d").symlink_to(outside)
+    else:
+        outside.rename(src / "d")
+    w = Walker(str(src))
+    root_fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        level, _empty, err = w._open_dir("d", "d", root_fd, st_d)
+    finally:
+        os.close(root_fd)
+    assert level is None and err is not None
+    assert "replaced" in str(err)
+
+
+async def test_walk_lists_through_descriptors(tmp_path: Path) -> None:
+    """The walk's ``lstat`` results are those of the entries inside the tree (by descriptor)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(b"12345")
+    got = await collect(tmp_path)
+    st_f = got["a/f"].st
+    assert st_f is not None and st_f.st_ino == os.lstat(tmp_path / "a" / "f").st_ino
+    assert st_f.st_size == 5

@@ -113,3 +113,13 @@ def split_link_target(target: str, *, link: str = "") -> list[str]:
 def join(parts: tuple[str, ...] | list[str]) -> str:
     """Request-style spelling of components (``"a/b"``; ``""`` for ROOT)."""
     return "/".join(parts)
+
+
+def symlink_on_the_way(rel: str, links: set[str]) -> str | None:
+    """The first proper ancestor of ``rel`` that is a symlink at the destination, if any (pure)."""
+    parts = rel.split("/")
+    for n in range(1, len(parts)):
+        prefix = "/".join(parts[:n])
+        if prefix in links:
+            return prefix
+    return None

@@ -82,6 +82,10 @@ class Action:
         mtime_ns: the modification time in nanoseconds.
         link_target: the link text of a symlink.
         reason: why an entry is skipped or failed, in plain words.
+        dev: ``st_dev`` at ``lstat`` time (regular files; 0 otherwise).
+        ino: ``st_ino`` at ``lstat`` time (regular files; 0 otherwise): with ``dev``, size and
+            ``mtime_ns`` the identity the copier checks the opened file against
+            (:mod:`memoh_trio._source`).
     """
 
     kind: Kind
@@ -92,6 +96,8 @@ class Action:
     mtime_ns: int = 0
     link_target: str | None = None
     reason: str = ""
+    dev: int = 0
+    ino: int = 0
 
 
 def is_utf8(name: str) -> bool:
@@ -140,9 +146,11 @@ def classify(entry: WalkEntry) -> Action:
     mode = st.st_mode
     perm, mtime = stat.S_IMODE(mode), st.st_mtime_ns
     if stat.S_ISREG(mode):
+        dev, ino = st.st_dev, st.st_ino
         if st.st_size == 0:
-            return Action(Kind.CREATE, rel, host, mode=perm, mtime_ns=mtime)
-        return Action(Kind.COPY, rel, host, size=st.st_size, mode=perm, mtime_ns=mtime)
+            return Action(Kind.CREATE, rel, host, mode=perm, mtime_ns=mtime, dev=dev, ino=ino)
+        return Action(Kind.COPY, rel, host, size=st.st_size, mode=perm, mtime_ns=mtime,
+                      dev=dev, ino=ino)
     if stat.S_ISDIR(mode):
         kind = Kind.MKDIR if entry.empty_dir else Kind.DIR
         return Action(kind, rel, host, mode=perm, mtime_ns=mtime)

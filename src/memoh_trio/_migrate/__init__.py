@@ -17,8 +17,9 @@ Every container-side script, and the parser of its output, is in :mod:`memoh_tri
 
 How one :func:`migrate` runs:
 
-1. The source is checked (:func:`check_source`) and the single-flight lock next to it is taken
-   (:mod:`memoh_trio._lock`).
+1. The source is resolved to its real directory and checked (:func:`check_source`) and the
+   single-flight lock next to that directory is taken (:mod:`memoh_trio._lock`; a dry run takes
+   none).
 2. Resume: one recursive ``ListDir`` of the destination up front gives what is already there
    (rsync's quick check: same size and same mtime second → not resent). Stale temporary files of
    an earlier interrupted run are deleted.
@@ -28,18 +29,22 @@ How one :func:`migrate` runs:
    ``CapacityLimiter`` bounds the streams and batches in flight; a feeder task waits for a slot
    before starting the next stream, so neither tasks nor memory grow with the tree, and the walk
    is never held up by large files while small ones could already be batched.
-4. Each file goes to a temporary sibling name through ``WriteRaw`` (size pinned to the size seen at
-   ``lstat`` time; optional SHA-256 computed while reading), is verified (bytes read ==
-   bytes written == size; the source unchanged since; with ``verify="sha256"`` the container's hash
-   of the temporary file), and only then moved onto its final name with ``Rename``. On any failure
-   or cancellation the temporary file is deleted (shielded, bounded in time). So no final path
-   ever holds a partial file, even against a server that writes in place.
+4. Each file is opened safely (:mod:`memoh_trio._source`: no symlink followed, no FIFO waited
+   for, the inode the walk saw), goes to a temporary sibling name through ``WriteRaw`` (size
+   pinned to the size seen at ``lstat`` time; optional SHA-256 computed while reading), is
+   verified (bytes read == bytes written == size == the container's ``Stat`` of the temporary
+   file; the open file and the path still the same file; with ``verify="sha256"`` the
+   container's hash of the temporary file), and only then moved onto its final name with
+   ``Rename``. On any failure or cancellation the temporary file is deleted (shielded, bounded
+   in time). So no final path ever holds a partial file, even against a server that writes in
+   place.
 5. Symlinks are recreated and permission bits / mtimes applied in the container through batched
    ``Exec`` calls (one shell script per batch, not one RPC per entry); directories last, deepest
    first, once nothing more is written into them.
 6. After the copy nursery has exited, :func:`memoh_trio._finalize.decide` rules on the rename and
    ``os.rename`` follows with no checkpoint in between (and KeyboardInterrupt-protected), so a
-   cancellation, an interrupt or a fatal error can never reach the rename after a partial copy.
+   cancellation, an interrupt or a fatal error can never reach the rename after a partial copy;
+   and only if the source path still names the directory that was copied (same inode).
 
 Error handling:
     A per-entry problem (unreadable file, file changed while copied, server refused a write,
@@ -65,5 +70,5 @@ from .context import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .context import Verify as Verify
 from .context import control_timeout as control_timeout
 from .preflight import check_data_root as check_data_root
-from .run import check_source as check_source
+from .preflight import check_source as check_source
 from .run import migrate as migrate

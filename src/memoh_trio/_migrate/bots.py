@@ -23,10 +23,11 @@ from .context import (
     MIGRATED_SUFFIX,
     Options,
     Verify,
+    check_options,
     norm_dest,
 )
 from .preflight import check_data_root, is_empty_dir, unknown_bot
-from .run import check_options, migrate
+from .run import migrate
 
 if TYPE_CHECKING:
     from .._client import Client

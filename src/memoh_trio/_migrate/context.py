@@ -12,16 +12,23 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
-import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import trio
 
-from .. import _scripts
+from .. import _scripts, _source
 from .._defaults import DEFAULT_BOT_CONCURRENCY as DEFAULT_BOT_CONCURRENCY
 from .._defaults import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
-from .._errors import MemohError, NotFound, RPCError, Unauthenticated, Unavailable, Unimplemented
+from .._errors import (
+    ConfigError,
+    MemohError,
+    NotFound,
+    RPCError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
 from .._paths import PART_PREFIX as PART_PREFIX
 from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .._plan import Action, describe_os_error, display_path
@@ -66,6 +73,21 @@ class Options:
     resume: bool = True
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT
     tar_batches: bool = True
+
+
+def check_options(opts: Options) -> None:
+    """Raise :class:`ConfigError` for options no run could use."""
+    c = opts.concurrency
+    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
+        raise ConfigError(f"concurrency must be a whole number of at least 1, got {c!r}")
+    if opts.chunk_size is not None and (not isinstance(opts.chunk_size, int)
+                                        or opts.chunk_size < 1):
+        raise ConfigError(f"chunk size must be a positive number of bytes, "
+                          f"got {opts.chunk_size!r}")
+    if opts.verify not in ("size", "sha256"):
+        raise ConfigError(f"verify must be 'size' or 'sha256', got {opts.verify!r}")
+    if opts.stall_timeout is not None and not opts.stall_timeout > 0:
+        raise ConfigError(f"stall timeout must be positive, got {opts.stall_timeout!r}")
 
 
 class Deadlined:
@@ -230,13 +252,6 @@ def plain(exc: BaseException) -> str:
 
 
 def source_unchanged(action: Action) -> str | None:
-    """``None`` if the file still has the size and mtime seen by the walk, else why not."""
-    try:
-        st = os.lstat(action.host_path)
-    except OSError as exc:
-        return f"the file changed while being copied ({describe_os_error(exc)})"
-    if not stat.S_ISREG(st.st_mode) or st.st_size != action.size:
-        return "the file changed while being copied (its size or type changed)"
-    if st.st_mtime_ns != action.mtime_ns:
-        return "the file changed while being copied (it was modified)"
-    return None
+    """``None`` if the path still names the file the walk saw (same inode, size and mtime; not
+    followed), else why not. See :mod:`memoh_trio._source` for opening it safely."""
+    return _source.check_path(action, when="while it was copied")

@@ -115,3 +115,53 @@ def unknown_bot(bots_dir: str, bot_id: str) -> SourceError:
         hint = f"{bots_dir} holds no bots"
     return SourceError(f"no bot {bot_id!r} in {bots_dir} (neither {bot_id} nor "
                        f"{bot_id}{MIGRATED_SUFFIX} exists): {hint}")
+
+
+def check_source(src: str | os.PathLike[str]) -> str:
+    """Check that ``src`` is a readable directory; return its real path (``realpath``).
+
+    A symlinked SRC (or one with a symlinked parent) is resolved: the run copies, locks and
+    renames the real directory, whichever name it was given by.
+
+    Raises:
+        SourceError: missing, not a directory, or unreadable (in plain words).
+    """
+    given = os.path.abspath(os.fspath(src))
+    path = real_source(given)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise SourceError(f"source {given} does not exist") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"source {given} is not a directory")
+    if os.path.dirname(path) == path:
+        raise SourceError(f"source {given} is the root directory: it cannot be renamed")
+    try:
+        with os.scandir(path) as it:
+            next(it, None)
+    except OSError as exc:
+        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
+    return path
+
+
+def real_source(src: str | os.PathLike[str]) -> str:
+    """``src`` resolved to its real path (``realpath``; a dangling alias of a migrated source
+    resolves to the renamed directory's old name, so it reads as already migrated)."""
+    return os.path.realpath(os.path.abspath(os.fspath(src)))
+
+
+def source_identity(path: str) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the directory ``path`` names (not followed), or ``None``."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def already_migrated(src: str) -> bool:
+    return not os.path.lexists(src) and os.path.isdir(src + MIGRATED_SUFFIX)

@@ -2,6 +2,8 @@
 
 One recursive ``ListDir`` up front gives rsync's quick check (same size and same mtime second →
 not resent); stale temporary files (ours, the server's, tar staging directories) are deleted.
+With ``--verify sha256`` the quick check is not enough to vouch for a file: :func:`check_hashes`
+compares the container's SHA-256 with the source's, and a file that differs is sent again.
 """
 
 from __future__ import annotations
@@ -9,16 +11,25 @@ from __future__ import annotations
 import contextlib
 import math
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 import trio
 
+from .. import _scripts, _source
 from .._errors import MemohError, RPCError
-from .._plan import Action
+from .._plan import Action, Kind, display_path
 from .._tarbatch import TAR_PREFIX
-from .context import CLEANUP_TIMEOUT, FATAL_ERRORS, PART_PREFIX, SERVER_TEMP_PREFIX, Context
+from .context import (
+    CLEANUP_TIMEOUT,
+    EXEC_TIMEOUT,
+    FATAL_ERRORS,
+    PART_PREFIX,
+    SERVER_TEMP_PREFIX,
+    Context,
+)
 
 if TYPE_CHECKING:
     from .._client import FileEntry
@@ -66,3 +77,82 @@ async def load_existing(ctx: Context, *, clean: bool = True) -> dict[str, FileEn
             with contextlib.suppress(MemohError):
                 await ctx.client.delete_file(ctx.path(rel), recursive=rel in staging)
     return existing
+
+
+@dataclass
+class HashCheck:
+    """What :func:`check_hashes` found of files resume would skip (each file in one list)."""
+
+    same: list[Action] = field(default_factory=list)  # the container's copy hashes the same
+    resend: list[Action] = field(default_factory=list)  # different, missing, or not checkable
+
+
+async def check_hashes(ctx: Context, batch: Sequence[Action]) -> HashCheck:
+    """``--verify sha256`` on a rerun: a file resume would skip (same size and mtime) is only
+    vouched for if the container's copy has the source's SHA-256 (one ``sha256sum`` Exec per
+    batch, the path list on stdin). Anything else is sent again: a mismatch, a file the
+    container cannot hash, a container without Exec or ``sha256sum``, a source that changed.
+
+    Raises:
+        Unavailable / Unauthenticated: fatal to the run.
+    """
+    out = HashCheck()
+    listable = [a for a in batch if "\n" not in a.rel and "\\" not in a.rel]
+    out.resend.extend(a for a in batch if "\n" in a.rel or "\\" in a.rel)
+    if not listable:
+        return out
+    remote: dict[str, str] = {}
+    script, stdin = _scripts.sha256_many([a.rel for a in listable])
+    try:
+        res = await ctx.exec(script, stdin=stdin, timeout_seconds=EXEC_TIMEOUT)
+        remote = _scripts.parse_sha256_many(res.stdout)
+    except FATAL_ERRORS:
+        raise
+    except (MemohError, OSError):  # no Exec here: every file is sent again
+        remote = {}
+    todo = [a for a in listable if a.rel in remote]
+    out.resend.extend(a for a in listable if a.rel not in remote)
+    local = await local_hashes(todo)
+    for action in todo:
+        if local.get(action.rel) == remote[action.rel]:
+            out.same.append(action)
+        else:
+            out.resend.append(action)
+    return out
+
+
+async def local_hashes(batch: Sequence[Action]) -> dict[str, str]:
+    """``{rel: sha256}`` of the source files that could be read as the walk saw them, in a
+    worker thread that a cancellation abandons (it then stops reading)."""
+    stopped = False
+
+    def work() -> dict[str, str]:
+        got: dict[str, str] = {}
+        for action in batch:
+            if stopped:
+                break
+            try:
+                got[action.rel] = _source.sha256_file(action, lambda: stopped)
+            except (OSError, _source.SourceChanged):
+                continue  # sent again: the per-file path says what is wrong with it
+        return got
+
+    try:
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except trio.Cancelled:
+        stopped = True
+        raise
+
+
+def itemize_line(action: Action, existing: FileEntry | None) -> str:
+    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
+    name = display_path(action.rel)
+    if action.kind in (Kind.DIR, Kind.MKDIR):
+        return f"cd+++++++++ {name}/"
+    if action.kind is Kind.SYMLINK:
+        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
+    if existing is None or existing.is_dir:
+        return f">f+++++++++ {name}"
+    size = "." if existing.size == action.size else "s"
+    when = "." if mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
+    return f">f.{size}{when}...... {name}"

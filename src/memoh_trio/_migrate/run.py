@@ -4,7 +4,6 @@ rename (see :mod:`memoh_trio._migrate` for the whole flow)."""
 from __future__ import annotations
 
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -12,9 +11,10 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
-from .._errors import ConfigError, MemohError, RPCError, SourceError, Unavailable
+from .._errors import ConfigError, MemohError, RPCError, Unavailable
 from .._finalize import Outcome, decide
 from .._lock import single_flight
+from .._paths import symlink_on_the_way
 from .._plan import (
     REQUIRED_KINDS,
     Action,
@@ -43,11 +43,13 @@ from .context import (
     Ledger,
     Options,
     Verify,
+    check_options,
     control_timeout,
     norm_dest,
     plain,
 )
-from .preflight import source_state
+from .preflight import already_migrated, check_source, real_source, source_identity, source_state
+from .resume import itemize_line
 
 if TYPE_CHECKING:
     from .._client import Client, FileEntry
@@ -64,54 +66,6 @@ TAR_META_MIN = 64
 STREAM_QUEUE = 4096
 
 
-def symlink_on_the_way(rel: str, links: set[str]) -> str | None:
-    """The first proper ancestor of ``rel`` that is a symlink at the destination, if any (pure)."""
-    parts = rel.split("/")
-    for n in range(1, len(parts)):
-        prefix = "/".join(parts[:n])
-        if prefix in links:
-            return prefix
-    return None
-
-
-def check_source(src: str | os.PathLike[str]) -> str:
-    """Check that ``src`` is a readable directory; return its absolute path.
-
-    Raises:
-        SourceError: missing, not a directory, or unreadable (in plain words).
-    """
-    path = os.path.abspath(os.fspath(src))
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SourceError(f"source {path} does not exist") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read source {path}: {describe_os_error(exc)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"source {path} is not a directory")
-    try:
-        with os.scandir(path) as it:
-            next(it, None)
-    except OSError as exc:
-        raise SourceError(f"cannot read source {path}: {describe_os_error(exc)}") from None
-    return path
-
-
-def check_options(opts: Options) -> None:
-    """Raise :class:`ConfigError` for options no run could use."""
-    c = opts.concurrency
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ConfigError(f"concurrency must be a whole number of at least 1, got {c!r}")
-    if opts.chunk_size is not None and (not isinstance(opts.chunk_size, int)
-                                        or opts.chunk_size < 1):
-        raise ConfigError(f"chunk size must be a positive number of bytes, "
-                          f"got {opts.chunk_size!r}")
-    if opts.verify not in ("size", "sha256"):
-        raise ConfigError(f"verify must be 'size' or 'sha256', got {opts.verify!r}")
-    if opts.stall_timeout is not None and not opts.stall_timeout > 0:
-        raise ConfigError(f"stall timeout must be positive, got {opts.stall_timeout!r}")
-
-
 class _Run:
     """One :func:`migrate` call: dispatches the walk to the transfer methods, records what they
     return in the ledger, and decides."""
@@ -119,6 +73,8 @@ class _Run:
     def __init__(self, src: str, client: Client, opts: Options, progress: Progress,
                  itemize: Callable[[str], None] | None = None) -> None:
         self.src = src
+        #: the directory the run copies: renamed only if ``src`` still names it at the end
+        self.identity = source_identity(src)
         self.opts = opts
         self.itemize = itemize
         # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
@@ -135,6 +91,7 @@ class _Run:
         self.caps = Capabilities()  # probed once at the start of a real run
         self._python_known = trio.Event()  # set once caps.python3 is known
         self.pending_links: list[Action] = []
+        self.pending_hash: list[Action] = []  # resume skips them if the hashes agree
         self.pending_meta: list[Action] = []  # files: mode + mtime
         self.dir_meta: list[Action] = []  # directories: applied last, deepest first
         self._nursery: trio.Nursery | None = None  # the copy nursery, while it runs
@@ -152,10 +109,12 @@ class _Run:
             else:
                 if opts.dest:
                     await self._make_dest()
-                if opts.resume:
-                    self.existing = await resume.load_existing(self.ctx)
-                    self.dest_links = {rel for rel, e in self.existing.items()
-                                       if e.mode.startswith("L")}
+                # Listed even without resume: the symlinks already at the destination are what
+                # the WriteRaw path must never write through (a server that does not confine
+                # paths, like Memoh's, would follow them).
+                existing = await resume.load_existing(self.ctx)
+                self.dest_links = {rel for rel, e in existing.items() if e.mode.startswith("L")}
+                self.existing = existing if opts.resume else {}
                 # python3 is asked beside the copy (see _probe_python): its start-up was most
                 # of the probe's 65-100 ms, before the first batch could start.
                 self.caps = await meta.probe(self.ctx, python=False)
@@ -242,6 +201,12 @@ class _Run:
         if not decision.rename:
             return
         target = self.src + MIGRATED_SUFFIX
+        if source_identity(self.src) != self.identity:
+            self.report.status = "incomplete"
+            self.report.error = (f"everything was copied, but {self.src} no longer names the "
+                                 "directory that was copied (it was replaced during the run): "
+                                 "not renamed")
+            return
         try:
             os.rename(self.src, target)
         except OSError as exc:
@@ -274,6 +239,7 @@ class _Run:
                         await self._dispatch(classify(entry), streams, nursery)
                     if not self.opts.dry_run:
                         self._flush_links(force=True)
+                        self._flush_hashes(force=True)
                         if len(self.batcher):
                             await self._start_tar(self.batcher.take(), nursery)
         finally:
@@ -343,10 +309,11 @@ class _Run:
             self.pending_links.append(action)
             self._flush_links()
         elif where is Route.UNCHANGED:
-            ledger.done += 1
-            report.unchanged += 1
-            ledger.progress.file_done(action.size)
-            self._queue_meta(action)
+            if self.opts.verify == "sha256":  # vouched for only once the hashes agree
+                self.pending_hash.append(action)
+                self._flush_hashes()
+            else:
+                self._unchanged(action)
         elif where is Route.TAR:
             full = self.batcher.add(action, action.size, action.rel)
             if full:
@@ -355,6 +322,12 @@ class _Run:
             if action.kind is Kind.MKDIR and self.opts.preserve:
                 self.dir_meta.append(action)
             await streams.send(action)
+
+    def _unchanged(self, action: Action) -> None:
+        self.ledger.done += 1
+        self.report.unchanged += 1
+        self.ledger.progress.file_done(action.size)
+        self._queue_meta(action)
 
     def _count_dry(self, action: Action) -> None:
         report = self.report
@@ -461,6 +434,11 @@ class _Run:
             batch, self.pending_links = self.pending_links, []
             self._start_batch(batch, "links")
 
+    def _flush_hashes(self, *, force: bool = False) -> None:
+        if self.pending_hash and (force or len(self.pending_hash) >= meta.EXEC_BATCH):
+            batch, self.pending_hash = self.pending_hash, []
+            self._start_batch(batch, "hash")
+
     def _start_batch(self, batch: list[Action], what: str) -> None:
         assert self._nursery is not None, "batches start only while the copy runs"
         self._nursery.start_soon(self._batch_task, batch, what)
@@ -469,7 +447,13 @@ class _Run:
         async with self.ctx.limiter:
             try:
                 await self._python_known.wait()
-                if what == "links":
+                if what == "hash":
+                    found = await resume.check_hashes(self.ctx, batch)
+                    for action in found.same:
+                        self._unchanged(action)
+                    for action in found.resend:  # with this task's slot, one after another
+                        await self._copy_entry(action)
+                elif what == "links":
                     failed = await meta.recreate_links(self.ctx, self.caps, batch)
                     for i, action in enumerate(batch):
                         if i in failed:
@@ -527,8 +511,10 @@ async def migrate(
         dest: destination directory under the server root ("" = the root, as the seed does).
         concurrency: file streams at once.
         chunk_size: WriteRaw chunk size (``None``: the client's default).
-        verify: ``"size"`` (bytes read == written == size at open) or ``"sha256"`` (also the
-            container's hash of the uploaded file, before it is moved into place).
+        verify: ``"size"`` (bytes read == written == size at open == the container's ``Stat``
+            of the uploaded file) or ``"sha256"`` (also the container's hash of the uploaded
+            file, before it is moved into place; and files resume would skip are hashed in the
+            container and on this host, and sent again unless the hashes agree).
         preserve: apply permission bits and mtimes in the container (batched Exec).
         rename: rename ``src`` to ``src + ".migrated"`` when everything made it.
         dry_run: predict the run: ask the container what it has (so resume applies and the
@@ -537,7 +523,8 @@ async def migrate(
         progress: updated as the copy goes (see :class:`memoh_trio.Progress`).
         stall_timeout: fail a file whose stream makes no progress for this many seconds
             (default 60 s; ``None`` waits forever).
-        lock_wait: seconds to wait for another migration of ``src`` (0: fail at once).
+        lock_wait: seconds to wait for another migration of ``src`` (0: fail at once). The
+            lock is keyed on the real directory (``realpath``); a dry run takes none.
         tar_batches: send runs of small files as tar streams through Exec (see
             :mod:`memoh_trio._tarbatch`) when the container has ``tar``; off: one WriteRaw +
             Rename per file.
@@ -563,32 +550,18 @@ async def migrate(
                    resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
     check_options(opts)
     progress = progress if progress is not None else Progress()
-    absolute, state = source_state(src)  # reruns, typos, empty sources: see .preflight
+    # SRC by its real directory: an alias (or a symlinked parent) meets the same lock, and the
+    # rename renames the real directory (see check_source).
+    absolute, state = source_state(real_source(src))  # reruns, typos, empty sources: see .preflight
     if state != "migrate":
         progress.finish()
         return MigrationReport(source=absolute, dest=opts.dest, status=state)
     path = check_source(src)
+    if opts.dry_run:  # changes nothing, so takes no lock (works on a read-only data root)
+        return await _Run(path, client, opts, progress, itemize).run()
     async with single_flight(path, wait=lock_wait):
         if already_migrated(path):  # the run we waited for renamed it
             progress.finish()
             return MigrationReport(source=path, dest=opts.dest, status="already-migrated")
         check_source(path)
         return await _Run(path, client, opts, progress, itemize).run()
-
-
-def itemize_line(action: Action, existing: FileEntry | None) -> str:
-    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
-    name = display_path(action.rel)
-    if action.kind in (Kind.DIR, Kind.MKDIR):
-        return f"cd+++++++++ {name}/"
-    if action.kind is Kind.SYMLINK:
-        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
-    if existing is None or existing.is_dir:
-        return f">f+++++++++ {name}"
-    size = "." if existing.size == action.size else "s"
-    when = "." if resume.mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
-    return f">f.{size}{when}...... {name}"
-
-
-def already_migrated(src: str) -> bool:
-    return not os.path.lexists(src) and os.path.isdir(src + MIGRATED_SUFFIX)

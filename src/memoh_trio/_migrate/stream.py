@@ -1,9 +1,12 @@
 """One file through ``WriteRaw``: temporary sibling → verify → ``Rename`` onto its final name.
 
-The file is streamed to ``.memoh-part-<random>`` next to its final path (size pinned to the size
-seen by the walk; SHA-256 computed while reading with ``verify="sha256"``), verified (bytes read
-== bytes written == size; the source unchanged since; with sha256 the container's hash of the
-temporary file) and only then renamed into place. On any failure or cancellation the temporary
+The source is opened safely (:mod:`memoh_trio._source`: no symlink followed, no FIFO waited
+for, the same inode, size and mtime as the walk saw) before a byte is sent. The file is streamed
+to ``.memoh-part-<random>`` next to its final path (size pinned to the size seen by the walk;
+SHA-256 computed while reading with ``verify="sha256"``), verified (bytes read == bytes written
+== size == the temporary file's size in the container's own ``Stat``; the open file and the path
+still that same file; with sha256 the container's hash of the temporary file) and only then
+renamed into place. On any failure or cancellation the temporary
 file is deleted (shielded, bounded in time), so no final path ever holds a partial file, even on
 a server that writes in place.
 """
@@ -11,13 +14,18 @@ a server that writes in place.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import secrets
+import threading
+from typing import BinaryIO
 
-from .. import _scripts
-from .._errors import InvalidArgument, Unimplemented
+import trio
+
+from .. import _scripts, _source
+from .._errors import InvalidArgument, NotFound, Unimplemented
 from .._plan import Action, Kind
-from .context import EXEC_TIMEOUT, PART_PREFIX, Context, source_unchanged
+from .context import EXEC_TIMEOUT, PART_PREFIX, Context
 
 
 def part_name(final: str) -> str:
@@ -25,6 +33,31 @@ def part_name(final: str) -> str:
     parent = posixpath.dirname(final)
     name = PART_PREFIX + secrets.token_hex(8)
     return f"{parent}/{name}" if parent else name
+
+
+async def open_source(action: Action) -> int:
+    """:func:`memoh_trio._source.open_source` in a worker thread that a cancellation abandons
+    (a descriptor opened after that is closed by the thread itself).
+
+    Raises:
+        SourceChanged: not the file the walk saw (the message says why).
+    """
+    lock = threading.Lock()
+    abandoned = False
+
+    def work() -> int:
+        fd = _source.open_source(action)
+        with lock:
+            if abandoned:
+                os.close(fd)
+        return fd
+
+    try:
+        return await trio.to_thread.run_sync(work, abandon_on_cancel=True)
+    except trio.Cancelled:
+        with lock:
+            abandoned = True
+        raise
 
 
 async def copy_file(ctx: Context, action: Action) -> str | None:
@@ -35,13 +68,26 @@ async def copy_file(ctx: Context, action: Action) -> str | None:
     """
     final = ctx.path(action.rel)
     if action.kind is Kind.CREATE:
-        # Nothing can be partial in an empty file: write it in place.
+        # Nothing can be partial in an empty file: write it in place (nothing is read).
+        why = _source.check_path(action)
+        if why is not None:
+            return why
         result = await ctx.client.write_raw(final, b"", expected_size=0)
-        why = source_unchanged(action)
+        why = _source.check_path(action, when="while it was copied")
         if why is None and result.bytes_written != 0:
             why = f"the server wrote {result.bytes_written} bytes for an empty file"
         return why
+    try:
+        fd = await open_source(action)
+    except _source.SourceChanged as exc:
+        return str(exc)
+    try:
+        return await _copy_open(ctx, action, fd, final)
+    finally:
+        os.close(fd)
 
+
+async def _copy_open(ctx: Context, action: Action, fd: int, final: str) -> str | None:
     part = part_name(final)
     sent = 0
 
@@ -50,17 +96,27 @@ async def copy_file(ctx: Context, action: Action) -> str | None:
         sent += nbytes
         ctx.progress.sent(nbytes)
 
+    # The reader gets the checked inode, never the source path (see _source.reader_path).
+    via = _source.reader_path(fd)
+    source: str | BinaryIO = (via if via is not None
+                              else os.fdopen(os.dup(fd), "rb", buffering=0))
     placed = False
     try:
-        result = await ctx.client.write_raw(
-            part, action.host_path, chunk_size=ctx.opts.chunk_size, expected_size=action.size,
-            hash_sha256=ctx.opts.verify == "sha256", on_progress=on_progress,
-            stall_timeout=ctx.opts.stall_timeout,
-        )
-        why = source_unchanged(action)
+        try:
+            result = await ctx.client.write_raw(
+                part, source, chunk_size=ctx.opts.chunk_size, expected_size=action.size,
+                hash_sha256=ctx.opts.verify == "sha256", on_progress=on_progress,
+                stall_timeout=ctx.opts.stall_timeout,
+            )
+        finally:
+            if not isinstance(source, str):
+                source.close()
+        why = _source.check_after(fd, action)
         if why is None and not (result.bytes_read == result.bytes_written == action.size):
             why = (f"size mismatch: {action.size} bytes at open, {result.bytes_read} read, "
                    f"{result.bytes_written} written by the server")
+        if why is None:
+            why = await verify_size(ctx, part, result.bytes_read, result.bytes_written)
         if why is None and ctx.opts.verify == "sha256":
             why = await verify_sha256(ctx, part, result.sha256)
         if why is not None:
@@ -72,6 +128,20 @@ async def copy_file(ctx: Context, action: Action) -> str | None:
         if not placed:
             ctx.progress.unsent(sent)
             await ctx.discard(part)
+
+
+async def verify_size(ctx: Context, part: str, nread: int, written: int) -> str | None:
+    """``None`` if the container's temporary file has the ``nread`` bytes read (its ``Stat``:
+    the server's ``bytes_written`` count alone is not trusted), else why not."""
+    try:
+        entry = await ctx.client.stat(part)
+    except NotFound:
+        return ("the temporary file is missing in the container after the upload "
+                f"(the server reported {written} bytes written)")
+    if entry.is_dir or entry.size != nread:
+        return (f"the container holds {entry.size} bytes of the {nread} sent (the server "
+                f"reported {written} written): not moved into place")
+    return None
 
 
 async def verify_sha256(ctx: Context, path: str, local: str | None) -> str | None:

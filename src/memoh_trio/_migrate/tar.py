@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .. import _scripts
+from .. import _scripts, _source
 from .._errors import MemohError
 from .._plan import Action
 from .._tarbatch import TAR_PREFIX, Member, layout, pack
-from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, source_unchanged
+from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context
 
 
 @dataclass
@@ -55,7 +55,8 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
         Unavailable / Unauthenticated: fatal to the run (the staging directory is discarded).
     """
     out = BatchOutcome()
-    members, out.changed = await trio.to_thread.run_sync(read_members, batch)
+    members, out.changed = await trio.to_thread.run_sync(read_members, batch,
+                                                         abandon_on_cancel=True)
     if not members:
         return out
     settled: set[int] = set()  # member indexes copied or failed
@@ -161,14 +162,10 @@ def read_members(batch: Sequence[Action],
     members: list[tuple[Action, bytes, str | None]] = []
     changed: list[Action] = []
     for action in batch:
-        try:
-            with open(action.host_path, "rb") as f:
-                data = f.read(action.size + 1)
-        except OSError:
+        try:  # never follows a link, never waits on a FIFO; the same inode as the walk saw
+            data = _source.read_whole(action)
+        except (OSError, _source.SourceChanged):
             changed.append(action)  # the per-file path reports the error in its words
-            continue
-        if len(data) != action.size or source_unchanged(action) is not None:
-            changed.append(action)
             continue
         members.append((action, data, hashlib.sha256(data).hexdigest()))
     return members, changed
