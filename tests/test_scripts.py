@@ -9,6 +9,7 @@ without python3).
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 from pathlib import Path
 
@@ -308,3 +309,47 @@ def test_big_batches_pass_no_argument_limit(kind: str, tmp_path: Path) -> None:
     assert failed == {}
     want = 1_577_836_800_123_456_789 if precision == "ns" else 1_577_836_800_000_000_000
     assert all((tmp_path / n).stat().st_mtime_ns == want for n in names[::97])
+
+
+@pytest.mark.parametrize("kind", ["dash", "busybox-python"])
+def test_python_mover_never_through_a_symlink(kind: str, tmp_path: Path) -> None:
+    """The python3 mover of a tar batch (PY_MOVE): a directory symlink on the way and a real
+    directory at the final name fail those files (nothing outside is touched), an old symlink
+    at the final name is replaced, not followed; every moved file has its mode and mtime to
+    the nanosecond, and the staging directory is gone."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_bytes(b"outside")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "sub").symlink_to(outside)
+    (dest / "ok").mkdir()
+    (dest / "ok" / "f3").mkdir()
+    (dest / "ok" / "f4").symlink_to(outside / "keep")
+    rels = [f"ok/f{i}" for i in range(6)] + ["sub/a", "new/x/y", "n\nl/q'\"$`\\"]
+    actions = [entry(r, 0o600 + i % 2 * 0o40, 1_500_000_000_987_654_321 + i)
+               for i, r in enumerate(rels)]
+    lay = layout(rels)
+    members = [Member(r, r.encode(), 0o644, 0) for r in rels]
+    archive = pack(members, lay, trailer=(S.RUN_MEMBER, S.listing_script(lay, "size").encode()))
+    res = run(kind, S.extract_command(".memoh-tar-t"), dest, archive)
+    assert res.returncode == 0, res.stderr
+    caps = caps_of(kind, dest)
+    assert caps.python3 and caps.python_exe.startswith("/")
+    res = run(kind, S.py_move_command(".memoh-tar-t", caps.python_exe), dest,
+              S.py_move_records(".memoh-tar-t", lay, range(len(rels)), actions, preserve=True))
+    assert res.returncode == 0, res.stderr
+    records = S.parse_records(res.stdout, len(rels))
+    assert records[rels.index("sub/a")] == "a symlink is in the way"
+    assert records[rels.index("ok/f3")] == "a directory is in the way"
+    assert [i for i, why in records.items() if why is not None] == [3, 6]
+    assert sorted(p.name for p in outside.iterdir()) == ["keep"]
+    assert (outside / "keep").read_bytes() == b"outside"
+    for i, r in enumerate(rels):
+        if i in (3, 6):
+            continue
+        st_ = (dest / r).lstat()
+        assert stat.S_ISREG(st_.st_mode) and (dest / r).read_bytes() == r.encode()
+        assert st_.st_mode & 0o7777 == actions[i].mode
+        assert st_.st_mtime_ns == actions[i].mtime_ns
+    assert not (dest / ".memoh-tar-t").exists()
