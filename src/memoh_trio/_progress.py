@@ -108,9 +108,10 @@ class Progress:
         """A file failed after ``nbytes`` of it were counted: take them back out."""
         self._add(bytes_done=-nbytes)
 
-    def file_done(self, nbytes_not_streamed: int = 0) -> None:
-        """One file finished; ``nbytes_not_streamed`` counts bytes not sent (resume's unchanged)."""
-        self._add(files_done=1, bytes_done=nbytes_not_streamed)
+    def file_done(self, nbytes_not_streamed: int = 0, files: int = 1) -> None:
+        """One file finished (or ``files``); ``nbytes_not_streamed`` counts bytes not sent
+        (resume's unchanged)."""
+        self._add(files_done=files, bytes_done=nbytes_not_streamed)
 
     def failed(self) -> None:
         """One entry failed."""

@@ -398,8 +398,7 @@ class _Run:
                 return
             for action, why in outcome.failed:
                 ledger.fail(action, why)
-            for action in outcome.copied:
-                ledger.copied(action)
+            ledger.copied_many(outcome.copied)
             if outcome.meta_applied:
                 # The python3 mover applied them, each file's record proves it.
                 if outcome.copied and self.report.mtime_precision != "s":

@@ -55,8 +55,8 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
         Unavailable / Unauthenticated: fatal to the run (the staging directory is discarded).
     """
     out = BatchOutcome()
-    members, out.changed = await trio.to_thread.run_sync(read_members, batch,
-                                                         abandon_on_cancel=True)
+    members, out.changed = await trio.to_thread.run_sync(
+        read_members, batch, ctx.opts.verify == "sha256", abandon_on_cancel=True)
     if not members:
         return out
     settled: set[int] = set()  # member indexes copied or failed
@@ -152,9 +152,10 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
             await ctx.discard(ctx.path(staging), recursive=True)
 
 
-def read_members(batch: Sequence[Action],
+def read_members(batch: Sequence[Action], digest: bool = True,
                  ) -> tuple[list[tuple[Action, bytes, str | None]], list[Action]]:
-    """Worker thread: read each file of a batch whole, with its SHA-256.
+    """Worker thread: read each file of a batch whole, with its SHA-256 (``digest``; else
+    ``None``: size verification does not need it).
 
     Returns ``(members, changed)``: ``(action, data, sha256)`` for files read exactly as the walk
     saw them, and the actions of files that changed (or vanished) in between.
@@ -167,5 +168,5 @@ def read_members(batch: Sequence[Action],
         except (OSError, _source.SourceChanged):
             changed.append(action)  # the per-file path reports the error in its words
             continue
-        members.append((action, data, hashlib.sha256(data).hexdigest()))
+        members.append((action, data, hashlib.sha256(data).hexdigest() if digest else None))
     return members, changed
