@@ -34,6 +34,8 @@ GO_SEED = Path("/tmp/memoh-go/memoh-go-seed")
 def _kind(command: str) -> str:
     if "tar " in command and "-x" in command:
         return "tar-extract"
+    if "os.rename(s,f)" in command:
+        return "move-py"
     if "python3 -S -c" in command and "os.utime" in command:
         return "meta-py"
     if "python3 -S -c" in command and "symlink" in command:
