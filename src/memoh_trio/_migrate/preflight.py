@@ -55,19 +55,25 @@ def is_empty_dir(path: str) -> bool:
     Raises:
         SourceError: ``path`` is missing, not a directory or unreadable (in plain words).
     """
+    return _readable_dir(path, path)
+
+
+def _readable_dir(path: str, shown: str) -> bool:
+    """Check that ``path`` is a readable directory (errors name it ``shown``); whether it is
+    empty."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise SourceError(f"source {path} does not exist") from None
+        raise SourceError(f"source {shown} does not exist") from None
     except OSError as exc:
-        raise SourceError(f"cannot read source {path}: {describe_os_error(exc)}") from None
+        raise SourceError(f"cannot read source {shown}: {describe_os_error(exc)}") from None
     if not stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"source {path} is not a directory")
+        raise SourceError(f"source {shown} is not a directory")
     try:
         with os.scandir(path) as it:
             return next(it, None) is None
     except OSError as exc:
-        raise SourceError(f"cannot read source {path}: {describe_os_error(exc)}") from None
+        raise SourceError(f"cannot read source {shown}: {describe_os_error(exc)}") from None
 
 
 def check_data_root(data_root: str | os.PathLike[str]) -> str:
@@ -128,21 +134,9 @@ def check_source(src: str | os.PathLike[str]) -> str:
     """
     given = os.path.abspath(os.fspath(src))
     path = real_source(given)
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        raise SourceError(f"source {given} does not exist") from None
-    except OSError as exc:
-        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
-    if not stat.S_ISDIR(st.st_mode):
-        raise SourceError(f"source {given} is not a directory")
+    _readable_dir(path, given)
     if os.path.dirname(path) == path:
         raise SourceError(f"source {given} is the root directory: it cannot be renamed")
-    try:
-        with os.scandir(path) as it:
-            next(it, None)
-    except OSError as exc:
-        raise SourceError(f"cannot read source {given}: {describe_os_error(exc)}") from None
     return path
 
 
