@@ -66,6 +66,22 @@ def test_ab_servers_smoke(tmp_path: Path) -> None:
         assert any(line.strip().startswith(label.strip()) and " s " in line for line in medians)
 
 
+def test_ab_clients_smoke(tmp_path: Path) -> None:
+    # A revision's exported tree and the working tree, one with client options, on our server
+    # (Memoh's Go server may not be built here).
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.ab_clients", "--smoke", "--scenario", "b",
+         "--rounds", "1", "--server", "memoh", "--client", "head=HEAD",
+         "--client", "tree=. --chunk-size 65536", "--cache-dir", str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    medians = proc.stdout.split("medians:")[1].splitlines()
+    for label in ("head ", "tree "):
+        assert any(line.strip().startswith(label.strip()) and "server CPU" in line
+                   for line in medians)
+
+
 def test_bench_direct_io_smoke(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.bench_direct_io", "--size-mib", "4", "--rounds", "1",

@@ -7,9 +7,15 @@ connection must put on the wire exactly the bytes a plain h2 connection does.
 from __future__ import annotations
 
 import importlib.util
+import itertools
+import os
+import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+from unittest import mock
 
 import h2.config
 import h2.connection
@@ -69,6 +75,9 @@ import grpclib.protocol
 from hyperframe.frame import DataFrame
 assert "_body_repr" not in DataFrame.__dict__, "installed at import"
 assert grpclib.protocol.Stream.send_data.__module__ == "grpclib.protocol", "installed at import"
+import grpclib.client, grpclib.server, grpclib.stream
+assert grpclib.client.send_message is grpclib.stream.send_message, "installed at import"
+assert grpclib.server.send_message is grpclib.stream.send_message, "installed at import"
 async def main() -> None:
     async with asyncio_loop():
         ch = await channel.BridgeChannel.open("127.0.0.1", 9, dial=False)
@@ -76,6 +85,8 @@ async def main() -> None:
 trio.run(main)
 assert "_body_repr" in DataFrame.__dict__, "not installed by BridgeChannel.open"
 assert grpclib.protocol.Stream.send_data.__module__ != "grpclib.protocol", "not installed"
+assert grpclib.client.send_message is not grpclib.stream.send_message, "not installed"
+assert grpclib.server.send_message is not grpclib.stream.send_message, "not installed"
 print("ok")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
@@ -182,6 +193,14 @@ def test_installing_again_does_not_patch_again(monkeypatch: pytest.MonkeyPatch) 
     again.install()
     assert again._data_body_repr is not installed
     assert DataFrame.__dict__["_body_repr"] is installed
+    # The same for grpclib's send_data and send_message: the first copy's stay.
+    import grpclib.client
+    import grpclib.protocol
+    import grpclib.server
+
+    assert grpclib.protocol.Stream.send_data is h2patch.send_data
+    assert vars(grpclib.client)["send_message"] is h2patch.send_message
+    assert vars(grpclib.server)["send_message"] is h2patch.send_message
 
 
 # ----------------------------------------------------------------------------------------------
@@ -459,13 +478,52 @@ def test_adopt_leaves_other_subclasses_alone() -> None:
 
 
 class _Transport:
-    """What grpclib's stream needs of an asyncio transport: ``write``, recorded."""
+    """What grpclib's stream needs of an asyncio transport: ``write``, recorded.
 
-    def __init__(self) -> None:
+    With ``sock`` (one end of a socket pair) it is a plain socket's transport, as far as
+    :func:`h2patch.write_buffers` can tell: it names the socket, has nothing buffered, and
+    writes through to the socket, so the peer end receives everything in order.
+    """
+
+    def __init__(self, sock: socket.socket | None = None) -> None:
         self.writes: list[bytes] = []
+        self.sock = sock
 
     def write(self, data: bytes) -> None:
         self.writes.append(bytes(data))
+        if self.sock is not None:
+            self.sock.sendall(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.sock if name == "socket" and self.sock is not None else default
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Drain:
+    """The peer end of a socket pair, read into ``received`` by a thread until EOF."""
+
+    def __init__(self, sndbuf: int) -> None:
+        self.ours, self.peer = socket.socketpair()
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.received = bytearray()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while data := self.peer.recv(1 << 16):
+            self.received += data
+
+    def finish(self) -> bytes:
+        self.ours.shutdown(socket.SHUT_WR)
+        self.thread.join(30)
+        self.ours.close()
+        self.peer.close()
+        return bytes(self.received)
 
 
 def _send_with(
@@ -476,10 +534,14 @@ def _send_with(
     window: int,
     update: int,
     adopt: bool = True,
+    pieces: int = 1,
+    sock: socket.socket | None = None,
 ) -> tuple[bytes, int]:
     """Send ``messages`` (size, end_stream) on a grpclib stream with ``send_data``; a peer with
     ``frame``-byte frames and a ``window``-byte initial window opens ``update`` more bytes each
-    time the sender waits. Returns (every byte written, number of writes)."""
+    time the sender waits. ``pieces`` > 1: each message is given as :class:`h2patch.Pieces`
+    of that many parts. Returns (every byte handed to the transport, number of writes: to the
+    transport and ``os.writev`` calls)."""
     import asyncio
 
     import grpclib.config
@@ -496,8 +558,21 @@ def _send_with(
         h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: window,
     }).serialize() + WindowUpdateFrame(0, window_increment=MAX_WINDOW - 65535).serialize())
     conn.send_headers(1, _REQUEST)
-    transport = _Transport()
+    transport = _Transport(sock)
     transport.write(conn.data_to_send())
+    writevs = 0
+    writev = os.writev
+
+    def counted_writev(fd: int, buffers: Sequence[bytes]) -> int:
+        nonlocal writevs
+        writevs += 1
+        return writev(fd, buffers)
+
+    def split(data: bytes) -> bytes | h2patch.Pieces:
+        if pieces == 1:
+            return data
+        cuts = sorted({0, len(data), *(len(data) * k // pieces for k in range(1, pieces))})
+        return h2patch.Pieces(*(memoryview(data)[a:b] for a, b in itertools.pairwise(cuts)))
 
     async def main() -> None:
         connection = grpclib.protocol.Connection(
@@ -505,7 +580,7 @@ def _send_with(
         stream = grpclib.protocol.Stream(connection, conn, transport,  # type: ignore[arg-type]
                                          stream_id=1)
         for i, (size, end) in enumerate(messages):
-            task = asyncio.ensure_future(send_data(stream, _payload(size, seed=i), end))
+            task = asyncio.ensure_future(send_data(stream, split(_payload(size, seed=i)), end))
             while not task.done():
                 await asyncio.sleep(0)
                 if not task.done() and not stream.window_updated.is_set():
@@ -513,11 +588,12 @@ def _send_with(
                     stream.window_updated.set()
             task.result()
 
-    asyncio.run(main())
-    return b"".join(transport.writes), len(transport.writes)
+    with mock.patch("os.writev", counted_writev):
+        asyncio.run(main())
+    return b"".join(transport.writes), len(transport.writes) + writevs
 
 
-@pytest.mark.parametrize(
+_SEND_CASES = pytest.mark.parametrize(
     ("messages", "frame", "window", "update"),
     [
         ([(0, True)], 16384, 65535, 65535),
@@ -529,6 +605,9 @@ def _send_with(
         ([(300000, True)], MAX_FRAME, 70000, 70000),
     ],
 )
+
+
+@_SEND_CASES
 def test_send_data_same_bytes_fewer_writes(
     messages: list[tuple[int, bool]], frame: int, window: int, update: int
 ) -> None:
@@ -553,3 +632,220 @@ def test_send_data_same_bytes_fewer_writes(
         assert n_patched < n_upstream
         if window == MAX_WINDOW:
             assert n_patched * 8 < n_upstream
+
+
+@_SEND_CASES
+@pytest.mark.parametrize("pieces", [2, 5])
+def test_send_data_pieces_same_bytes(
+    messages: list[tuple[int, bool]], frame: int, window: int, update: int, pieces: int
+) -> None:
+    # A message in pieces (item 5) goes out as the same frames as the joined bytes, frames
+    # cut across the pieces' ends; on any h2 connection.
+    upstream, _ = _send_with(h2patch._UPSTREAM_SEND_DATA, messages, frame=frame,
+                             window=window, update=update, adopt=False)
+    for adopt in (False, True):
+        sent, _ = _send_with(h2patch.send_data, messages, frame=frame, window=window,
+                             update=update, adopt=adopt, pieces=pieces)
+        assert sent == upstream
+
+
+@_SEND_CASES
+@pytest.mark.parametrize("sndbuf", [4096, 1 << 22])
+def test_send_data_straight_to_the_socket_same_bytes(
+    messages: list[tuple[int, bool]], frame: int, window: int, update: int, sndbuf: int
+) -> None:
+    # Item 4: on a plain socket's transport with nothing buffered the frames go to the socket
+    # by writev; what it does not take (a small send buffer: most of it) goes to the
+    # transport. The peer receives exactly what upstream sends.
+    upstream, _ = _send_with(h2patch._UPSTREAM_SEND_DATA, messages, frame=frame,
+                             window=window, update=update, adopt=False)
+    for pieces in (1, 3):
+        drain = _Drain(sndbuf)
+        try:
+            through_transport, _ = _send_with(
+                h2patch.send_data, messages, frame=frame, window=window, update=update,
+                pieces=pieces, sock=drain.ours)
+        finally:
+            received = drain.finish()
+        assert received == upstream
+        if sndbuf > 1 << 20 and sum(size for size, _ in messages) > 1 << 20:
+            assert len(through_transport) * 4 < len(upstream)  # most went by writev
+
+
+class _FakeTransport:
+    def __init__(self, extra: dict[str, object], buffered: int = 0, closing: bool = False):
+        self.extra = extra
+        self.buffered = buffered
+        self.closing = closing
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        assert type(data) is bytes  # immutable: a transport may keep it (Python 3.12+ does)
+        self.writes.append(data)
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self.extra.get(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+
+@pytest.mark.parametrize(
+    ("extra", "buffered", "closing"),
+    [
+        ({}, 0, False),  # no socket
+        ({"sslcontext": object()}, 0, False),  # TLS: the socket under it is not ours to write
+        ({"ssl_object": object()}, 0, False),
+        ({}, 1, False),  # bytes queued: ours must come after them
+        ({}, 0, True),
+    ],
+)
+def test_write_buffers_through_the_transport(
+    extra: dict[str, object], buffered: int, closing: bool
+) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        transport = _FakeTransport({**extra, "socket": a} if extra or buffered or closing
+                                   else {}, buffered, closing)
+        buffers: list[h2patch.Buffer] = [b"head", memoryview(b"-payload-")[1:-1], bytearray(b"!")]
+        with mock.patch("os.writev", side_effect=AssertionError("writev")):
+            h2patch.write_buffers(transport, buffers)  # type: ignore[arg-type]
+        assert transport.writes == [b"headpayload!"]
+
+
+@pytest.mark.parametrize(
+    ("result", "written"),
+    [
+        (BlockingIOError(), b"abcdefgh"),
+        (BrokenPipeError(), b"abcdefgh"),  # the transport meets the error and reports it
+        (0, b"abcdefgh"),
+        (3, b"defgh"),  # stopped inside a buffer
+        (4, b"efgh"),  # at a buffer's end
+        (8, None),  # all taken: nothing for the transport
+    ],
+)
+def test_write_buffers_rest_to_the_transport(result: int | OSError,
+                                             written: bytes | None) -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        transport = _FakeTransport({"socket": a})
+        payload = bytearray(b"efgh")
+        with mock.patch("os.writev", side_effect=[result]) as writev:
+            h2patch.write_buffers(transport, [b"abcd", memoryview(payload)])  # type: ignore[arg-type]
+        writev.assert_called_once()
+        assert writev.call_args.args[0] == a.fileno()
+        payload[:] = b"XXXX"  # reused at once by the caller: the transport has its own copy
+        assert transport.writes == ([] if written is None else [written])
+
+
+def test_write_buffers_at_most_iov_max_per_writev() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        transport = _FakeTransport({"socket": a})
+        buffers: list[h2patch.Buffer] = [bytes([i % 256]) for i in range(h2patch._IOV_MAX + 5)]
+        h2patch.write_buffers(transport, buffers)  # type: ignore[arg-type]
+        b.setblocking(False)
+        direct = b.recv(1 << 16)
+        assert direct == b"".join(buffers[: h2patch._IOV_MAX])
+        assert transport.writes == [b"".join(buffers[h2patch._IOV_MAX :])]
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. grpclib's send_message: an Encoded message in pieces, not joined
+
+
+class _RecordingStream:
+    """A protocol stream whose class has h2patch's ``send_data`` (what ``send_message`` checks)
+    and which records, per instance, what it is given."""
+
+    send_data: Any = h2patch.send_data
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bool]] = []
+        self.types: list[type] = []
+        self.send_data = self._record
+
+    async def _record(self, data: bytes | h2patch.Pieces, end_stream: bool = False) -> None:
+        self.types.append(type(data))
+        self.sent.append((data.join() if isinstance(data, h2patch.Pieces) else bytes(data),
+                          end_stream))
+
+
+def _record_send_message(send_message: Callable[..., Coroutine[Any, Any, None]],
+                         message: object,
+                         message_type: type, end: bool) -> tuple[list[tuple[bytes, bool]],
+                                                                 list[type]]:
+    import asyncio
+
+    from memoh_trio._bridge.codec import Codec
+
+    stream = _RecordingStream()
+    asyncio.run(send_message(stream, Codec(), message, message_type, end=end))
+    return stream.sent, stream.types
+
+
+@settings(max_examples=60, deadline=None)
+@given(path=st.text(max_size=40), size=st.integers(0, 70000), end=st.booleans(),
+       wide=st.booleans())
+def test_send_message_same_bytes(path: str, size: int, end: bool, wide: bool) -> None:
+    from memoh_trio import _wire
+    from memoh_trio._bridge.codec import Codec, Encoded
+    from memoh_trio._proto import mcpcontainer as pb
+
+    data = _payload(size)
+    # A view of 2-byte items: its len() counts items, not bytes.
+    body = memoryview(data).cast("H") if wide and size % 2 == 0 else memoryview(data)
+    joined = Encoded(_wire.encode_write_raw_chunk(path, data))
+    upstream, _ = _record_send_message(h2patch._UPSTREAM_SEND_MESSAGE, joined, pb.WriteRawChunk,
+                                       end)
+    head = _wire.encode_write_raw_chunk_head(path, size)
+    ours, types = _record_send_message(h2patch.send_message, Encoded(head, body),
+                                       pb.WriteRawChunk, end)
+    assert ours == upstream
+    assert types == [h2patch.Pieces]
+    # Through the codec (grpclib's own send_message, or another codec's caller): joined.
+    assert Codec().encode(Encoded(head, body), None) == joined.payload
+
+
+def test_send_message_other_messages_go_upstream() -> None:
+    from memoh_trio._bridge.codec import Encoded
+    from memoh_trio._proto import mcpcontainer as pb
+
+    request = pb.StatRequest(path="x")
+    for message in (request, Encoded(b"\x0a\x01x")):
+        upstream, _ = _record_send_message(h2patch._UPSTREAM_SEND_MESSAGE, message,
+                                           pb.StatRequest, True)
+        ours, types = _record_send_message(h2patch.send_message, message, pb.StatRequest, True)
+        assert ours == upstream
+        assert types == [bytes]
+
+
+def test_send_message_pieces_only_to_our_send_data() -> None:
+    # A stream whose send_data is someone else's gets upstream's joined bytes.
+    import asyncio
+
+    from memoh_trio._bridge.codec import Codec, Encoded
+
+    got: list[object] = []
+
+    class Other:
+        async def send_data(self, data: bytes, end_stream: bool = False) -> None:
+            got.append(data)
+
+    asyncio.run(h2patch.send_message(Other(), Codec(),  # type: ignore[arg-type]
+                                     Encoded(b"\x12\x02", b"ab"), None))
+    assert got == [b"\x00\x00\x00\x00\x04\x12\x02ab"]
+
+
+def test_send_message_installed_for_client_and_server() -> None:
+    import grpclib.client
+    import grpclib.server
+    import grpclib.stream
+
+    h2patch.install()
+    assert vars(grpclib.client)["send_message"] is h2patch.send_message
+    assert vars(grpclib.server)["send_message"] is h2patch.send_message
+    assert grpclib.stream.send_message is h2patch._UPSTREAM_SEND_MESSAGE  # untouched

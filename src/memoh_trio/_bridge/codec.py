@@ -23,18 +23,22 @@ from .._proto import mcpcontainer as pb
 
 
 class Encoded:
-    """A message already encoded (by :mod:`memoh_trio._wire`); sent as is."""
+    """A message already encoded (by :mod:`memoh_trio._wire`); sent as is: ``payload``, then
+    ``body`` if given (a file's bytes after their field's head: grpclib's ``send_message`` as
+    :mod:`.h2patch` installs it sends the two without joining them)."""
 
-    __slots__ = ("payload",)
+    __slots__ = ("body", "payload")
 
-    def __init__(self, payload: bytes) -> None:
+    def __init__(self, payload: bytes, body: bytes | bytearray | memoryview | None = None
+                 ) -> None:
         self.payload = payload
+        self.body = body
 
 
 class Codec(ProtoCodec):
     def encode(self, message: Any, message_type: Any) -> bytes:
         if type(message) is Encoded:
-            return message.payload
+            return message.payload if message.body is None else message.payload + message.body
         return super().encode(message, message_type)
 
     def decode(self, data: bytes, message_type: Any) -> Any:

@@ -14,6 +14,7 @@ The client side reads and writes them only through the functions below; the serv
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpclib.client
@@ -59,6 +60,9 @@ H2_NAMES: tuple[tuple[str, str, str], ...] = (
     ("hyperframe.frame.Frame", "_body_repr", "DataFrame gets a cheap one"),
     ("hyperframe.frame.DataFrame", "serialize_padding_data", "read by the cheap _body_repr"),
     ("hyperframe.frame", "_STRUCT_HBBBL", "the frame header layout h2patch packs itself"),
+    ("grpclib.client", "send_message", "grpclib.stream's, as the client imports it: replaced "
+     "(a message in pieces is not joined)"),
+    ("grpclib.server", "send_message", "the same, as the server imports it"),
 )
 
 
@@ -66,6 +70,17 @@ def h2_connection(protocol: grpclib.protocol.H2Protocol) -> h2.connection.H2Conn
     """The h2 connection under a grpclib protocol (``Connection._connection``)."""
     conn: h2.connection.H2Connection = protocol.connection._connection
     return conn
+
+
+def plain_socket_fd(transport: asyncio.BaseTransport) -> int:
+    """The socket an asyncio transport writes its bytes to as they are (plain TCP, not TLS),
+    or -1. A TLS transport answers ``get_extra_info("socket")`` with the socket under it, so
+    it is told apart by its TLS extras. Public API only: listed here for what it assumes."""
+    if (transport.get_extra_info("sslcontext") is not None
+            or transport.get_extra_info("ssl_object") is not None):
+        return -1
+    sock = transport.get_extra_info("socket")
+    return -1 if sock is None else int(sock.fileno())
 
 
 def is_connected(channel: grpclib.client.Channel) -> bool:

@@ -303,7 +303,7 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         fd = _fs.open_regular(self._root_fd, req.path)
         try:
             while data := os.read(fd, READ_RAW_CHUNK):
-                await stream.send_message(Encoded(_wire.encode_data_chunk(data)))
+                await stream.send_message(Encoded(_wire.encode_data_chunk_head(len(data)), data))
         finally:
             os.close(fd)
 

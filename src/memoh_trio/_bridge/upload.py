@@ -79,7 +79,7 @@ class Upload:
 
     async def _send_all(self, stream: Stream, data: bytes | memoryview) -> Any:
         """Send ``data`` (the first chunk, with the path) and the rest; return the reply."""
-        sent = await self._send(stream, _wire.encode_write_raw_chunk(self.path, data), data)
+        sent = await self._send(stream, self.path, data)
         while sent and data:
             try:
                 data = await self._next()
@@ -87,22 +87,26 @@ class Upload:
                 await self._abort(stream)
                 raise
             if data:
-                sent = await self._send(stream, _wire.encode_write_raw_chunk("", data), data)
+                sent = await self._send(stream, "", data)
         if sent:
             await self._end(stream)
         # Closed early or not, the server's reply or status tells what happened
         # (recv_message raises GRPCError for a non-OK status).
         return await stream.recv_message()
 
-    async def _send(self, stream: Stream, payload: bytes, data: bytes | memoryview) -> bool:
-        """Send one encoded chunk; False if the server closed the stream.
+    async def _send(self, stream: Stream, path: str, data: bytes | memoryview) -> bool:
+        """Send one chunk (``path`` in the first only); False if the server closed the stream.
+
+        The message goes out as its encoded head and ``data`` itself (:class:`Encoded` with a
+        body): ``data`` is not copied into a message (see :mod:`.h2patch`, item 5).
 
         A server that fails a WriteRaw (ENOSPC, NotFound...) answers with its status and closes
         the stream while we may still be sending: h2 then raises StreamClosedError on our next
         frame. The status is read afterwards.
         """
         try:
-            await stream.send_message(Encoded(payload))
+            head = _wire.encode_write_raw_chunk_head(path, memoryview(data).nbytes)
+            await stream.send_message(Encoded(head, data))
         except h2.exceptions.StreamClosedError:
             compat.mark_sending_ended(stream)
             return False
