@@ -48,3 +48,19 @@ def test_asyncio_stays_in_the_bridge() -> None:
                 names = [node.module]
             offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in banned]
     assert offenders == []
+
+
+def test_layout_docstrings_list_every_module() -> None:
+    """The package docstring names every module and package of memoh_trio; each package's own
+    docstring names its modules (so a new module cannot go unlisted)."""
+    import memoh_trio._bridge
+    import memoh_trio._migrate
+
+    missing = [info.name for info in pkgutil.iter_modules(memoh_trio.__path__)
+               if f"``{info.name}``" not in memoh_trio.__doc__
+               and f"``{info.name}/``" not in memoh_trio.__doc__]
+    for package, form in ((memoh_trio._migrate, ":mod:`.{}`"), (memoh_trio._bridge, "``{}``")):
+        doc = package.__doc__ or ""
+        missing += [f"{package.__name__}.{info.name}" for info in pkgutil.iter_modules(
+            package.__path__) if form.format(info.name) not in doc]
+    assert missing == []
