@@ -28,6 +28,21 @@ def test_private_modules_import_cleanly() -> None:
         importlib.import_module(info.name)
 
 
+def test_layout_lists_every_module() -> None:
+    """The layout in the package docstring names every module (the generated stubs aside)."""
+    doc = memoh_trio.__doc__ or ""
+    layout = doc[doc.index("Layout"):]
+    missing = []
+    for info in pkgutil.walk_packages(memoh_trio.__path__, "memoh_trio."):
+        parts = info.name.split(".")[1:]
+        if parts[0] == "_proto" and len(parts) > 1:
+            continue
+        shown = f"``{parts[-1]}/``" if info.ispkg else f"``{parts[-1]}``"
+        if shown not in layout:
+            missing.append(info.name)
+    assert missing == []
+
+
 def test_asyncio_stays_in_the_bridge() -> None:
     """Only _bridge/ and the generated _proto/ may import asyncio, grpclib or trio_asyncio."""
     import ast
