@@ -25,7 +25,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11):
   Trio server;
 * ``_walk``, ``_lock``, ``_migrate/`` (``run``, ``context``, ``stream``, ``tar``, ``meta``,
   ``resume``, ``bots``), ``_progress``, ``_report`` — the migrator;
-* ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line;
+* ``_cli/`` (``args``: the parser; ``commands``; ``exits``: exit codes; ``main``), ``_display``,
+  ``_demo`` — the ``memoh-trio`` command line;
 * ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """
 
