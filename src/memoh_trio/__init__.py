@@ -35,8 +35,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
 * the migrator: ``_walk``, ``_source`` (opening source files safely), ``_lock``, ``_progress``,
   and ``_migrate/``: ``run``, ``context``, ``stream``, ``tar``, ``meta``, ``resume``,
   ``preflight``, ``bots``;
-* the ``memoh-trio`` command line: ``_cli``, ``_display``, ``_diagnose`` (connection hints),
-  ``_demo``, ``__main__``;
+* the ``memoh-trio`` command line: ``_cli/`` (``args``: the parser; ``commands``; ``exits``:
+  exit codes; ``main``), ``_display``, ``_diagnose`` (connection hints), ``_demo``, ``__main__``;
 * ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """
 
