@@ -64,3 +64,42 @@ def test_asyncio_stays_in_the_bridge() -> None:
             offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] in banned]
     assert offenders == []
 
+
+
+#: Private names of other code a module may still read, and why.
+PRIVATE_READS_ALLOWED = {
+    "argparse._SubParsersAction",  # the only way to reach subparsers (stdlib, stable since 3.2)
+}
+
+
+def test_no_module_reaches_into_private_names_of_other_code() -> None:
+    """``x._name`` (x not ``self``/``cls``) only for names the same module defines; the
+    dependencies' internals the bridge relies on are read in ``_bridge/compat.py`` alone."""
+    import ast
+    from pathlib import Path
+
+    root = Path(memoh_trio.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        rel = path.relative_to(root)
+        if rel.parts[0] == "_proto" or rel.as_posix() == "_bridge/compat.py":
+            continue
+        tree = ast.parse(path.read_text())
+        own: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                own.add(node.name)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                own.add(node.attr)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                own.add(node.id)
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in {"self", "cls"}:
+                continue
+            text = ast.unparse(node)
+            if node.attr not in own and text not in PRIVATE_READS_ALLOWED:
+                offenders.append(f"{rel}:{node.lineno}: {text}")
+    assert offenders == []
