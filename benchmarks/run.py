@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks import scenarios  # noqa: E402
+from benchmarks import scenarios, startup  # noqa: E402
 from benchmarks._measure import parse_result  # noqa: E402
 
 PY = sys.executable
@@ -872,6 +872,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     default=Path(os.environ.get("MEMOH_BENCH_CACHE",
                                                 Path.home() / ".cache" / "memoh-trio-bench")),
                     help="where generated trees are kept between runs")
+    ap.add_argument("--no-startup", dest="startup", action="store_false",
+                    help="leave out the startup table (benchmarks/startup.py)")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="instead of benchmarking, cProfile memoh-trio's client and server")
     args = ap.parse_args(argv)
@@ -923,6 +925,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                          servers.memoh_launcher if servers.memoh_launcher != "cli"
                          else "`python -m memoh_trio serve --root DIR --listen 127.0.0.1:0`",
                          started, time.perf_counter() - t_start)
+    if args.startup:
+        startup_repeat = 3 if args.smoke else 10
+        rows, _ = startup.measure(startup_repeat)
+        md += "\n" + "\n".join(startup.render(rows, startup_repeat))
     (out / "latest.md").write_text(md + "\n")
     render_chart(cells, contenders, args.smoke, out / "latest.png")
     print(md)

@@ -48,6 +48,13 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
         assert ("x |" in line) == go_built, line  # a ratio where both ran, else the reason
         if not go_built:
             assert "Go binaries not built" in line, line
+    # Startup (benchmarks/startup.py): each command ran and has a time, the Go migrator's row
+    # only where it is built.
+    startup = table.split("## Startup")[1].split("\n## ")[0]
+    for label in ("`memoh-trio --version`", "no-op `memoh-trio migrate`"):
+        line = next(r for r in startup.splitlines() if label in r)
+        assert line.rstrip().endswith(" |") and " 0." in line, line
+    assert ("Memoh's Go migrator, same empty directory" in startup) == go_built, startup
     # Outputs of the many-file scenario (d) were put aside during the run, removed at its end.
     assert "run outputs kept aside" in proc.stdout
     assert not list((tmp_path / "cache").glob("trash-*"))

@@ -1,10 +1,12 @@
-"""The private names of grpclib, h2 and hyperframe listed in ``_bridge/compat.py``: each still
-exists, and behaves as the bridge assumes. Run this first when upgrading one of them."""
+"""The private names of grpclib, h2, hyperframe and asyncio listed in ``_bridge/compat.py``: each
+still exists, and behaves as the bridge assumes. Run this first when upgrading one of them."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import inspect
+import socket
 import types
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import grpclib.config
 import grpclib.const
 import grpclib.exceptions
 import grpclib.protocol
+import grpclib.server
 import h2.connection
 import h2.errors
 import h2.events
@@ -21,12 +24,15 @@ import hyperframe.frame
 import pytest
 import trio
 import trio_asyncio
+from helpers import running
 
+import memoh_trio
 from benchmarks.grpcio_peer import start_grpcio_server
 from memoh_trio._bridge import asyncio_loop, channel, compat, h2patch
+from memoh_trio._bridge.codec import Codec
 from memoh_trio._proto import mcpcontainer as pb
 
-ALL_NAMES = compat.CLIENT_NAMES + compat.SERVER_NAMES + compat.H2_NAMES
+ALL_NAMES = compat.CLIENT_NAMES + compat.SERVER_NAMES + compat.H2_NAMES + compat.ASYNCIO_NAMES
 
 
 def _resolve(dotted: str) -> object:
@@ -112,6 +118,76 @@ async def test_grpclib_reads_the_status_only_after_our_end() -> None:
             await trio_asyncio.aio_as_trio(check)()
         finally:
             await ch.aclose()
+
+
+# -- server ---------------------------------------------------------------------------------
+
+
+async def test_server_handler_is_registered_as_upstream_does() -> None:
+    """``new_server_handler`` gives what grpclib's own ``_protocol_factory`` passes to its
+    protocol, and registers the handler: closing the server closes it (cancels its calls)."""
+    async with asyncio_loop():
+        async def check() -> None:
+            server = grpclib.server.Server([], codec=Codec(), status_details_codec=None)
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                sock.listen()
+                await server.start(sock=sock)
+                handler, config, h2_config = compat.new_server_handler(server)
+                assert isinstance(handler, grpclib.server.Handler)
+                assert isinstance(config, grpclib.config.Configuration)
+                assert h2_config.client_side is False
+                assert not handler.closing
+                server.close()
+                await server.wait_closed()
+                assert handler.closing
+
+        await trio_asyncio.aio_as_trio(check)()
+
+
+async def test_server_reads_requests_by_hand(tmp_path: Path) -> None:
+    """Through ``server_h2_stream`` the server reads a message's length prefix before its body
+    (a message over the limit is refused by our own message) and ``decode_request`` decodes the
+    body as the call's request type."""
+    (tmp_path / "f").write_bytes(b"abc")
+    async with running(tmp_path, max_message_size=64) as addr, memoh_trio.connect(addr) as c:
+        assert (await c.stat("f")).size == 3
+        with pytest.raises(memoh_trio.ResourceExhausted, match="exceeds the server limit of 64"):
+            await c.write_file("g", b"x" * 1000)
+    assert not (tmp_path / "g").exists()
+
+
+async def test_socket_transport_read_size() -> None:
+    """asyncio's socket transport reads at most ``max_size`` bytes (256 KiB) per readiness
+    event; ``set_read_size`` changes it for one transport, and leaves a transport without it
+    alone."""
+    assert compat.set_read_size(asyncio.BaseTransport(), 1) is False
+    a, b = socket.socketpair()
+    with a, b:
+        async with asyncio_loop():
+            async def check() -> None:
+                loop = asyncio.get_running_loop()
+                got: list[bytes] = []
+                done = loop.create_future()
+
+                class Recorder(asyncio.Protocol):
+                    def data_received(self, data: bytes) -> None:
+                        got.append(data)
+                        if sum(map(len, got)) >= 10 and not done.done():
+                            done.set_result(None)
+
+                transport, _ = await loop.connect_accepted_socket(Recorder, a)
+                try:
+                    assert type(transport).max_size == 256 * 1024  # type: ignore[attr-defined]
+                    assert compat.set_read_size(transport, 3) is True
+                    b.sendall(b"0123456789")
+                    await asyncio.wait_for(done, 10)
+                    assert b"".join(got) == b"0123456789"
+                    assert max(map(len, got)) <= 3
+                finally:
+                    transport.close()
+
+            await trio_asyncio.aio_as_trio(check)()
 
 
 # -- client: RST_STREAM(NO_ERROR) after a complete answer -------------------------------------

@@ -22,7 +22,7 @@ from memoh_trio._display import (
     report_lines,
     report_table,
 )
-from memoh_trio._progress import Progress, ProgressState
+from memoh_trio._progress import Progress, ProgressState, start_fleet
 from memoh_trio._report import Failure, MigrationReport, Skipped
 
 MiB = 2**20
@@ -77,7 +77,7 @@ def test_format_duration() -> None:
 
 def test_progress_line_is_one_line_at_80_columns() -> None:
     progress = Progress()
-    progress._start_fleet(12)
+    start_fleet(progress, 12)
     progress.found(123_456, 98 * 2**30)
     progress.sent(40 * 2**30)
     line = _Line(progress, 0.0, dry_run=False)

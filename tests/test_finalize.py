@@ -68,3 +68,18 @@ def test_status_follows_the_decision(requested: bool, dry_run: bool, walked: boo
         assert d.status == "dry-run" and not d.rename
     else:
         assert d.status == "migrated" and d.rename == requested
+
+
+def test_stopped_error_keeps_the_class_and_method_and_says_how_far() -> None:
+    from memoh_trio._errors import Unauthenticated, Unavailable
+    from memoh_trio._finalize import stopped_error
+
+    exc = stopped_error(Unavailable("reset", method="WriteRaw"), "connection reset", files=3,
+                        failures=1, source="/data/bots/a")
+    assert type(exc) is Unavailable and exc.method == "WriteRaw"
+    assert exc.message == ("lost the connection to the container (connection reset); stopped: "
+                           "3 files copied, 1 failed, source /data/bots/a kept (not renamed)")
+    exc = stopped_error(Unauthenticated("bad token", method="Exec"), "bad token", files=0,
+                        failures=0, source="/s")
+    assert type(exc) is Unauthenticated
+    assert exc.message.startswith("the container refused our credentials (bad token); ")

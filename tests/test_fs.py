@@ -266,7 +266,7 @@ def _direct_probe(directory: Path, length: int) -> bool:
     import mmap
 
     fd = os.open(directory / "probe", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT)
-    buf = mmap.mmap(-1, _fs.DIRECT_BUFFER)
+    buf = mmap.mmap(-1, _fs.raw.DIRECT_BUFFER)
     try:
         with memoryview(buf) as mv:
             os.write(fd, mv[:length])
@@ -279,7 +279,7 @@ def _direct_probe(directory: Path, length: int) -> bool:
         os.unlink(directory / "probe")
 
 
-_sizes = st.one_of(st.integers(0, 9000), st.integers(_fs.DIRECT_MIN_CHUNK - 5, 2_200_000))
+_sizes = st.one_of(st.integers(0, 9000), st.integers(_fs.raw.DIRECT_MIN_CHUNK - 5, 2_200_000))
 
 
 @settings(max_examples=40, deadline=None,
@@ -302,22 +302,22 @@ def test_raw_writer_direct_io_same_bytes(root: Path, fd: int, sizes: list[int], 
     assert _no_temp_files(root)
     if not direct:
         assert w.direct_bytes == 0
-    elif sizes[0] >= _fs.DIRECT_MIN_CHUNK and _direct_probe(root, _fs.DIRECT_ALIGN):
+    elif sizes[0] >= _fs.raw.DIRECT_MIN_CHUNK and _direct_probe(root, _fs.raw.DIRECT_ALIGN):
         # Direct from the first chunk on: everything but the last partial block (and the
         # chunks that came before the first big one) bypassed the page cache.
-        assert w.direct_bytes == sum(sizes) - sum(sizes) % _fs.DIRECT_ALIGN
+        assert w.direct_bytes == sum(sizes) - sum(sizes) % _fs.raw.DIRECT_ALIGN
 
 
 def test_raw_writer_direct_io_refused_falls_back(root: Path, fd: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A filesystem that refuses a direct write (EINVAL, here a real one from the kernel: an
     unaligned length) gets the rest of the upload through the page cache, nothing lost."""
-    if not _direct_probe(root, _fs.DIRECT_ALIGN):
+    if not _direct_probe(root, _fs.raw.DIRECT_ALIGN):
         pytest.skip("no O_DIRECT on this filesystem: every write already goes the buffered way")
     if _direct_probe(root, 1000):
         pytest.skip("this filesystem takes unaligned direct writes (tmpfs?)")
-    monkeypatch.setattr(_fs, "DIRECT_ALIGN", 1)  # flush every byte directly: refused
-    data = os.urandom(_fs.DIRECT_MIN_CHUNK + 12345)
+    monkeypatch.setattr(_fs.raw, "DIRECT_ALIGN", 1)  # flush every byte directly: refused
+    data = os.urandom(_fs.raw.DIRECT_MIN_CHUNK + 12345)
     w = _fs.RawWriter(fd, "refused.bin", direct=True)
     w.write(data)
     w.write(data[:777])
@@ -328,7 +328,7 @@ def test_raw_writer_direct_io_refused_falls_back(root: Path, fd: int,
 
 def test_raw_writer_direct_io_discard_and_buffer_reuse(root: Path, fd: int) -> None:
     first = _fs.RawWriter(fd, "gone.bin", direct=True)
-    first.write(os.urandom(_fs.DIRECT_MIN_CHUNK + 1))
+    first.write(os.urandom(_fs.raw.DIRECT_MIN_CHUNK + 1))
     stage = first._stage
     first.discard()
     assert first._stage is None and not (root / "gone.bin").exists() and _no_temp_files(root)
@@ -336,10 +336,10 @@ def test_raw_writer_direct_io_discard_and_buffer_reuse(root: Path, fd: int) -> N
         first.write(b"late")  # after discard: EBADF, nothing written anywhere
     if stage is not None:  # the staging buffer went back to the pool for the next upload
         second = _fs.RawWriter(fd, "kept.bin", direct=True)
-        second.write(b"z" * _fs.DIRECT_MIN_CHUNK)
+        second.write(b"z" * _fs.raw.DIRECT_MIN_CHUNK)
         assert second._stage is stage
         second.commit()
-        assert (root / "kept.bin").read_bytes() == b"z" * _fs.DIRECT_MIN_CHUNK
+        assert (root / "kept.bin").read_bytes() == b"z" * _fs.raw.DIRECT_MIN_CHUNK
 
 
 @pytest.mark.parametrize(

@@ -178,7 +178,11 @@ def _action(kind: Kind, size: int = 0) -> Action:
         (Kind.FAIL, 0, False, False, 10, Route.FAIL),
         (Kind.SKIP, 0, True, False, 10, Route.SKIP),
         (Kind.DIR, 0, True, False, 10, Route.DIR),
-        (Kind.COPY, 5, True, True, 10, Route.DRY),
+        (Kind.COPY, 5, True, True, 10, Route.DRY_UNCHANGED),
+        (Kind.CREATE, 0, True, True, 10, Route.DRY_UNCHANGED),
+        (Kind.COPY, 5, True, False, 10, Route.DRY),
+        (Kind.MKDIR, 0, True, True, 10, Route.DRY),  # resume only skips files
+        (Kind.SYMLINK, 0, True, True, 10, Route.DRY),
         (Kind.SYMLINK, 0, False, False, 10, Route.LINK),
         (Kind.MKDIR, 0, False, True, 10, Route.ENTRY),
         (Kind.COPY, 5, False, True, 10, Route.UNCHANGED),
@@ -193,3 +197,41 @@ def test_route(kind: Kind, size: int, dry_run: bool, unchanged: bool, tar_max: i
                expected: Route) -> None:
     assert route(_action(kind, size), dry_run=dry_run, unchanged=unchanged,
                  tar_max_size=tar_max) is expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "unchanged", "expected"),
+    [
+        (Kind.COPY, 5, True, Route.HASH),
+        (Kind.CREATE, 0, True, Route.HASH),
+        (Kind.COPY, 5, False, Route.TAR),  # only what resume would skip is hashed
+        (Kind.MKDIR, 0, True, Route.ENTRY),
+        (Kind.SYMLINK, 0, True, Route.LINK),
+    ],
+)
+def test_route_with_verify_hash(kind: Kind, size: int, unchanged: bool, expected: Route) -> None:
+    assert route(_action(kind, size), dry_run=False, unchanged=unchanged, tar_max_size=10,
+                 verify_hash=True) is expected
+
+
+@pytest.mark.parametrize("kind", [Kind.COPY, Kind.CREATE, Kind.MKDIR, Kind.DIR, Kind.SYMLINK])
+def test_route_blocked_by_a_symlink_at_the_destination(kind: Kind) -> None:
+    action = Action(kind, "d/sub/a", "/src/d/sub/a", size=5,
+                    link_target="t" if kind is Kind.SYMLINK else None)
+    for links in ({"d"}, {"d/sub"}):
+        assert route(action, dry_run=False, unchanged=True, tar_max_size=10,
+                     dest_links=links) is Route.BLOCKED
+    # Only a proper ancestor is in the way (the entry itself is replaced), and a dry run
+    # sends nothing through it.
+    assert route(action, dry_run=False, unchanged=False, tar_max_size=0,
+                 dest_links={"d/sub/a", "e", "d/su"}) is not Route.BLOCKED
+    assert route(action, dry_run=True, unchanged=False, tar_max_size=0,
+                 dest_links={"d"}) is not Route.BLOCKED
+
+
+@pytest.mark.parametrize("kind", [Kind.FAIL, Kind.SKIP])
+def test_route_failures_and_skips_come_before_the_symlink_check(kind: Kind) -> None:
+    action = Action(kind, "d/a", "/src/d/a", reason="why")
+    expected = Route.FAIL if kind is Kind.FAIL else Route.SKIP
+    assert route(action, dry_run=False, unchanged=False, tar_max_size=0,
+                 dest_links={"d"}) is expected

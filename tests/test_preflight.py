@@ -117,3 +117,23 @@ def test_explanations_name_the_side_that_expects_tls() -> None:
     assert "is not a gRPC server" in str(explain("http1", t, client_tls=False))
     assert "is not a gRPC server" in str(explain("closed", t, client_tls=False))
     assert "memoh-trio serve --listen h:1" in str(explain("refused", t, client_tls=False))
+
+
+def test_rename_source(tmp_path: Path) -> None:
+    from memoh_trio._migrate.preflight import rename_source, source_identity
+
+    src = tmp_path / "bot"
+    src.mkdir()
+    identity = source_identity(str(src))
+    assert rename_source(str(src), identity) == (f"{src}.migrated", None)
+    assert not src.exists() and (tmp_path / "bot.migrated").is_dir()
+    # Replaced during the run: not renamed.
+    src.mkdir()
+    target, why = rename_source(str(src), identity)
+    assert target is None and why is not None and "no longer names" in why
+    assert src.is_dir()
+    # The rename itself fails (the .migrated name is a non-empty directory already).
+    (tmp_path / "bot.migrated" / "x").write_bytes(b"1")
+    target, why = rename_source(str(src), source_identity(str(src)))
+    assert target is None and why is not None and "renaming the source to" in why
+    assert src.is_dir()

@@ -13,19 +13,31 @@ and may change:
 * errors: every error raised on purpose is a :class:`MemohError`; RPC failures are
   :class:`RPCError` subclasses by status (:class:`NotFound`, :class:`Unavailable`, ...).
 
-Layout (the decision logic is pure and apart from I/O, as in h11):
+Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
 
-* ``_paths``, ``_plan``, ``_finalize``, ``_units``, ``_scripts``, ``_tarbatch``, ``_wire`` — pure:
-  path confinement, classification and routing of walk entries, the rename decision, parsing of
-  sizes and targets, every container-side shell script and its parser, tar batches, the
-  hand-written encoder of the two bulk messages;
-* ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib (``_proto/``
-  holds the generated betterproto2 stubs: never edit them by hand);
-* ``_client``, ``_pool``, ``_tasks`` — the Trio client; ``_server``, ``_fs``, ``_exec`` — the
-  Trio server;
-* ``_walk``, ``_lock``, ``_migrate/`` (``run``, ``context``, ``stream``, ``tar``, ``meta``,
-  ``resume``, ``bots``), ``_progress``, ``_report`` — the migrator;
-* ``_cli``, ``_display``, ``_demo`` — the ``memoh-trio`` command line;
+* pure, no I/O: ``_paths`` (path confinement rules), ``_plan`` (classification and routing of
+  walk entries), ``_finalize`` (the rename decision, the report status), ``_units`` (sizes and
+  targets), ``_tarbatch`` (tar batches), ``_wire`` (the two bulk messages, by hand),
+  ``_errors`` (the exception hierarchy), ``_report`` (the report and its JSON), ``_defaults``
+  (defaults shared with the CLI's help), ``_results`` (what the client's calls return), and
+  ``_scripts/``, every container-side script and the parser of its output: ``shell`` (quoting,
+  the prelude), ``probe`` (capabilities), ``records`` (``O``/``F`` records), ``tar``, ``links``,
+  ``meta`` (modes, mtimes, sync), ``sha256``;
+* ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib: ``channel``,
+  ``client``, ``upload``, ``execute``, ``reader``, ``pipe``, ``errors`` (the client side);
+  ``server``, ``inbound``, ``server_streams`` (the server side); ``codec``, ``h2patch``,
+  ``threads``, ``compat`` (shared); ``_proto/`` holds the generated betterproto2 stubs (never
+  edit them by hand);
+* the Trio client: ``_client``, ``_streaming`` (its WriteRaw and Exec procedures), ``_pool``,
+  ``_tasks``; ``_tls`` (TLS contexts, also the server's);
+* the Trio server: ``_server``, ``_exec``, and ``_fs/``, the confined file operations:
+  ``resolve`` (the no-follow walk under the root), ``read``, ``modify``, ``raw`` (WriteRaw's
+  sink), ``hooks`` (fault injection), ``errors`` (gRPC status codes);
+* the migrator: ``_walk``, ``_source`` (opening source files safely), ``_lock``, ``_progress``,
+  and ``_migrate/``: ``run``, ``context``, ``ledger``, ``stream``, ``tar``, ``meta``,
+  ``resume``, ``preflight``, ``bots``;
+* the ``memoh-trio`` command line: ``_cli/`` (``args``: the parser; ``commands``; ``exits``:
+  exit codes; ``main``), ``_display``, ``_diagnose`` (connection hints), ``_demo``, ``__main__``;
 * ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """
 
@@ -39,10 +51,6 @@ __version__ = "0.1.0"
 if _typing.TYPE_CHECKING:
     from ._client import DEFAULT_CHUNK_SIZE as DEFAULT_CHUNK_SIZE
     from ._client import Client as Client
-    from ._client import ExecResult as ExecResult
-    from ._client import FileEntry as FileEntry
-    from ._client import ReadFileResult as ReadFileResult
-    from ._client import WriteResult as WriteResult
     from ._client import connect as connect
     from ._errors import Aborted as Aborted
     from ._errors import AlreadyExists as AlreadyExists
@@ -77,6 +85,10 @@ if _typing.TYPE_CHECKING:
     from ._report import Failure as Failure
     from ._report import MigrationReport as MigrationReport
     from ._report import Skipped as Skipped
+    from ._results import ExecResult as ExecResult
+    from ._results import FileEntry as FileEntry
+    from ._results import ReadFileResult as ReadFileResult
+    from ._results import WriteResult as WriteResult
     from ._server import ServerAddress as ServerAddress
     from ._server import ServerHooks as ServerHooks
     from ._server import serve as serve
@@ -89,10 +101,6 @@ if _typing.TYPE_CHECKING:
 _EXPORTS: dict[str, str] = {
     "DEFAULT_CHUNK_SIZE": "._client",
     "Client": "._client",
-    "ExecResult": "._client",
-    "FileEntry": "._client",
-    "ReadFileResult": "._client",
-    "WriteResult": "._client",
     "connect": "._client",
     "Aborted": "._errors",
     "AlreadyExists": "._errors",
@@ -127,6 +135,10 @@ _EXPORTS: dict[str, str] = {
     "Failure": "._report",
     "MigrationReport": "._report",
     "Skipped": "._report",
+    "ExecResult": "._results",
+    "FileEntry": "._results",
+    "ReadFileResult": "._results",
+    "WriteResult": "._results",
     "ServerAddress": "._server",
     "ServerHooks": "._server",
     "serve": "._server",

@@ -13,21 +13,20 @@ from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
     Callable,
     Sequence,
 )
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-import trio
-
-from . import _errors
+from . import _errors, _streaming
 from ._bridge import asyncio_loop
 from ._bridge import client as bridge
 from ._proto import mcpcontainer as pb
-from ._tasks import with_helpers
+from ._results import ExecResult as ExecResult
+from ._results import FileEntry as FileEntry
+from ._results import ReadFileResult as ReadFileResult
+from ._results import WriteResult as WriteResult
 from ._tls import ClientTLS
 from ._units import parse_target
 
@@ -44,44 +43,6 @@ DEFAULT_CHUNK_SIZE = 1024 * 1024
 # grpcio and grpc-go refuse messages above 4 MiB unless configured otherwise; a chunk plus its
 # framing must stay below that.
 MAX_CHUNK_SIZE = 4 * 1024 * 1024 - 1024
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """A file or directory as reported by Stat / ListDir (``mode`` in Go's FileMode form)."""
-
-    path: str
-    is_dir: bool
-    size: int
-    mode: str
-    mod_time: str
-
-
-@dataclass(frozen=True)
-class ReadFileResult:
-    content: str
-    total_lines: int
-    binary: bool
-
-
-@dataclass(frozen=True)
-class ExecResult:
-    exit_code: int
-    stdout: bytes
-    stderr: bytes
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """Outcome of :meth:`Client.write_raw`.
-
-    ``bytes_written`` is what the server reports, ``bytes_read`` what was read from the source
-    (always equal on success), ``sha256`` the hex digest of the data sent when asked for.
-    """
-
-    bytes_written: int
-    bytes_read: int
-    sha256: str | None
 
 
 def _entry(e: pb.FileEntry | None) -> FileEntry:
@@ -255,70 +216,11 @@ class Client:
                 connection failed.
         """
         size = _check_chunk_size(chunk_size if chunk_size is not None else self._chunk_size)
-        if expected_size is not None and expected_size < 0:
-            raise _errors.ConfigError(f"expected_size must be >= 0, got {expected_size}")
-        helpers: list[Callable[[], Awaitable[None]]] = []
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            spec = bridge.SourceSpec(data=memoryview(source).cast("B"))
-        elif isinstance(source, (str, os.PathLike)):
-            spec = bridge.SourceSpec(path=os.fspath(source))
-        elif hasattr(source, "read"):
-            spec = bridge.SourceSpec(file=source)  # type: ignore[arg-type]
-        elif isinstance(source, AsyncIterable):
-            pipe: bridge.Pipe[bytes] = bridge.Pipe()
-            spec = bridge.SourceSpec(pipe=pipe)
-            aiter_source = source
-
-            async def pump() -> None:
-                await bridge.pump(aiter_source, pipe)
-
-            helpers.append(pump)
-        else:
-            raise TypeError(f"cannot stream a {type(source).__name__}")
-
-        last_progress = trio.current_time()
-        stalled = False
-        scope = trio.CancelScope()
-
-        def progress(nbytes: int) -> None:
-            nonlocal last_progress
-            last_progress = trio.current_time()
-            if on_progress is not None:
-                on_progress(nbytes)
-
-        async def watchdog() -> None:
-            nonlocal stalled
-            assert stall_timeout is not None
-            while True:
-                await trio.sleep_until(last_progress + stall_timeout)
-                if trio.current_time() >= last_progress + stall_timeout:
-                    stalled = True
-                    scope.cancel()
-                    return
-
-        if stall_timeout is not None:
-            if stall_timeout <= 0:
-                raise _errors.ConfigError(f"stall_timeout must be > 0, got {stall_timeout}")
-            helpers.append(watchdog)
-
-        async def main() -> bridge.WriteOutcome | None:
-            with scope:
-                return await self._channel.write_raw(
-                    path, spec, chunk_size=size, expected_size=expected_size,
-                    hash_sha256=hash_sha256, on_sent=progress, rpc_timeout=self._timeout,
-                )
-            return None
-
-        async with self._track():
-            outcome = await with_helpers(main, helpers)
-        if outcome is None:
-            if stalled:
-                raise _errors.Stalled(
-                    f"WriteRaw of {path!r} to {self.target} made no progress for "
-                    f"{stall_timeout:g} s"
-                )
-            raise trio.TooSlowError  # pragma: no cover  (the scope is only cancelled by us)
-        return WriteResult(outcome.bytes_written, outcome.bytes_read, outcome.sha256)
+        return await _streaming.write_raw(
+            self._channel, self._track, path, source, chunk_size=size,
+            expected_size=expected_size, hash_sha256=hash_sha256, on_progress=on_progress,
+            stall_timeout=stall_timeout, rpc_timeout=self._timeout,
+        )
 
     # -- ReadRaw -----------------------------------------------------------------------------
 
@@ -375,41 +277,12 @@ class Client:
             SourceReadError: the async iterable failed; the call was cancelled.
             InvalidArgument: the command does not fit in one 4 MiB message.
         """
-        out: list[bytes] = []
-        err: list[bytes] = []
-
-        def collect(name: str, data: bytes) -> None:
-            (err if name == "stderr" else out).append(data)
-            if on_output is not None:
-                on_output(name, data)
-
         first = pb.ExecInput(
             command=command, work_dir=work_dir, env=list(env), timeout_seconds=timeout_seconds
         )
-        helpers: list[Callable[[], Awaitable[None]]] = []
-        feed: memoryview | bridge.Pipe[bytes] | None = None
-        if isinstance(stdin, (bytes, bytearray, memoryview)):
-            feed = memoryview(stdin).cast("B") if stdin else None
-        else:
-            stdin_pipe: bridge.Pipe[bytes] = bridge.Pipe()
-            feed, stdin_source = stdin_pipe, stdin
-
-            async def pump() -> None:
-                await bridge.pump(stdin_source, stdin_pipe)
-
-            helpers.append(pump)
-
-        async def main() -> int:
-            return await self._channel.exec(first, feed, collect, rpc_timeout=self._timeout)
-
-        async with self._track():
-            try:
-                code = await with_helpers(main, helpers)
-            except bridge.SourceFailure as exc:
-                raise _errors.SourceReadError(
-                    f"cannot read the stdin of {command!r}: {exc.cause}"
-                ) from exc.cause
-        return ExecResult(code, b"".join(out), b"".join(err))
+        return await _streaming.exec_command(
+            self._channel, self._track, first, stdin, on_output, self._timeout
+        )
 
 
 # -- for the Pool (same module as Client, so Client's internals stay private to it) ---------

@@ -10,12 +10,15 @@ The source is renamed to ``<src>.migrated`` if and only if:
 
 :func:`decide` is called by :mod:`memoh_trio._migrate.run` after the copy nursery has exited, and
 the ``os.rename`` follows it with no checkpoint in between, so nothing can change under it.
+:func:`stopped_error` words the error a run raises when a fatal error stopped it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from ._errors import RPCError, Unavailable
 
 #: The status of a run that reached its decision (see :class:`memoh_trio.MigrationReport`).
 RunStatus = Literal["migrated", "dry-run", "incomplete"]
@@ -74,3 +77,14 @@ def decide(outcome: Outcome) -> Decision:
     if not o.rename_requested:
         return Decision(False, "rename not requested", "migrated")
     return Decision(True, "every entry was copied and verified", "migrated")
+
+
+def stopped_error(exc: RPCError, why: str, *, files: int, failures: int,
+                  source: str) -> RPCError:
+    """The error a run raises after the fatal ``exc`` (``why``, in plain words) stopped it:
+    same class and method; what was lost, and how far the copy got."""
+    what = ("lost the connection to the container"
+            if isinstance(exc, Unavailable) else "the container refused our credentials")
+    message = (f"{what} ({why}); stopped: {files} files copied, {failures} failed, "
+               f"source {source} kept (not renamed)")
+    return type(exc)(message, method=exc.method)

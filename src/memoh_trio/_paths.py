@@ -16,6 +16,7 @@ to interpret a link's target, so a symlink can never lead outside ROOT either.
 from __future__ import annotations
 
 import os
+from collections.abc import Set as AbstractSet
 
 #: Name prefixes of the temporary entries memoh-trio creates at a destination, never final names:
 #: the server's upload in progress, the migrator's upload before its Rename, and a tar batch's
@@ -115,7 +116,7 @@ def join(parts: tuple[str, ...] | list[str]) -> str:
     return "/".join(parts)
 
 
-def symlink_on_the_way(rel: str, links: set[str]) -> str | None:
+def symlink_on_the_way(rel: str, links: AbstractSet[str]) -> str | None:
     """The first proper ancestor of ``rel`` that is a symlink at the destination, if any (pure)."""
     parts = rel.split("/")
     for n in range(1, len(parts)):

@@ -27,7 +27,10 @@ from __future__ import annotations
 import enum
 import os
 import stat
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+
+from ._paths import symlink_on_the_way
 
 
 class Kind(enum.Enum):
@@ -176,32 +179,52 @@ class Route(enum.Enum):
 
     FAIL = "fail"  # recorded as a failure
     SKIP = "skip"  # reported as skipped
+    BLOCKED = "blocked"  # a symlink at the destination is on its way: failed, nothing sent
     DIR = "dir"  # nothing to send: created by its entries; mode and mtime applied at the end
-    DRY = "dry"  # dry run: counted only
+    DRY = "dry"  # dry run: counted (and itemized) as it would be sent
+    DRY_UNCHANGED = "dry-unchanged"  # dry run: resume would not send it
     LINK = "link"  # a batched symlink script
     UNCHANGED = "unchanged"  # resume: the destination already has it
+    HASH = "hash"  # resume with ``verify="sha256"``: unchanged only once the hashes agree
     TAR = "tar"  # a tar batch of small files
     ENTRY = "entry"  # its own RPCs: Mkdir, or WriteRaw + Rename
 
 
-def route(action: Action, *, dry_run: bool, unchanged: bool, tar_max_size: int) -> Route:
-    """Route one entry (pure). ``unchanged``: resume found it at the destination already;
-    ``tar_max_size``: the largest file a tar batch takes (0: no tar batches)."""
+def route(action: Action, *, dry_run: bool, unchanged: bool, tar_max_size: int,
+          verify_hash: bool = False, dest_links: AbstractSet[str] = frozenset()) -> Route:
+    """Route one entry (pure).
+
+    Args:
+        action: the classified entry.
+        dry_run: nothing is sent: entries are only counted.
+        unchanged: resume found it at the destination already (same size and mtime).
+        tar_max_size: the largest file a tar batch takes (0: no tar batches).
+        verify_hash: ``verify="sha256"``: an unchanged file is vouched for only once the
+            container's hash agrees.
+        dest_links: the symlinks found at the destination: nothing is written through one
+            (a server that does not confine paths, like Memoh's, would follow it).
+    """
     kind = action.kind
     if kind is Kind.FAIL:
         return Route.FAIL
     if kind is Kind.SKIP:
         return Route.SKIP
+    if dry_run:
+        if kind is Kind.DIR:
+            return Route.DIR
+        if unchanged and kind in (Kind.COPY, Kind.CREATE):
+            return Route.DRY_UNCHANGED
+        return Route.DRY
+    if dest_links and symlink_on_the_way(action.rel, dest_links) is not None:
+        return Route.BLOCKED
     if kind is Kind.DIR:
         return Route.DIR
-    if dry_run:
-        return Route.DRY
     if kind is Kind.SYMLINK:
         return Route.LINK
     if kind is Kind.MKDIR:
         return Route.ENTRY
     if unchanged:
-        return Route.UNCHANGED
+        return Route.HASH if verify_hash else Route.UNCHANGED
     if kind is Kind.COPY and action.size <= tar_max_size:
         return Route.TAR
     return Route.ENTRY

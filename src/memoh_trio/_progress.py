@@ -151,3 +151,22 @@ class Progress:
 
     def _bot_done(self) -> None:
         self._update(bots_done=self.state.bots_done + 1)
+
+
+# --- the fleet's side, for memoh_trio._migrate.bots (not methods: Progress's public surface is
+# what an observer uses)
+
+
+def start_fleet(fleet: Progress, bots: int) -> None:
+    """``fleet`` counts ``bots`` bots from now on (migrate_all, before the first one starts)."""
+    fleet._start_fleet(bots)
+
+
+def bot_progress(fleet: Progress) -> Progress:
+    """A progress for one bot of ``fleet``: its counts add into the fleet's."""
+    return fleet._bot()
+
+
+def bot_done(fleet: Progress) -> None:
+    """One more bot of ``fleet`` finished (whatever its outcome)."""
+    fleet._bot_done()

@@ -15,11 +15,13 @@ Modules:
 * ``upload``: one WriteRaw stream; ``execute``: one Exec stream (as Memoh's server speaks it);
 * ``reader``: the WriteRaw source reader; ``pipe``: the Trio/asyncio queue and its pump;
 * ``errors``: errors mapped at the edge;
-* ``server``: the grpclib server hosting the ContainerService;
+* ``server``: the grpclib server hosting the ContainerService (protocol, handlers, lifecycle);
+* ``inbound``: request messages as the server reads them (size limit before buffering);
+* ``server_streams``: the server's WriteRaw and Exec calls;
 * ``codec``: the grpclib codec both sides share (bulk messages encoded by hand);
 * ``h2patch``: two measured h2/hyperframe fixes, installed when a channel or server opens;
 * ``threads``: worker threads whose cancellation works from asyncio;
-* ``compat``: every private name of grpclib, h2 and hyperframe the bridge relies on.
+* ``compat``: every private name of grpclib, h2, hyperframe and asyncio the bridge relies on.
 """
 
 from __future__ import annotations

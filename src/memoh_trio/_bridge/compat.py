@@ -1,15 +1,16 @@
-"""Every private name of grpclib, h2, hyperframe and trio-asyncio the bridge relies on.
+"""Every private name of grpclib, h2, hyperframe, asyncio and trio-asyncio the bridge relies on.
 
 The bridge reaches past these libraries' public APIs in a few places (each for a measured cost or
 a behaviour their public API does not offer; the modules using them say why). Upstream may rename
 or change any of them in any release, so they are listed here, once, and
 ``tests/test_compat.py`` checks that each still exists and behaves as assumed; ``pyproject.toml``
 pins the majors these were checked against (``grpclib<0.5``, ``h2<5``, ``hyperframe<7``,
-``trio-asyncio<0.17``). Upgrading one of them: run that test first.
+``trio-asyncio<0.17``; asyncio's come with Python and are checked on each version the suite runs
+on). Upgrading one of them: run that test first.
 
-The client side reads and writes them only through the functions below; the server side
-(``_bridge/server.py``) and the h2 patch (``_bridge/h2patch.py``) are listed in
-:data:`SERVER_NAMES` and :data:`H2_NAMES`.
+The client and the server read and write them only through the functions below (the server's
+and the client's ``_protocol_factory`` overrides excepted: a subclass must use the name); the h2
+patch (``_bridge/h2patch.py``) is listed in :data:`H2_NAMES`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import asyncio
 from typing import Any
 
 import grpclib.client
+import grpclib.config
 import grpclib.protocol
+import grpclib.server
+import h2.config
 import h2.connection
 
 #: (object, attribute) pairs the client side uses, with what for. Checked by the test.
@@ -38,7 +42,7 @@ CLIENT_NAMES: tuple[tuple[str, str, str], ...] = (
      "the stream first, so grpclib reads the trailers instead of raising ProtocolError"),
 )
 
-#: Used by ``_bridge/server.py`` (listed and checked here; that module reads them directly).
+#: Used by ``_bridge/server.py`` and ``_bridge/inbound.py``, through the functions below.
 SERVER_NAMES: tuple[tuple[str, str, str], ...] = (
     ("grpclib.server.Server", "_protocol_factory", "overridden: our protocol subclass"),
     ("grpclib.server.Server", "__gc_step__", "called by our _protocol_factory, as upstream"),
@@ -47,10 +51,18 @@ SERVER_NAMES: tuple[tuple[str, str, str], ...] = (
     ("grpclib.server.Server", "_status_details_codec", "read by our _protocol_factory"),
     ("grpclib.server.Server", "__dispatch__", "read by our _protocol_factory"),
     ("grpclib.server.Server", "_handlers", "our _protocol_factory registers its handler"),
+    ("grpclib.server.Server", "_config", "read by our _protocol_factory"),
+    ("grpclib.server.Server", "_h2_config", "read by our _protocol_factory"),
     ("grpclib.server.Stream", "_stream", "the protocol Stream: length prefix read before "
      "buffering a message"),
     ("grpclib.server.Stream", "_codec", "decode a body read by hand"),
     ("grpclib.server.Stream", "_recv_type", "decode a body read by hand"),
+)
+
+#: asyncio's, used by ``_bridge/server.py``.
+ASYNCIO_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("asyncio.selector_events._SelectorSocketTransport", "max_size", "bytes read per readiness "
+     "event (256 KiB), raised for the server's connections"),
 )
 
 #: Used by ``_bridge/h2patch.py``.
@@ -127,3 +139,40 @@ def mark_sending_ended(stream: grpclib.client.Stream[Any, Any]) -> None:
     RST_STREAM(NO_ERROR) h2 refuses the END_STREAM we would send, so it is recorded instead.
     """
     stream._end_done = True
+
+
+# -- server ---------------------------------------------------------------------------------
+
+
+def new_server_handler(server: grpclib.server.Server
+                       ) -> tuple[grpclib.server.Handler, grpclib.config.Configuration,
+                                  h2.config.H2Configuration]:
+    """What ``Server._protocol_factory`` (0.4.x) passes to ``H2Protocol``: a new connection
+    handler, registered with the server as upstream does (so that ``close()`` cancels its
+    calls), and the server's configurations."""
+    server.__gc_step__()
+    handler = grpclib.server.Handler(
+        server._mapping, server._codec, server._status_details_codec, server.__dispatch__,
+    )
+    server._handlers.add(handler)
+    return handler, server._config, server._h2_config
+
+
+def server_h2_stream(stream: grpclib.server.Stream[Any, Any]) -> grpclib.protocol.Stream:
+    """The protocol-level stream under a server call (its ``recv_data(n)`` reads raw bytes)."""
+    h2_stream: grpclib.protocol.Stream = stream._stream
+    return h2_stream
+
+
+def decode_request(stream: grpclib.server.Stream[Any, Any], body: bytes) -> Any:
+    """Decode a request message read by hand, as grpclib's ``recv_message`` would."""
+    return stream._codec.decode(body, stream._recv_type)
+
+
+def set_read_size(transport: asyncio.BaseTransport, size: int) -> bool:
+    """Let asyncio's socket transport read up to ``size`` bytes per readiness event (its class
+    attribute ``max_size``); False, and nothing changed, for a transport without it (TLS)."""
+    if not hasattr(transport, "max_size"):
+        return False
+    transport.max_size = size
+    return True

@@ -13,6 +13,9 @@ Things grpclib does not do and this module adds:
 * bearer-token checking in a ``RecvRequest`` event hook, before any handler runs;
 * graceful shutdown that cancels in-flight calls (their temporary files are discarded) and
   closes the connections.
+
+Request messages are read by :mod:`.inbound`; the bodies of WriteRaw and Exec are in
+:mod:`.server_streams`. The grpclib, h2 and asyncio internals used here go through :mod:`.compat`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 import socket
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpclib.const
@@ -35,7 +38,7 @@ from grpclib.exceptions import GRPCError
 from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 
-from .. import _exec, _fs, _wire
+from .. import _fs, _wire
 from .._errors import Status
 from .._paths import PathError
 from .._proto.mcpcontainer import (
@@ -45,7 +48,6 @@ from .._proto.mcpcontainer import (
     DeleteFileResponse,
     ExecInput,
     ExecOutput,
-    ExecOutputStream,
     FileEntry,
     ListDirRequest,
     ListDirResponse,
@@ -65,10 +67,13 @@ from .._proto.mcpcontainer import (
 )
 from . import (
     asyncio_loop,
+    compat,
     h2patch,
+    server_streams,
     threads,
 )
 from .codec import Codec, Encoded
+from .inbound import GStream, Inbound, grpc_error
 
 _T = TypeVar("_T")
 
@@ -81,12 +86,6 @@ SHUTDOWN_GRACE = 5.0
 
 _SERVICE = "/mcpcontainer.ContainerService/"
 
-GStream = grpclib.server.Stream[Any, Any]
-
-
-def _grpc_error(status: Status, message: str) -> GRPCError:
-    return GRPCError(grpclib.const.Status(int(status)), message)
-
 
 class _FramedH2Protocol(H2Protocol):
     """grpclib's protocol, also advertising a larger SETTINGS_MAX_FRAME_SIZE."""
@@ -95,15 +94,13 @@ class _FramedH2Protocol(H2Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        if hasattr(transport, "max_size"):
-            # asyncio's socket transport reads at most 256 KiB per readiness event (the class
-            # attribute ``max_size`` of ``_SelectorSocketTransport``). Reading up to 1 MiB means
-            # a quarter of the event-loop rounds per megabyte: 2 x 128 MiB from the memoh-trio
-            # client took 1.32 s instead of 1.63 s (medians of 3, interleaved).
-            transport.max_size = READ_SIZE
-        h2patch.adopt(self.connection._connection)
+        # asyncio's socket transport reads at most 256 KiB per readiness event. Reading up to
+        # 1 MiB means a quarter of the event-loop rounds per megabyte: 2 x 128 MiB from the
+        # memoh-trio client took 1.32 s instead of 1.63 s (medians of 3, interleaved).
+        compat.set_read_size(transport, READ_SIZE)
+        h2_conn = compat.h2_connection(self)
+        h2patch.adopt(h2_conn)
         if self.max_frame_size != 16384:
-            h2_conn = self.connection._connection
             h2_conn.update_settings({SettingCodes.MAX_FRAME_SIZE: self.max_frame_size})
             # h2 applies a new local MAX_FRAME_SIZE to its frame parser only at the start of a
             # receive_data() call: a SETTINGS ACK followed by a big DATA frame in the same read
@@ -123,13 +120,8 @@ class _Server(grpclib.server.Server):
         self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
 
     def _protocol_factory(self) -> H2Protocol:
-        # Mirrors grpclib.server.Server._protocol_factory (0.4.x) with our protocol class.
-        self.__gc_step__()
-        handler = grpclib.server.Handler(
-            self._mapping, self._codec, self._status_details_codec, self.__dispatch__,
-        )
-        self._handlers.add(handler)
-        proto = _FramedH2Protocol(handler, self._config, self._h2_config)
+        # grpclib.server.Server._protocol_factory (0.4.x) with our protocol class.
+        proto = _FramedH2Protocol(*compat.new_server_handler(self))
         proto.max_frame_size = self._max_frame_size
         self.protocols.add(proto)
         return proto
@@ -153,7 +145,7 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
                  direct_io: bool = False, allow_exec: bool = True) -> None:
         self._root_fd = root_fd
         self._allow_exec = allow_exec
-        self._max = max_message_size
+        self._inbound = Inbound(max_message_size)
         self._hooks = hooks
         self._durable = durable
         self._direct_io = direct_io
@@ -161,50 +153,6 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         self.writers: set[_fs.RawWriter] = set()
 
     # ------------------------------------------------------------------ plumbing
-
-    async def _recv(self, stream: GStream) -> Any | None:
-        """Next message, or None at the end of the client's stream; refuses a message over the
-        limit from its length prefix, before buffering it."""
-        body = await self._recv_body(stream)
-        if body is None:
-            return None
-        return stream._codec.decode(body, stream._recv_type)
-
-    async def _recv_chunk(self, stream: GStream) -> _wire.DecodedWriteRawChunk | None:
-        """Next WriteRawChunk, parsed without copying its data (see :mod:`memoh_trio._wire`)."""
-        body = await self._recv_body(stream)
-        if body is None:
-            return None
-        try:
-            return _wire.decode_write_raw_chunk(body)
-        except _wire.WireError as exc:
-            raise _grpc_error(Status.INVALID_ARGUMENT, f"malformed WriteRawChunk: {exc}") from None
-
-    async def _recv_body(self, stream: GStream) -> bytes | None:
-        h2_stream = stream._stream
-        prefix = await h2_stream.recv_data(5)
-        if not prefix:
-            return None
-        if len(prefix) != 5:
-            raise _grpc_error(Status.INVALID_ARGUMENT, "truncated gRPC message prefix")
-        if prefix[0]:
-            raise _grpc_error(Status.UNIMPLEMENTED, "compressed messages are not supported")
-        length = int.from_bytes(prefix[1:5], "big")
-        if length > self._max:
-            raise _grpc_error(
-                Status.RESOURCE_EXHAUSTED,
-                f"message of {length} bytes exceeds the server limit of {self._max} bytes",
-            )
-        body: bytes = await h2_stream.recv_data(length) if length else b""
-        if len(body) != length:
-            raise _grpc_error(Status.INVALID_ARGUMENT, "truncated gRPC message")
-        return body
-
-    async def _recv_one(self, stream: GStream) -> Any:
-        message = await self._recv(stream)
-        if message is None:
-            raise _grpc_error(Status.INVALID_ARGUMENT, "request message missing")
-        return message
 
     @staticmethod
     async def _offload(fn: Callable[..., _T], *args: Any) -> _T:
@@ -218,7 +166,7 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
                 await fn(stream)
             except (PathError, OSError, UnicodeError) as exc:
                 status, message = _fs.status_for(exc)
-                raise _grpc_error(status, message) from None
+                raise grpc_error(status, message) from None
 
         return grpclib.const.Handler(run, cardinality, request, reply)
 
@@ -255,41 +203,41 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
                          mode=entry.mode, mod_time=entry.mod_time)
 
     async def _rpc_read_file(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         content, total, binary = await self._offload(
             _fs.read_file, self._root_fd, req.path, req.line_offset, req.n_lines)
         await stream.send_message(
             ReadFileResponse(content=content, total_lines=total, binary=binary))
 
     async def _rpc_write_file(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         _fs.write_file(self._root_fd, req.path, req.content, durable=self._durable)
         await stream.send_message(WriteFileResponse())
 
     async def _rpc_list_dir(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         entries = await self._offload(_fs.list_dir, self._root_fd, req.path, req.recursive)
         await stream.send_message(ListDirResponse(entries=[self._entry(e) for e in entries]))
 
     async def _rpc_stat(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         entry = _fs.stat(self._root_fd, req.path)
         await stream.send_message(StatResponse(entry=self._entry(entry)))
 
     async def _rpc_mkdir(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         _fs.mkdir(self._root_fd, req.path)
         await stream.send_message(MkdirResponse())
 
     async def _rpc_rename(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         if not req.old_path or not req.new_path:
-            raise _grpc_error(Status.INVALID_ARGUMENT, "old_path and new_path are required")
+            raise grpc_error(Status.INVALID_ARGUMENT, "old_path and new_path are required")
         _fs.rename(self._root_fd, req.old_path, req.new_path)
         await stream.send_message(RenameResponse())
 
     async def _rpc_delete_file(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         if req.recursive:
             await self._offload(_fs.delete, self._root_fd, req.path, True)
         else:
@@ -299,7 +247,7 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
     # ------------------------------------------------------------------ streams
 
     async def _rpc_read_raw(self, stream: GStream) -> None:
-        req = await self._recv_one(stream)
+        req = await self._inbound.one(stream)
         fd = _fs.open_regular(self._root_fd, req.path)
         try:
             while data := os.read(fd, READ_RAW_CHUNK):
@@ -308,111 +256,15 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
             os.close(fd)
 
     async def _rpc_write_raw(self, stream: GStream) -> None:
-        first = await self._recv_chunk(stream)
-        if first is None:
-            # No message at all: nothing to write and no path to write it to. Memoh's Go server
-            # answers OK with 0 bytes and creates nothing, and Memoh's migrator sends exactly
-            # this for an empty file (it sends a chunk only when a read returned bytes).
-            await stream.send_message(WriteRawResponse(bytes_written=0))
-            return
-        if first.abort:
-            raise _grpc_error(Status.ABORTED, "upload aborted by the client; nothing written")
-        if not first.path:
-            raise _grpc_error(Status.INVALID_ARGUMENT, "first chunk must include path")
-        hooks = self._hooks
-        writer = _fs.RawWriter(self._root_fd, first.path, hooks=hooks, durable=self._durable,
-                               direct=self._direct_io)
-        self.writers.add(writer)
-        loop = asyncio.get_running_loop()
-        # The write of one chunk runs in a worker thread while the next one is received; at most
-        # one write is in flight, so chunks land in order and memory stays at two chunks.
-        pending: asyncio.Future[None] | None = None
-        try:
-            chunk: _wire.DecodedWriteRawChunk | None = first
-            received = 0
-            while chunk is not None:
-                if chunk.abort:
-                    raise _grpc_error(
-                        Status.ABORTED,
-                        f"upload of {first.path!r} aborted by the client; "
-                        f"{writer.bytes_written} bytes received were discarded",
-                    )
-                data = chunk.data
-                if data:
-                    received += len(data)
-                    if pending is not None:
-                        await pending  # raises that write's error
-                    pending = threads.run(writer.write, data)
-                    if hooks is not None and hooks.should_stall(received):
-                        hooks.stalls += 1
-                        await loop.create_future()  # until cancelled
-                chunk = await self._recv_chunk(stream)
-            if pending is not None:
-                await pending
-            written = writer.commit()
-        finally:
-            if pending is not None:
-                # On failure or cancellation discard() below waits for a write still running in
-                # its thread (RawWriter's lock); its outcome no longer matters but is retrieved.
-                if pending.done():
-                    _retrieve(pending)
-                else:
-                    pending.add_done_callback(_retrieve)
-            writer.discard()
-            self.writers.discard(writer)
-        await stream.send_message(WriteRawResponse(bytes_written=written))
+        await server_streams.write_raw(stream, self._inbound, self._root_fd, self.writers,
+                                       hooks=self._hooks, durable=self._durable,
+                                       direct=self._direct_io)
 
     async def _rpc_exec(self, stream: GStream) -> None:
         if not self._allow_exec:
-            raise _grpc_error(Status.UNIMPLEMENTED,
-                              "Exec is disabled on this server (memoh-trio serve --no-exec)")
-        first = await self._recv(stream)
-        if first is None:
-            raise _grpc_error(Status.INVALID_ARGUMENT, "failed to receive exec config")
-        if first.stdin_data:
-            # Memoh's Go server reads only the command from the first message and drops its
-            # stdin; a client relying on it would lose data there without a word. Refusing it
-            # here makes such a client fail loudly against this server too.
-            raise _grpc_error(Status.INVALID_ARGUMENT,
-                              "stdin_data in the first ExecInput is not read (Memoh's server "
-                              "drops it too): send the command alone, then stdin in the "
-                              "following messages")
-        request = _exec.ExecRequest(
-            command=first.command, work_dir=first.work_dir, env=tuple(first.env),
-            timeout_seconds=first.timeout_seconds,
-        )
-
-        async def stdin() -> AsyncIterator[bytes]:
-            while (message := await self._recv(stream)) is not None:
-                yield message.stdin_data
-
-        async def emit(kind: int, data: bytes) -> None:
-            await stream.send_message(ExecOutput(stream=ExecOutputStream(kind), data=data))
-
-        try:
-            code = await trio_asyncio.trio_as_aio(_exec.run_exec)(
-                self._root_fd, request,
-                trio_asyncio.aio_as_trio(stdin()), trio_asyncio.aio_as_trio(emit),
-            )
-        except PathError:
-            raise
-        except ValueError as exc:  # e.g. a NUL byte in the command
-            raise _grpc_error(Status.INVALID_ARGUMENT, str(exc)) from None
-        except BaseExceptionGroup as group:
-            # A status raised while reading stdin (e.g. a message over the limit) comes out of
-            # run_exec's nursery wrapped in a group: answer with that status, not UNKNOWN.
-            found = group.subgroup(GRPCError)
-            while found is not None and isinstance(found, BaseExceptionGroup):
-                found = found.exceptions[0]  # type: ignore[assignment]
-            if isinstance(found, GRPCError):
-                raise found from None
-            raise
-        await stream.send_message(ExecOutput(stream=ExecOutputStream.EXIT, exit_code=code))
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
+            raise grpc_error(Status.UNIMPLEMENTED,
+                             "Exec is disabled on this server (memoh-trio serve --no-exec)")
+        await server_streams.exec_call(stream, self._inbound, self._root_fd)
 
 
 def _auth_hook(

@@ -5,12 +5,16 @@ Its parts, each owning one thing and never calling back up:
 * :mod:`.run` -- :func:`migrate`: lock, resume, walk → route (pure, :func:`memoh_trio._plan.route`)
   → dispatch under one nursery and ``CapacityLimiter``, decide (pure,
   :func:`memoh_trio._finalize.decide`), rename;
-* :mod:`.context` -- the frozen options, the ledger (counts, failures, fatal), the client with
-  deadlines, shared constants;
+* :mod:`.context` -- the frozen options, the client with deadlines, shared constants;
+* :mod:`.ledger` -- the counts, failures and fatal error of a run: one method per counting rule;
 * :mod:`.stream` -- one file via WriteRaw → temporary sibling → verify → Rename;
 * :mod:`.tar` -- one tar batch of small files; returns what was copied, failed or changed;
-* :mod:`.meta` -- symlinks, permission bits and mtimes, the container's ``sync``;
-* :mod:`.resume` -- what is already at the destination; stale temporaries;
+* :mod:`.meta` -- the container's tools (probe); the queues of batched Execs (symlinks, hash
+  checks, permission bits and mtimes), each batch returning what was done and what failed; the
+  container's ``sync``;
+* :mod:`.resume` -- the destination: created or checked, what is already there, stale
+  temporaries, hash checks;
+* :mod:`.preflight` -- the source: reruns, typos, empty sources, data roots; its final rename;
 * :mod:`.bots` -- :func:`migrate_bot`, :func:`migrate_all`, :func:`list_bots`.
 
 Every container-side script, and the parser of its output, is in :mod:`memoh_trio._scripts`.

@@ -14,7 +14,7 @@ import trio
 
 from .._errors import ConfigError, MemohError, SourceError
 from .._plan import describe_os_error
-from .._progress import Progress
+from .._progress import Progress, bot_done, bot_progress, start_fleet
 from .._report import MigrationReport
 from .context import (
     DEFAULT_BOT_CONCURRENCY,
@@ -182,7 +182,7 @@ async def migrate_all(
     check_data_root(data_root)
     bots = list_bots(data_root)
     fleet = progress if progress is not None else Progress()
-    fleet._start_fleet(len(bots))
+    start_fleet(fleet, len(bots))
     opts = _BotOptions(dest=dest, concurrency=file_concurrency, chunk_size=chunk_size,
                        verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
                        resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
@@ -223,7 +223,7 @@ async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
     async def one(bot_id: str, token: object) -> None:
         try:
             start = time.monotonic()
-            progress = fleet._bot()
+            progress = bot_progress(fleet)
             try:
                 report = await migrate_bot(bot_id, data_root, pool, progress=progress,
                                            **dataclasses.asdict(opts))
@@ -234,7 +234,7 @@ async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
             finally:
                 progress.finish()
             reports[bot_id] = report
-            fleet._bot_done()
+            bot_done(fleet)
             if on_report is not None:
                 on_report(report)
         finally:

@@ -1,10 +1,11 @@
-"""What the parts of one migration share: frozen options, the ledger, the client with deadlines.
+"""What the parts of one migration share: frozen options, the client with deadlines, constants.
 
 The transfer methods (:mod:`.stream`, :mod:`.tar`, :mod:`.meta`) get a :class:`Context`: the
-options (frozen), the client, the limiter, the progress observer and the :class:`Ledger`. They
-return what happened (copied, failed with a reason, changed) and the run records it; the one
-thing a part may do to the run is :meth:`Ledger.lose`: a fatal error (lost connection, refused
-credentials) that cancels the remaining work.
+options (frozen), the client, the limiter, the progress observer and the run's
+:class:`~.ledger.Ledger`. They return what happened (copied, failed with a reason, changed) and
+the run records it in the ledger; the one thing a part may do to the run is
+:meth:`~.ledger.Ledger.lose`: a fatal error (lost connection, refused credentials) that cancels
+the remaining work.
 """
 
 from __future__ import annotations
@@ -31,12 +32,12 @@ from .._errors import (
 )
 from .._paths import PART_PREFIX as PART_PREFIX
 from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
-from .._plan import Action, describe_os_error, display_path
+from .._plan import Action, describe_os_error
 from .._progress import Progress
-from .._report import Failure, MigrationReport
 
 if TYPE_CHECKING:
     from .._client import Client, ExecResult
+    from .ledger import Ledger
 
 #: Suffix of a migrated source (the seed's ``migratedSuffix``).
 MIGRATED_SUFFIX = ".migrated"
@@ -116,72 +117,6 @@ class Deadlined:
                     method=name) from None
 
         return call
-
-
-class Ledger:
-    """The counts, failures and fatal error of one run: the only state its parts share.
-
-    Attributes:
-        report: the report being filled in.
-        progress: the observer the CLI draws from.
-        required: entries whose completion the rename waits for.
-        done: those completed and verified.
-        walk_complete: the walk reached its end.
-        fatal: the first fatal error, which cancelled the copy.
-        cancelled: a cancellation reached the copy.
-    """
-
-    def __init__(self, report: MigrationReport, progress: Progress) -> None:
-        self.report = report
-        self.progress = progress
-        self.required = 0
-        self.done = 0
-        self.walk_complete = False
-        self.fatal: RPCError | None = None
-        self.cancelled = False
-        self._scope: trio.CancelScope | None = None
-
-    def fail(self, action_or_rel: Action | str, error: str) -> None:
-        """Record one entry's failure."""
-        rel = action_or_rel.rel if isinstance(action_or_rel, Action) else action_or_rel
-        self.report.failures.append(Failure(display_path(rel) or ".", error))
-        self.progress.failed()
-
-    def copied(self, action: Action) -> None:
-        """Record one regular file copied and verified."""
-        self.done += 1
-        self.report.files += 1
-        self.report.bytes += action.size
-        self.progress.file_done()
-
-    def copied_many(self, actions: list[Action]) -> None:
-        """Record regular files copied and verified (one progress update for all: a batch of
-        1,000 small files made 1,000 snapshots)."""
-        if not actions:
-            return
-        self.done += len(actions)
-        self.report.files += len(actions)
-        self.report.bytes += sum(a.size for a in actions)
-        self.progress.file_done(files=len(actions))
-
-    def attach(self, scope: trio.CancelScope) -> None:
-        """From now on :meth:`lose` cancels ``scope`` (the copy nursery's)."""
-        self._scope = scope
-
-    def detach(self) -> None:
-        """The copy nursery has exited."""
-        self._scope = None
-
-    @property
-    def copy_running(self) -> bool:
-        return self._scope is not None
-
-    def lose(self, exc: RPCError) -> None:
-        """A fatal error: remember the first and cancel the remaining copy work."""
-        if self.fatal is None:
-            self.fatal = exc
-        if self._scope is not None:
-            self._scope.cancel()
 
 
 @dataclass

@@ -1,18 +1,28 @@
-"""Batched container-side work: symlinks, permission bits and mtimes, and the final ``sync``.
+"""Batched container-side work: symlinks, permission bits and mtimes, hash checks, ``sync``.
 
 Each batch is one ``Exec`` (never one RPC per entry) with a short fixed command; the script or
 the records travel as stdin (:mod:`memoh_trio._scripts`). Each entry must be confirmed by its own
 record: each function returns ``{index in batch: reason}`` for the entries that were not.
+
+:class:`Tools` is what the container offers (probed once per run). :class:`Batches` owns the
+queues of entries waiting for a batched Exec, says when a batch is due and runs one, returning a
+:class:`BatchResult` (done, failed and why, to send again); the run records it and starts the
+batches in its nursery. Nothing here calls back into the run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+import trio
 
 from .. import _scripts
 from .._errors import MemohError, Unimplemented
 from .._plan import Action
 from .._scripts import Capabilities, Precision
+from . import resume
 from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, plain
 
 #: Entries per batched Exec (symlinks, permissions and mtimes). The script or records travel
@@ -31,6 +41,165 @@ SHELL_META_MAX = _scripts.SHELL_META_MAX
 #: left to flush (it took a third of a 2 x 128 MiB migration when it flushed everything at the
 #: end). Best effort: a failed early ``sync`` is ignored; the final one decides.
 WRITEBACK_BYTES = 32 * 1024 * 1024
+#: A tar batch with at least this many files copied gets its own metadata Exec as soon as it
+#: is done (fewer: they join the next metadata batch).
+TAR_META_MIN = 64
+
+#: What one batch does: recreate symlinks, check resume's hashes, or apply modes and mtimes.
+Job = Literal["links", "hash", "meta"]
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Entries for one batched Exec."""
+
+    job: Job
+    actions: list[Action]
+
+
+@dataclass
+class BatchResult:
+    """What became of a batch's entries (each entry in exactly one list).
+
+    Attributes:
+        job: the batch's job.
+        done: symlinks recreated, files whose hashes agree, or modes and mtimes applied.
+        failed: the entries that failed, with why.
+        resend: ``hash`` only: files to send again (their hash differs or cannot be checked).
+        precision: ``meta`` only: the precision the mtimes were applied with.
+    """
+
+    job: Job
+    done: list[Action] = field(default_factory=list)
+    failed: list[tuple[Action, str]] = field(default_factory=list)
+    resend: list[Action] = field(default_factory=list)
+    precision: Precision | None = None
+
+    @classmethod
+    def split(cls, job: Job, batch: Sequence[Action], failed: dict[int, str],
+              what: str) -> BatchResult:
+        """``batch`` divided by ``failed`` (``{index: reason}``); reasons prefixed by ``what``."""
+        out = cls(job)
+        for i, action in enumerate(batch):
+            if i in failed:
+                out.failed.append((action, f"{what}: {failed[i]}"))
+            else:
+                out.done.append(action)
+        return out
+
+
+class Tools:
+    """What the container offers, probed once per run: the shell's tools before the copy,
+    python3 beside it (its start-up was most of the probe's 65-100 ms, before the first batch
+    could start). Work that may use python3 waits for :meth:`settled`."""
+
+    def __init__(self) -> None:
+        self.caps = Capabilities()
+        self._python_known = trio.Event()
+
+    async def probe(self, ctx: Context) -> None:
+        """Ask the container for its tools, python3 aside (see :meth:`probe_python`)."""
+        self.caps = await probe(ctx, python=False)
+
+    async def probe_python(self, ctx: Context) -> None:
+        """Ask for python3 (once the shell's tools are known; without them there is no Exec,
+        and nothing is asked). A fatal error is the run's (:meth:`~.ledger.Ledger.lose`)."""
+        if self.caps.probed:
+            try:
+                python3, exe = await probe_python(ctx)
+            except FATAL_ERRORS as exc:
+                ctx.ledger.lose(exc)
+                return
+            self.caps = replace(self.caps, python3=python3, python_exe=exe)
+        self._python_known.set()
+
+    async def settled(self) -> Capabilities:
+        """The capabilities, once python3 was asked."""
+        await self._python_known.wait()
+        return self.caps
+
+    async def py_move(self) -> str | None:
+        """How to run python3 to move a tar batch, or ``None`` (asked once it is unpacked)."""
+        caps = await self.settled()
+        return caps.python_exe if USE_PYTHON_META and caps.python3 else None
+
+
+class Batches:
+    """The entries of one run waiting for a batched Exec: symlinks, resume's hash checks, and
+    modes/mtimes (files as they are copied; directories at the end, deepest first).
+
+    The ``add`` methods return a :class:`Batch` once one is due (the run starts it);
+    :meth:`run` carries one out and returns what happened.
+    """
+
+    def __init__(self, ctx: Context, tools: Tools) -> None:
+        self._ctx = ctx
+        self._tools = tools
+        self._preserve = ctx.opts.preserve
+        self._queues: dict[Job, list[Action]] = {"links": [], "hash": [], "meta": []}
+        self._dirs: list[Action] = []
+
+    def add(self, job: Job, action: Action) -> Batch | None:
+        """Queue ``action``; the batch if it is now full. ``meta`` queues nothing unless the run
+        preserves modes and mtimes."""
+        if job == "meta" and not self._preserve:
+            return None
+        queue = self._queues[job]
+        queue.append(action)
+        return self._take(job) if len(queue) >= EXEC_BATCH else None
+
+    def add_dir(self, action: Action) -> None:
+        """Queue a directory's mode and mtime for the end of the run (see :meth:`final`)."""
+        if self._preserve:
+            self._dirs.append(action)
+
+    def tar_copied(self, actions: Sequence[Action]) -> list[Batch]:
+        """The modes and mtimes of files a tar batch copied (and did not apply itself). Many get
+        a batch at once, while the rest is still being sent, rather than all at the end (mixed
+        tree: 0.22 s after the last move, on the critical path); a few join the queue."""
+        if not self._preserve:
+            return []
+        if len(actions) >= TAR_META_MIN:
+            return [Batch("meta", list(actions))]
+        return [b for b in (self.add("meta", a) for a in actions) if b is not None]
+
+    def walk_done(self) -> list[Batch]:
+        """The symlinks and hash checks still queued once the walk ended."""
+        return [self._take(job) for job in ("links", "hash") if self._queues[job]]
+
+    def final(self) -> list[Batch]:
+        """The modes and mtimes still queued once the copy is over: the files finished after the
+        last full batch, then the directories, deepest first, once nothing is written in them
+        (a file's chmod/utime does not touch its directory's mtime)."""
+        dirs = sorted(self._dirs, key=lambda a: a.rel.count("/"), reverse=True)
+        entries = self._take("meta").actions + dirs
+        self._dirs = []
+        return [Batch("meta", entries[i:i + EXEC_BATCH])
+                for i in range(0, len(entries), EXEC_BATCH)]
+
+    def _take(self, job: Job) -> Batch:
+        batch = Batch(job, self._queues[job])
+        self._queues[job] = []
+        return batch
+
+    async def run(self, batch: Batch) -> BatchResult:
+        """Carry out one batch (one Exec; a hash check also reads the source files).
+
+        Raises:
+            Unavailable / Unauthenticated: fatal to the run.
+        """
+        caps = await self._tools.settled()
+        actions = batch.actions
+        if batch.job == "hash":
+            found = await resume.check_hashes(self._ctx, actions)
+            return BatchResult("hash", done=found.same, resend=found.resend)
+        if batch.job == "links":
+            failed = await recreate_links(self._ctx, caps, actions)
+            return BatchResult.split("links", actions, failed, "cannot recreate the symlink")
+        failed, precision = await apply_meta(self._ctx, caps, actions)
+        result = BatchResult.split("meta", actions, failed, "cannot apply permissions/mtime")
+        result.precision = precision
+        return result
 
 
 async def probe(ctx: Context, *, python: bool = True) -> Capabilities:

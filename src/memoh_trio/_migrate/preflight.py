@@ -1,11 +1,12 @@
-"""What a source is before anything is copied: reruns, typos, empty sources.
+"""What a source is before anything is copied (reruns, typos, empty sources), and its rename.
 
 One rule for :func:`memoh_trio.migrate` and :func:`memoh_trio.migrate_bot` (the seed's, from
 ``migrateBindMountData``): a source that was migrated already is ``already-migrated``, an empty
 one is ``nothing-to-do``; neither is copied nor renamed. What only a mistake can produce is refused
 before anything is copied, with a hint: a ``.migrated`` directory given as the source, a source
 whose ``.migrated`` sibling exists too (the rename at the end could only fail), a bot id that is
-neither a directory nor a migrated one, a data root without ``bots/``.
+neither a directory nor a migrated one, a data root without ``bots/``. At the end of a complete
+run, :func:`rename_source` renames the source, only if it still names the directory copied.
 """
 
 from __future__ import annotations
@@ -159,3 +160,19 @@ def source_identity(path: str) -> tuple[int, int] | None:
 
 def already_migrated(src: str) -> bool:
     return not os.path.lexists(src) and os.path.isdir(src + MIGRATED_SUFFIX)
+
+
+def rename_source(src: str, identity: tuple[int, int] | None) -> tuple[str | None, str | None]:
+    """Rename ``src`` to ``src + MIGRATED_SUFFIX`` if it still names the directory that was
+    copied (``identity``, see :func:`source_identity`). Synchronous: no checkpoint, so it can
+    follow the rename decision directly. Returns the new name, or ``None`` and why not."""
+    target = src + MIGRATED_SUFFIX
+    if source_identity(src) != identity:
+        return None, (f"everything was copied, but {src} no longer names the directory that "
+                      "was copied (it was replaced during the run): not renamed")
+    try:
+        os.rename(src, target)
+    except OSError as exc:
+        return None, (f"everything was copied, but renaming the source to {target} failed: "
+                      f"{describe_os_error(exc)}")
+    return target, None

@@ -1,4 +1,5 @@
-"""Resume: what is already at the destination, and the leftovers of an interrupted run.
+"""The destination before the copy: it is a directory (created if missing), what is already
+there (resume), and the leftovers of an interrupted run.
 
 One recursive ``ListDir`` up front gives rsync's quick check (same size and same mtime second →
 not resent); stale temporary files (ours, the server's, tar staging directories) are deleted.
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import _scripts, _source
-from .._errors import MemohError, RPCError
+from .._errors import ConfigError, MemohError, RPCError
 from .._plan import Action, Kind, display_path
 from .._tarbatch import TAR_PREFIX
 from .context import (
@@ -29,10 +30,64 @@ from .context import (
     PART_PREFIX,
     SERVER_TEMP_PREFIX,
     Context,
+    plain,
 )
 
 if TYPE_CHECKING:
     from .._client import FileEntry
+
+
+async def survey(ctx: Context) -> dict[str, FileEntry]:
+    """Create the destination (a dry run only checks it) and list what it holds (see
+    :func:`load_existing`; a dry run deletes nothing).
+
+    Raises:
+        ConfigError: the destination is a file, or cannot be created.
+    """
+    if ctx.opts.dry_run:
+        await check_dest(ctx)
+        return await load_existing(ctx, clean=False)
+    if ctx.opts.dest:
+        await make_dest(ctx)
+    return await load_existing(ctx)
+
+
+async def make_dest(ctx: Context) -> None:
+    """Create the destination directory (with its parents; no error if it exists).
+
+    Raises:
+        ConfigError: it cannot be created (a file is there, or the server refused).
+    """
+    try:
+        await ctx.client.mkdir(ctx.opts.dest)
+    except FATAL_ERRORS:
+        raise
+    except RPCError as exc:
+        await check_dest(ctx)
+        raise ConfigError(f"cannot create the destination {ctx.opts.dest!r} in the "
+                          f"container: {plain(exc)}") from None
+
+
+async def check_dest(ctx: Context) -> None:
+    """Raise :class:`ConfigError` when the destination exists and is not a directory."""
+    if not ctx.opts.dest:
+        return
+    try:
+        entry = await ctx.client.stat(ctx.opts.dest)
+    except FATAL_ERRORS:
+        raise
+    except RPCError:
+        return  # missing (created by the run) or not statable: the run will tell
+    if not entry.is_dir:
+        raise ConfigError(f"destination {ctx.opts.dest!r} is a file in the container, not "
+                          "a directory: choose another --dest")
+
+
+def symlinks(existing: Mapping[str, FileEntry]) -> set[str]:
+    """The symlinks at the destination (listed even without resume): what the WriteRaw path
+    must never write through (a server that does not confine paths, like Memoh's, would follow
+    them)."""
+    return {rel for rel, e in existing.items() if e.mode.startswith("L")}
 
 
 def mtime_seconds(mod_time: str) -> int | None:

@@ -5,42 +5,29 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import trio
 
-from .._errors import ConfigError, MemohError, RPCError, Unavailable
-from .._finalize import Outcome, decide
+from .._errors import MemohError, RPCError
+from .._finalize import decide, stopped_error
 from .._lock import single_flight
 from .._paths import symlink_on_the_way
-from .._plan import (
-    REQUIRED_KINDS,
-    Action,
-    Kind,
-    Route,
-    WalkEntry,
-    classify,
-    describe_os_error,
-    display_path,
-    route,
-)
+from .._plan import Action, Kind, Route, WalkEntry, classify, route
 from .._progress import Progress
-from .._report import Failure, MigrationReport, Skipped
-from .._scripts import Capabilities
+from .._report import Failure, MigrationReport
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
 from .._walk import walk
-from . import meta, resume, stream, tar
+from . import meta, preflight, resume, stream, tar
 from .context import (
     DEFAULT_CONCURRENCY,
     DEFAULT_STALL_TIMEOUT,
     FATAL_ERRORS,
-    MIGRATED_SUFFIX,
     Context,
     Deadlined,
-    Ledger,
     Options,
     Verify,
     check_options,
@@ -48,7 +35,7 @@ from .context import (
     norm_dest,
     plain,
 )
-from .preflight import already_migrated, check_source, real_source, source_identity, source_state
+from .ledger import Ledger
 from .resume import itemize_line
 
 if TYPE_CHECKING:
@@ -56,9 +43,6 @@ if TYPE_CHECKING:
 
 #: Walk entries buffered between the walk thread and the dispatcher.
 WALK_BUFFER = 1024
-#: A tar batch with at least this many files copied gets its own metadata Exec as soon as it
-#: is done (fewer: they join the next metadata batch).
-TAR_META_MIN = 64
 #: Files waiting for a stream slot. The dispatcher only blocks once this many are queued, so
 #: small files found behind a run of large ones are batched (and their tar batch started) while
 #: the large ones stream: on the mixed tree (c) the batches began at 0.34-0.44 s, after the
@@ -74,7 +58,7 @@ class _Run:
                  itemize: Callable[[str], None] | None = None) -> None:
         self.src = src
         #: the directory the run copies: renamed only if ``src`` still names it at the end
-        self.identity = source_identity(src)
+        self.identity = preflight.source_identity(src)
         self.opts = opts
         self.itemize = itemize
         # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
@@ -88,46 +72,19 @@ class _Run:
         self.dest_links: set[str] = set()  # symlinks found at the destination (resume listing)
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
         self.batcher: Batcher[Action] = Batcher()
-        self.caps = Capabilities()  # probed once at the start of a real run
-        self._python_known = trio.Event()  # set once caps.python3 is known
-        self.pending_links: list[Action] = []
-        self.pending_hash: list[Action] = []  # resume skips them if the hashes agree
-        self.pending_meta: list[Action] = []  # files: mode + mtime
-        self.dir_meta: list[Action] = []  # directories: applied last, deepest first
+        self.tools = meta.Tools()  # probed once at the start of a real run
+        self.batches = meta.Batches(self.ctx, self.tools)
         self._nursery: trio.Nursery | None = None  # the copy nursery, while it runs
 
     async def run(self) -> MigrationReport:
         ledger, opts = self.ledger, self.opts
         start = time.monotonic()
         try:
-            if opts.dry_run:
-                # Ask the container as the real run would (a wrong token fails here too), and
-                # count what resume would not resend; delete nothing.
-                await self._check_dest()
-                existing = await resume.load_existing(self.ctx, clean=False)
-                self.existing = existing if opts.resume else {}
-            else:
-                if opts.dest:
-                    await self._make_dest()
-                # Listed even without resume: the symlinks already at the destination are what
-                # the WriteRaw path must never write through (a server that does not confine
-                # paths, like Memoh's, would follow them).
-                existing = await resume.load_existing(self.ctx)
-                self.dest_links = {rel for rel, e in existing.items() if e.mode.startswith("L")}
-                self.existing = existing if opts.resume else {}
-                # python3 is asked beside the copy (see _probe_python): its start-up was most
-                # of the probe's 65-100 ms, before the first batch could start.
-                self.caps = await meta.probe(self.ctx, python=False)
-                if opts.tar_batches and self.caps.tar_ok(opts.verify):
-                    self.tar_max_size = MAX_MEMBER_SIZE
-            helpers = [] if opts.dry_run or not opts.rename else [self._writeback]
+            await self._prepare()
+            helpers = [] if opts.dry_run or not opts.rename else [partial(meta.writeback, self.ctx)]
             await with_helpers(self._copy_tree, helpers)
             if not opts.dry_run and ledger.fatal is None:
-                await self._finish_meta()
-                if opts.rename and ledger.done and not self.report.failures:
-                    why = await meta.flush(self.ctx)
-                    if why is not None:
-                        self.report.failures.append(Failure(opts.dest or "/", why))
+                await self._finish()
             # Checkpoint: any pending cancellation surfaces here, before the decision.
             await trio.lowlevel.checkpoint()
             self._finalize()
@@ -145,81 +102,47 @@ class _Run:
             self.report.seconds = time.monotonic() - start
             ledger.progress.finish()
         if ledger.fatal is not None:
-            raise self._fatal_error()
+            raise stopped_error(ledger.fatal, plain(ledger.fatal), files=self.report.files,
+                                failures=len(self.report.failures), source=self.src)
         return self.report
 
-    async def _make_dest(self) -> None:
-        try:
-            await self.ctx.client.mkdir(self.opts.dest)
-        except FATAL_ERRORS:
-            raise
-        except RPCError as exc:
-            await self._check_dest()
-            raise ConfigError(f"cannot create the destination {self.opts.dest!r} in the "
-                              f"container: {plain(exc)}") from None
+    async def _prepare(self) -> None:
+        """Check (a dry run) or create the destination, list what it holds, probe the tools."""
+        opts = self.opts
+        # A dry run asks the container as the real run would (a wrong token fails here too),
+        # and counts what resume would not resend; it deletes nothing.
+        existing = await resume.survey(self.ctx)
+        self.existing = existing if opts.resume else {}
+        if not opts.dry_run:
+            self.dest_links = resume.symlinks(existing)
+            await self.tools.probe(self.ctx)
+            if opts.tar_batches and self.tools.caps.tar_ok(opts.verify):
+                self.tar_max_size = MAX_MEMBER_SIZE
 
-    async def _check_dest(self) -> None:
-        """Raise :class:`ConfigError` when the destination exists and is not a directory."""
-        if not self.opts.dest:
-            return
-        try:
-            entry = await self.ctx.client.stat(self.opts.dest)
-        except FATAL_ERRORS:
-            raise
-        except RPCError:
-            return  # missing (created by the run) or not statable: the run will tell
-        if not entry.is_dir:
-            raise ConfigError(f"destination {self.opts.dest!r} is a file in the container, not "
-                              "a directory: choose another --dest")
-
-    def _fatal_error(self) -> RPCError:
-        exc = self.ledger.fatal
-        assert exc is not None
-        what = ("lost the connection to the container"
-                if isinstance(exc, Unavailable) else "the container refused our credentials")
-        message = (f"{what} ({plain(exc)}); stopped: {self.report.files} files copied, "
-                   f"{len(self.report.failures)} failed, source {self.src} kept (not renamed)")
-        return type(exc)(message, method=exc.method)
+    async def _finish(self) -> None:
+        """After the copy: the modes and mtimes still pending, then the container's ``sync``
+        if the rename may follow."""
+        for batch in self.batches.final():
+            self.ledger.batch_done(await self.batches.run(batch))
+        if self.opts.rename and self.ledger.done and not self.report.failures:
+            why = await meta.flush(self.ctx)
+            if why is not None:
+                self.report.failures.append(Failure(self.opts.dest or "/", why))
 
     @trio.lowlevel.enable_ki_protection
     def _finalize(self) -> None:
         """Decide and rename, with no checkpoint (and no KeyboardInterrupt) in between."""
-        ledger = self.ledger
-        decision = decide(Outcome(
-            rename_requested=self.opts.rename and not self.opts.dry_run,
-            dry_run=self.opts.dry_run,
-            walk_complete=ledger.walk_complete,
-            cancelled=ledger.cancelled,
-            fatal=None if ledger.fatal is None else plain(ledger.fatal),
-            required=ledger.required,
-            done=ledger.done,
-            failures=len(self.report.failures),
-        ))
-        self.report.status = decision.status
+        report = self.report
+        decision = decide(self.ledger.outcome(rename=self.opts.rename, dry_run=self.opts.dry_run))
+        report.status = decision.status
         if decision.status == "incomplete":
-            self.report.error = decision.reason
-        if not decision.rename:
-            return
-        target = self.src + MIGRATED_SUFFIX
-        if source_identity(self.src) != self.identity:
-            self.report.status = "incomplete"
-            self.report.error = (f"everything was copied, but {self.src} no longer names the "
-                                 "directory that was copied (it was replaced during the run): "
-                                 "not renamed")
-            return
-        try:
-            os.rename(self.src, target)
-        except OSError as exc:
-            self.report.status = "incomplete"
-            self.report.error = (f"everything was copied, but renaming the source to {target} "
-                                 f"failed: {describe_os_error(exc)}")
-            return
-        self.report.renamed_to = target
+            report.error = decision.reason
+        if decision.rename:
+            report.renamed_to, error = preflight.rename_source(self.src, self.identity)
+            if error is not None:
+                report.status, report.error = "incomplete", error
 
     # ------------------------------------------------------------------ the copy nursery
-
-    async def _writeback(self) -> None:
-        await meta.writeback(self.ctx)
 
     async def _copy_tree(self) -> None:
         send, recv = trio.open_memory_channel[WalkEntry](WALK_BUFFER)
@@ -230,37 +153,20 @@ class _Run:
                 self.ledger.attach(nursery.cancel_scope)
                 nursery.start_soon(self._walk, send)
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
-                if self.caps.probed and not self._python_known.is_set():
-                    nursery.start_soon(self._probe_python)
-                else:
-                    self._python_known.set()
+                nursery.start_soon(self.tools.probe_python, self.ctx)
                 async with streams, recv:
                     async for entry in recv:
                         await self._dispatch(classify(entry), streams, nursery)
                     if not self.opts.dry_run:
-                        self._flush_links(force=True)
-                        self._flush_hashes(force=True)
+                        self._start(*self.batches.walk_done())
                         if len(self.batcher):
-                            await self._start_tar(self.batcher.take(), nursery)
+                            await self._start_in_slot(nursery,
+                                                      partial(self._tar_task, self.batcher.take()))
         finally:
             self._nursery = None
             self.ledger.detach()
         if nursery.cancel_scope.cancelled_caught:
             self.ledger.cancelled = self.ledger.fatal is None
-
-    async def _py_move(self) -> str | None:
-        """How to run python3 to move a tar batch, or ``None`` (asked once it is unpacked)."""
-        await self._python_known.wait()
-        return self.caps.python_exe if meta.USE_PYTHON_META and self.caps.python3 else None
-
-    async def _probe_python(self) -> None:
-        try:
-            python3, exe = await meta.probe_python(self.ctx)
-        except FATAL_ERRORS as exc:
-            self.ledger.lose(exc)
-            return
-        self.caps = replace(self.caps, python3=python3, python_exe=exe)
-        self._python_known.set()
 
     async def _walk(self, send: trio.MemorySendChannel[WalkEntry]) -> None:
         await walk(self.src, send)
@@ -272,77 +178,49 @@ class _Run:
         """Start each queued entry's stream once the limiter has a slot for it."""
         async with queue:
             async for action in queue:
-                token = object()
-                await self.ctx.limiter.acquire_on_behalf_of(token)
-                nursery.start_soon(self._entry_task, action, token)
+                await self._start_in_slot(nursery, partial(self._copy_entry, action))
 
     async def _dispatch(self, action: Action, streams: trio.MemorySendChannel[Action],
                         nursery: trio.Nursery) -> None:
-        ledger, report = self.ledger, self.report
-        if action.kind in REQUIRED_KINDS:
-            ledger.required += 1
-        if action.kind in (Kind.COPY, Kind.CREATE):
-            ledger.progress.found(1, action.size)
+        """Count one entry and send it where :func:`memoh_trio._plan.route` says."""
+        ledger = self.ledger
+        ledger.found(action)
         where = route(action, dry_run=self.opts.dry_run,
                       unchanged=resume.unchanged(self.existing, action),
-                      tar_max_size=self.tar_max_size)
-        link = (symlink_on_the_way(action.rel, self.dest_links)
-                if self.dest_links and where not in (Route.FAIL, Route.SKIP, Route.DRY) else None)
-        if link is not None:
-            # WriteRaw/Mkdir/Rename on a server without confinement (Memoh's) would write
-            # through it; the scripts refuse it too. Nothing is done for this entry.
-            ledger.fail(action, f"a symlink is in the way at the destination: {link}")
-        elif where is Route.FAIL:
+                      tar_max_size=self.tar_max_size, verify_hash=self.opts.verify == "sha256",
+                      dest_links=self.dest_links)
+        if where is Route.FAIL:
             if action.rel == "":  # the root itself could not be listed
                 ledger.walk_complete = False
             ledger.fail(action, action.reason)
+        elif where is Route.BLOCKED:
+            # Nothing is done for this entry (the scripts refuse to write through it, too).
+            link = symlink_on_the_way(action.rel, self.dest_links)
+            ledger.fail(action, f"a symlink is in the way at the destination: {link}")
         elif where is Route.SKIP:
-            report.skipped.append(Skipped(display_path(action.rel), action.reason))
+            ledger.skipped(action)
+        elif where in (Route.DRY, Route.DRY_UNCHANGED):
+            ledger.predicted(action, unchanged=where is Route.DRY_UNCHANGED)
+            if where is Route.DRY:
+                self._itemize(action)
         elif where is Route.DIR:
             if self.opts.dry_run:
                 self._itemize(action)
-            elif self.opts.preserve:
-                self.dir_meta.append(action)
-        elif where is Route.DRY:
-            self._count_dry(action)
-        elif where is Route.LINK:
-            self.pending_links.append(action)
-            self._flush_links()
-        elif where is Route.UNCHANGED:
-            if self.opts.verify == "sha256":  # vouched for only once the hashes agree
-                self.pending_hash.append(action)
-                self._flush_hashes()
             else:
-                self._unchanged(action)
+                self.batches.add_dir(action)
+        elif where is Route.UNCHANGED:
+            ledger.unchanged(action)
+            self._start(self.batches.add("meta", action))
+        elif where in (Route.LINK, Route.HASH):
+            self._start(self.batches.add("links" if where is Route.LINK else "hash", action))
         elif where is Route.TAR:
             full = self.batcher.add(action, action.size, action.rel)
             if full:
-                await self._start_tar(full, nursery)
+                await self._start_in_slot(nursery, partial(self._tar_task, full))
         else:
-            if action.kind is Kind.MKDIR and self.opts.preserve:
-                self.dir_meta.append(action)
+            if action.kind is Kind.MKDIR:
+                self.batches.add_dir(action)
             await streams.send(action)
-
-    def _unchanged(self, action: Action) -> None:
-        self.ledger.done += 1
-        self.report.unchanged += 1
-        self.ledger.progress.file_done(action.size)
-        self._queue_meta(action)
-
-    def _count_dry(self, action: Action) -> None:
-        report = self.report
-        self.ledger.done += 1
-        if action.kind in (Kind.COPY, Kind.CREATE) and resume.unchanged(self.existing, action):
-            report.unchanged += 1
-            return
-        self._itemize(action)
-        if action.kind in (Kind.COPY, Kind.CREATE):
-            report.files += 1
-            report.bytes += action.size
-        elif action.kind is Kind.MKDIR:
-            report.dirs += 1
-        elif action.kind is Kind.SYMLINK:
-            report.symlinks += 1
 
     def _itemize(self, action: Action) -> None:
         if self.itemize is not None:
@@ -350,138 +228,76 @@ class _Run:
 
     # ------------------------------------------------------------------ tasks
 
-    async def _entry_task(self, action: Action, token: object) -> None:
+    async def _start_in_slot(self, nursery: trio.Nursery,
+                             task: Callable[[], Awaitable[None]]) -> None:
+        """Start ``task()`` once the limiter has a slot for it (held until it ends)."""
+        token = object()
+        await self.ctx.limiter.acquire_on_behalf_of(token)
+        nursery.start_soon(self._in_slot, token, task)
+
+    async def _in_slot(self, token: object, task: Callable[[], Awaitable[None]]) -> None:
         try:
-            await self._copy_entry(action)
+            await task()
         finally:
             self.ctx.limiter.release_on_behalf_of(token)
 
     async def _copy_entry(self, action: Action) -> None:
         """Mkdir or copy one entry through its own RPCs and record the outcome."""
-        ledger = self.ledger
         try:
             if action.kind is Kind.MKDIR:
                 await self.ctx.client.mkdir(self.ctx.path(action.rel))
-                self.report.dirs += 1
-                ledger.done += 1
+                self.ledger.made_dir()
                 return
             why = await stream.copy_file(self.ctx, action)
         except FATAL_ERRORS as exc:
-            ledger.lose(exc)
+            self.ledger.lose(exc)
             return
         except (MemohError, OSError) as exc:
             why = plain(exc)
         except Exception as exc:  # a bug below us fails this entry, not the whole run
             why = f"unexpected error: {type(exc).__name__}: {exc}"
         if why is not None:
-            ledger.fail(action, why)
+            self.ledger.fail(action, why)
             return
-        ledger.copied(action)
-        self._queue_meta(action)
+        self.ledger.copied(action)
+        self._start(self.batches.add("meta", action))
 
-    async def _start_tar(self, batch: list[Action], nursery: trio.Nursery) -> None:
-        token = object()
-        await self.ctx.limiter.acquire_on_behalf_of(token)
-        nursery.start_soon(self._tar_task, batch, token)
-
-    async def _tar_task(self, batch: list[Action], token: object) -> None:
-        ledger = self.ledger
+    async def _tar_task(self, batch: list[Action]) -> None:
         try:
-            try:
-                outcome = await tar.send_batch(self.ctx, batch, py_move=self._py_move)
-            except FATAL_ERRORS as exc:
-                ledger.lose(exc)
-                return
-            except Exception as exc:  # a bug below us fails these entries, not the whole run
-                for action in batch:
-                    ledger.fail(action, f"unexpected error: {type(exc).__name__}: {exc}")
-                return
-            for action, why in outcome.failed:
-                ledger.fail(action, why)
-            ledger.copied_many(outcome.copied)
-            if outcome.meta_applied:
-                # The python3 mover applied them, each file's record proves it.
-                if outcome.copied and self.report.mtime_precision != "s":
-                    self.report.mtime_precision = "ns"
-            elif self.opts.preserve and len(outcome.copied) >= TAR_META_MIN:
-                # This batch's modes and mtimes at once, while the rest is still being sent,
-                # rather than all at the end (mixed tree: 0.22 s after the last move, on the
-                # critical path).
-                self._start_batch(list(outcome.copied), "meta")
-            else:
-                for action in outcome.copied:
-                    self._queue_meta(action)
-            # A file that changed while read goes the per-file way (which fails it if it keeps
-            # changing, or copies the new contents).
-            for action in outcome.changed:
-                await self._copy_entry(action)
-        finally:
-            self.ctx.limiter.release_on_behalf_of(token)
-
-    # ------------------------------------------------------------------ batched Exec work
-
-    def _queue_meta(self, action: Action) -> None:
-        if not self.opts.preserve:
+            outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
+        except FATAL_ERRORS as exc:
+            self.ledger.lose(exc)
             return
-        self.pending_meta.append(action)
-        if len(self.pending_meta) >= meta.EXEC_BATCH:
-            batch, self.pending_meta = self.pending_meta, []
-            self._start_batch(batch, "meta")
+        except Exception as exc:  # a bug below us fails these entries, not the whole run
+            why = f"unexpected error: {type(exc).__name__}: {exc}"
+            outcome = tar.BatchOutcome(failed=[(action, why) for action in batch])
+        self.ledger.tar_done(outcome)
+        if not outcome.meta_applied:
+            self._start(*self.batches.tar_copied(outcome.copied))
+        # A file that changed while read goes the per-file way (which fails it if it keeps
+        # changing, or copies the new contents).
+        for action in outcome.changed:
+            await self._copy_entry(action)
 
-    def _flush_links(self, *, force: bool = False) -> None:
-        if self.pending_links and (force or len(self.pending_links) >= meta.EXEC_BATCH):
-            batch, self.pending_links = self.pending_links, []
-            self._start_batch(batch, "links")
+    def _start(self, *batches: meta.Batch | None) -> None:
+        """Start batched Execs beside the copy (``None``: no batch is due)."""
+        for batch in batches:
+            if batch is not None:
+                assert self._nursery is not None, "batches start only while the copy runs"
+                self._nursery.start_soon(self._batch_task, batch)
 
-    def _flush_hashes(self, *, force: bool = False) -> None:
-        if self.pending_hash and (force or len(self.pending_hash) >= meta.EXEC_BATCH):
-            batch, self.pending_hash = self.pending_hash, []
-            self._start_batch(batch, "hash")
-
-    def _start_batch(self, batch: list[Action], what: str) -> None:
-        assert self._nursery is not None, "batches start only while the copy runs"
-        self._nursery.start_soon(self._batch_task, batch, what)
-
-    async def _batch_task(self, batch: list[Action], what: str) -> None:
+    async def _batch_task(self, batch: meta.Batch) -> None:
         async with self.ctx.limiter:
             try:
-                await self._python_known.wait()
-                if what == "hash":
-                    found = await resume.check_hashes(self.ctx, batch)
-                    for action in found.same:
-                        self._unchanged(action)
-                    for action in found.resend:  # with this task's slot, one after another
-                        await self._copy_entry(action)
-                elif what == "links":
-                    failed = await meta.recreate_links(self.ctx, self.caps, batch)
-                    for i, action in enumerate(batch):
-                        if i in failed:
-                            self.ledger.fail(action, f"cannot recreate the symlink: {failed[i]}")
-                        else:
-                            self.ledger.done += 1
-                            self.report.symlinks += 1
-                else:
-                    await self._apply_meta(batch)
+                result = await self.batches.run(batch)
             except FATAL_ERRORS as exc:
                 self.ledger.lose(exc)
-
-    async def _finish_meta(self) -> None:
-        """Apply the modes and mtimes still pending, in one Exec per batch: files finished after
-        the last full batch, then directories, deepest first, once nothing is written in them
-        (a file's chmod/utime does not touch its directory's mtime)."""
-        files, self.pending_meta = self.pending_meta, []
-        dirs = sorted(self.dir_meta, key=lambda a: a.rel.count("/"), reverse=True)
-        self.dir_meta = []
-        entries = files + dirs
-        for i in range(0, len(entries), meta.EXEC_BATCH):
-            await self._apply_meta(entries[i:i + meta.EXEC_BATCH])
-
-    async def _apply_meta(self, batch: list[Action]) -> None:
-        failed, precision = await meta.apply_meta(self.ctx, self.caps, batch)
-        if self.report.mtime_precision != "s":  # the coarsest precision any batch used
-            self.report.mtime_precision = precision
-        for i, reason in failed.items():
-            self.ledger.fail(batch[i], f"cannot apply permissions/mtime: {reason}")
+                return
+            self.ledger.batch_done(result)
+            if result.job == "hash":  # the files vouched for: their modes and mtimes
+                self._start(*[self.batches.add("meta", action) for action in result.done])
+            for action in result.resend:  # with this task's slot, one after another
+                await self._copy_entry(action)
 
 
 async def migrate(
@@ -550,17 +366,18 @@ async def migrate(
     check_options(opts)
     progress = progress if progress is not None else Progress()
     # SRC by its real directory: an alias (or a symlinked parent) meets the same lock, and the
-    # rename renames the real directory (see check_source).
-    absolute, state = source_state(real_source(src))  # reruns, typos, empty sources: see .preflight
+    # rename renames the real directory (see check_source). Reruns, typos, empty sources: see
+    # .preflight.
+    absolute, state = preflight.source_state(preflight.real_source(src))
     if state != "migrate":
         progress.finish()
         return MigrationReport(source=absolute, dest=opts.dest, status=state)
-    path = check_source(src)
+    path = preflight.check_source(src)
     if opts.dry_run:  # changes nothing, so takes no lock (works on a read-only data root)
         return await _Run(path, client, opts, progress, itemize).run()
     async with single_flight(path, wait=lock_wait):
-        if already_migrated(path):  # the run we waited for renamed it
+        if preflight.already_migrated(path):  # the run we waited for renamed it
             progress.finish()
             return MigrationReport(source=path, dest=opts.dest, status="already-migrated")
-        check_source(path)
+        preflight.check_source(path)
         return await _Run(path, client, opts, progress, itemize).run()

@@ -1,0 +1,260 @@
+"""The commands of ``memoh-trio``: each parses nothing and decides nothing itself; it calls the
+library, draws progress from the library's progress state and prints the reports.
+
+Imports are lazy: a command loads only what it uses (rich only to draw; the server modules only
+for ``serve``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from .. import _errors as errors
+from .._units import fill_target_template, parse_target
+from .args import TOKEN_ENV, connect_kwargs, migrate_kwargs, resolve_token
+from .exits import EXIT_INCOMPLETE, EXIT_OK
+
+
+def print_error(message: str) -> None:
+    print(f"memoh-trio: error: {message}", file=sys.stderr, flush=True)
+
+
+class Session:
+    """What one command has to say if it is stopped half-way: the reports of what finished and
+    the sources still running or waiting (SIGINT/SIGTERM print a partial report from this)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.planned: list[tuple[str, str | None]] = []  # (source, bot_id) in report order
+        self.finished: dict[str, Any] = {}  # source -> MigrationReport
+        self.progress: Any = None  # the Progress of a single migrate / migrate-bot
+        self.signal_name: str | None = None
+
+    def partial_reports(self) -> list[Any]:
+        from .._report import MigrationReport
+
+        out = []
+        for source, bot_id in self.planned:
+            report = self.finished.get(source)
+            if report is None:
+                state = self.progress.state if self.progress is not None else None
+                report = MigrationReport(
+                    source=source, bot_id=bot_id, status="incomplete",
+                    files=state.files_done if state else 0,
+                    bytes=state.bytes_done if state else 0,
+                    error=f"stopped by {self.signal_name} before it finished")
+            out.append(report)
+        return out
+
+
+@contextlib.asynccontextmanager
+async def _progress_display(progress: Any, enabled: bool,
+                            dry_run: bool = False) -> AsyncIterator[Any]:
+    """Draw the progress line from the library's progress state while the block runs; yields
+    the console to print lines above it, or ``None``."""
+    if not enabled:
+        yield None
+        return
+    from .._display import live_progress
+
+    async with live_progress(progress, dry_run=dry_run) as console:
+        yield console
+
+
+def emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
+                  single: bool = False) -> None:
+    """Print the reports: a JSON array (one object for plain ``migrate``: ``single``), or the
+    table."""
+    payload: Any = reports[0].to_dict() if single else [r.to_dict() for r in reports]
+    # A reader that went away (`... | head`) wanted no more: not an error of the migration.
+    # (rich reports a broken pipe as SystemExit(1) after pointing stdout at /dev/null.)
+    with contextlib.suppress(BrokenPipeError, SystemExit):
+        if as_json:
+            print(json.dumps(payload, indent=2, ensure_ascii=False), file=out, flush=True)
+        else:
+            from .._display import print_reports  # rich: 17 ms of imports, not for --json
+
+            print_reports(reports, out)
+
+
+def _report_exit_code(reports: Sequence[Any]) -> int:
+    return EXIT_OK if all(r.ok for r in reports) else EXIT_INCOMPLETE
+
+
+def _itemizer(args: argparse.Namespace) -> Callable[[str], None] | None:
+    if not args.itemize:
+        return None
+    if not args.dry_run:
+        raise errors.ConfigError("--itemize (-v) lists what a --dry-run would send: add "
+                                 "--dry-run")
+    out = sys.stderr if args.json else sys.stdout  # --json keeps stdout one JSON document
+
+    closed = False
+
+    def itemize(line: str) -> None:
+        nonlocal closed
+        if closed:
+            return
+        try:
+            print(line, file=out)
+        except BrokenPipeError:  # `... -v | head`: the reader has all it wanted
+            closed = True
+
+    return itemize
+
+
+# --- commands ----------------------------------------------------------------------------------
+
+
+def _planned_source(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(source, bot_id) of ``migrate`` / ``migrate-bot``, for a report if it is stopped."""
+    if args.command == "migrate":
+        return os.path.abspath(args.src), None
+    from .._migrate import bot_source
+
+    return bot_source(args.data_root, args.bot_id), args.bot_id
+
+
+async def _cmd_migrate(args: argparse.Namespace, session: Session) -> int:
+    from .. import _migrate
+    from .._client import connect
+    from .._progress import Progress
+
+    progress = session.progress = Progress()
+    show = sys.stderr.isatty() and not args.json
+    itemize = _itemizer(args)
+    session.planned = [_planned_source(args)]
+    source = session.planned[0][0]
+    async with (
+        connect(args.target, **connect_kwargs(args)) as client,
+        _progress_display(progress, show and itemize is None, args.dry_run),
+    ):
+        if args.command == "migrate":
+            report = await _migrate.migrate(args.src, client, progress=progress,
+                                            itemize=itemize, **migrate_kwargs(args))
+        else:
+            report = await _migrate.migrate_bot(args.bot_id, args.data_root, client,
+                                                progress=progress, itemize=itemize,
+                                                **migrate_kwargs(args))
+    session.finished[source] = report
+    emit_reports([report], as_json=args.json, out=sys.stdout, single=args.command == "migrate")
+    return _report_exit_code([report])
+
+
+def _load_targets(args: argparse.Namespace) -> dict[str, str] | Callable[[str], str]:
+    if args.targets is not None:
+        try:
+            data = json.loads(Path(args.targets).read_text())
+        except (OSError, ValueError) as exc:
+            raise errors.ConfigError(f"cannot read targets file {args.targets}: {exc}") from exc
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise errors.ConfigError(
+                f'targets file {args.targets} must be a JSON object {{"bot_id": "host:port"}}'
+            )
+        for bot_id, target in data.items():
+            try:
+                parse_target(target)
+            except errors.ConfigError as exc:
+                raise errors.ConfigError(
+                    f"targets file {args.targets}, bot {bot_id!r}: {exc}") from None
+        return dict(data)
+    template: str = args.target_template
+    return functools.partial(fill_target_template, template)
+
+
+async def _cmd_migrate_all(args: argparse.Namespace, session: Session) -> int:
+    from .. import _migrate
+    from .._display import bot_line
+    from .._pool import Pool
+    from .._progress import Progress
+
+    if args.itemize:
+        raise errors.ConfigError("--itemize (-v) is for migrate and migrate-bot; for a fleet, "
+                                 "use migrate-all --dry-run, then migrate-bot -v --dry-run")
+    targets = _load_targets(args)
+    _migrate.check_data_root(args.data_root)
+    kwargs = migrate_kwargs(args)
+    file_concurrency = kwargs.pop("concurrency", None)
+    if file_concurrency is not None:
+        kwargs["file_concurrency"] = file_concurrency
+    session.planned = [(_migrate.bot_source(args.data_root, b), b)
+                       for b in _migrate.list_bots(args.data_root)]
+    progress = Progress()
+    show = sys.stderr.isatty() and not args.json
+    async with (
+        Pool(targets, **connect_kwargs(args)) as pool,
+        _progress_display(progress, show, args.dry_run) as console,
+    ):
+
+        def on_report(report: Any) -> None:
+            session.finished[report.source] = report
+            if console is not None:
+                console.print(bot_line(report), markup=False)
+            elif not args.json:
+                print(bot_line(report), file=sys.stderr, flush=True)
+
+        reports = await _migrate.migrate_all(args.data_root, pool, bot_concurrency=args.bots,
+                                             progress=progress, on_report=on_report, **kwargs)
+    emit_reports(reports, as_json=args.json, out=sys.stdout)
+    return _report_exit_code(reports)
+
+
+async def _cmd_serve(args: argparse.Namespace, session: Session) -> int:
+    import trio
+
+    from .._server import serve
+    from .._tls import ServerTLS
+
+    token = resolve_token(args)
+    if token is not None and args.no_auth:
+        raise errors.ConfigError("--no-auth contradicts the token given (--token, --token-file "
+                                 f"or ${TOKEN_ENV}); hint: drop one of them")
+    if not args.root.is_dir():
+        raise errors.SourceError(f"server root {args.root} is not a directory")
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise errors.ConfigError("--tls-cert and --tls-key go together")
+        tls = ServerTLS(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+    elif args.tls_client_ca:
+        raise errors.ConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    host, port = args.listen
+    async with trio.open_nursery() as nursery:
+        addr = await nursery.start(functools.partial(serve, args.root, host, port,
+                                                     token=token,
+                                                     allow_unauthenticated=args.no_auth,
+                                                     allow_exec=args.allow_exec, tls=tls,
+                                                     durable=args.durable,
+                                                     direct_io=args.direct_io))
+        print(f"listening on {addr}", flush=True)
+    return EXIT_OK
+
+
+async def _cmd_demo(args: argparse.Namespace, session: Session) -> int:
+    from .._demo import DONE_MESSAGE, run_demo
+
+    report = await run_demo(files=args.files, show_progress=sys.stderr.isatty() and not args.json)
+    emit_reports([report], as_json=args.json, out=sys.stdout, single=True)
+    if report.ok:
+        print(DONE_MESSAGE, file=sys.stderr, flush=True)
+    return _report_exit_code([report])
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace, Session], Awaitable[int]]] = {
+    "migrate": _cmd_migrate,
+    "migrate-bot": _cmd_migrate,
+    "migrate-all": _cmd_migrate_all,
+    "serve": _cmd_serve,
+    "demo": _cmd_demo,
+}
+

@@ -1,0 +1,124 @@
+"""``main``: parse, run one command under trio with SIGINT/SIGTERM handling, map the outcome to
+an exit code (see :mod:`.exits`), and add a hint line to an error where we can say more."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from .. import _errors as errors
+from .._units import parse_target
+from .args import TOKEN_ENV, build_parser, client_tls
+from .commands import COMMANDS, Session, emit_reports, print_error
+from .exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, exit_code_for
+
+
+class _Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_message(args: argparse.Namespace, name: str) -> str:
+    if args.command == "serve":
+        return f"memoh-trio: {name}: stopping the server"
+    if args.command == "migrate-all":
+        return (f"memoh-trio: {name}: stopping; finished bots keep their outcome, the others "
+                "are not renamed (again: stop at once)")
+    return f"memoh-trio: {name}: stopping; the source is not renamed (again: stop at once)"
+
+
+async def _run(args: argparse.Namespace, session: Session) -> int:
+    """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code:
+    a stopped migration prints what finished and what did not; ``serve`` stops with 0."""
+    import trio
+
+    received: list[int] = []
+    code = EXIT_OK
+    async with trio.open_nursery() as nursery:
+
+        async def watch_signals(task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                task_status.started()
+                async for signum in signals:
+                    if received:  # a second signal: stop waiting for cleanup
+                        raise _Interrupted(signum)
+                    received.append(signum)
+                    session.signal_name = signal.Signals(signum).name
+                    print(_stop_message(args, session.signal_name), file=sys.stderr,
+                          flush=True)
+                    command_scope.cancel()
+
+        command_scope = trio.CancelScope()
+        await nursery.start(watch_signals)
+        with command_scope:
+            code = await COMMANDS[args.command](args, session)
+        nursery.cancel_scope.cancel()
+    if received:
+        if args.command == "serve":
+            return EXIT_OK  # a server's clean stop
+        if args.command != "demo" and session.planned:
+            emit_reports(session.partial_reports(), as_json=args.json, out=sys.stdout,
+                          single=args.command == "migrate")
+        return EXIT_INTERRUPTED if received[0] == signal.SIGINT else EXIT_TERMINATED
+    return code
+
+
+def _hint(exc: BaseException, args: argparse.Namespace) -> str | None:
+    """A second line for an error, when we can say more than the error itself."""
+    if isinstance(exc, errors.Unauthenticated):
+        return ("give the server's token with --token-file F, --token or the "
+                f"{TOKEN_ENV} environment variable")
+    if isinstance(exc, errors.Unavailable) and getattr(args, "target", None):
+        from .._diagnose import diagnose
+
+        host, port = parse_target(args.target)
+        try:
+            import trio
+
+            return trio.run(functools.partial(diagnose, host, port,
+                                              client_tls=client_tls(args) is not None))
+        except (OSError, errors.MemohError):
+            return None
+    return None
+
+
+def _fail(exc: errors.MemohError, args: argparse.Namespace) -> int:
+    print_error(str(exc))
+    hint = _hint(exc, args)
+    if hint:
+        print(f"memoh-trio: hint: {hint}", file=sys.stderr, flush=True)
+    return exit_code_for(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Entry point of the ``memoh-trio`` console script."""
+    args = build_parser().parse_args(argv)
+    import trio
+
+    session = Session(args)
+    try:
+        code = trio.run(_run, args, session)
+    except KeyboardInterrupt:
+        code = EXIT_INTERRUPTED
+    except _Interrupted as exc:
+        code = EXIT_INTERRUPTED if exc.signum == signal.SIGINT else EXIT_TERMINATED
+    except errors.MemohError as exc:
+        code = _fail(exc, args)
+    except BaseExceptionGroup as group:
+        first = _first_leaf(group)
+        if isinstance(first, errors.MemohError):
+            code = _fail(first, args)
+        else:
+            raise
+    sys.exit(code)
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

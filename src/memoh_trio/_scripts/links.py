@@ -1,0 +1,92 @@
+"""Symlinks recreated in the container: a shell script, or one python3 process for the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .._plan import Action
+from .shell import PRELUDE, quote, shell_path
+
+
+def _parent(rel: str) -> str:
+    return rel.rpartition("/")[0]
+
+
+def links_script(batch: Sequence[Action]) -> str:
+    """Recreate the symlinks of ``batch`` (run by :data:`RUN_STDIN`); ``O``/``F`` per entry.
+
+    Parents through :func:`memoh_dir <PRELUDE>`; a real directory at the link's path is a
+    conflict; an old symlink or file there is replaced by a link made under a temporary name and
+    renamed over it (``mv`` of a non-directory onto a non-directory: atomic, never followed).
+    """
+    lines = [PRELUDE, r"""memoh_link() {
+  if ! memoh_dir "$3"; then echo "F $1 $_why"; return; fi
+  if [ -d "$4" ] && [ ! -L "$4" ]; then echo "F $1 a directory is in the way"; return; fi
+  if [ ! -e "$4" ] && [ ! -L "$4" ]; then
+    if ln -s -- "$2" "$4"; then echo "O $1"; else echo "F $1 cannot create the symlink"; fi
+    return
+  fi
+  _t="./$3/.memoh-link-$1-$$"
+  rm -f -- "$_t"
+  if [ -L "$4" ]; then rm -f -- "$4"; fi
+  if ln -s -- "$2" "$_t" && mv -f -- "$_t" "$4"; then echo "O $1"
+  else rm -f -- "$_t"; echo "F $1 cannot create the symlink"; fi
+}"""]
+    for i, a in enumerate(batch):
+        assert a.link_target is not None
+        lines.append(f"memoh_link {i} {quote(a.link_target)} {quote(_parent(a.rel))} "
+                     f"{shell_path(a.rel)}")
+    return "\n".join(lines) + "\n"
+
+
+#: python3 variant of :func:`links_script`: one process for the batch. Records on stdin:
+#: ``PATH\0TARGET\0`` per link (:func:`py_link_records`).
+PY_LINKS = "python3 -S -c " + quote(r"""import os,sys
+L={}
+def lk(q):
+    r=L.get(q)
+    if r is None: r=L[q]=os.path.islink(q)
+    return r
+def mkd(p):
+    q=b'.'
+    for c in p.split(b'/')[1:-1]:
+        q+=b'/'+c
+        if lk(q): return 'a symlink is in the way'
+        if not os.path.isdir(q):
+            if os.path.lexists(q): return 'not a directory on the way'
+            try: os.mkdir(q)
+            except FileExistsError:
+                if os.path.islink(q) or not os.path.isdir(q): return 'not a directory on the way'
+            L[q]=False
+    return None
+d=sys.stdin.buffer.read().split(b'\0')
+o=sys.stdout
+for i in range(len(d)//2):
+    p,t=d[2*i],d[2*i+1]
+    try:
+        w=mkd(p)
+        if w is None and os.path.isdir(p) and not os.path.islink(p): w='a directory is in the way'
+        if w is None:
+            if os.path.lexists(p):
+                n=p.rpartition(b'/')[0]+b'/.memoh-link-%d-%d'%(i,os.getpid())
+                os.symlink(t,n)
+                try: os.replace(n,p)
+                except OSError:
+                    os.unlink(n); raise
+            else: os.symlink(t,p)
+            L[p]=True
+        o.write('O %d\n'%i if w is None else 'F %d %s\n'%(i,w))
+    except OSError as e:
+        o.write('F %d %s\n'%(i,e.strerror))
+o.flush()
+""")
+
+
+def py_link_records(batch: Sequence[Action]) -> bytes:
+    """The stdin of :data:`PY_LINKS` for ``batch``."""
+    out = []
+    for a in batch:
+        assert a.link_target is not None
+        out.append(("./" + a.rel).encode("utf-8", "surrogateescape") + b"\0"
+                   + a.link_target.encode("utf-8", "surrogateescape") + b"\0")
+    return b"".join(out)
