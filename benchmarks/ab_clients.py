@@ -9,6 +9,7 @@ Each ``--client`` is ``LABEL=REV [memoh_client options...]``: REV is a git revis
 ``--chunk-size BYTES``). For every round and client: a fresh server (``--server go``: Memoh's Go
 server, the default; ``memoh``: ``python -m memoh_trio serve``) over a fresh root, an untimed
 ``sync``, then the client migrates the scenario's cached tree (the one ``run.py`` generates).
+Outputs of 100+ files are put aside and deleted at the end, as ``run.py`` does (``Trash``).
 Printed per run and as medians: the client's in-process seconds (connect + migrate + rename),
 its whole process's wall time, its CPU seconds (the timed region) and the server's CPU seconds
 (user + system, from ``listening`` to the client's exit). Where ``run.py`` compares contenders
@@ -32,7 +33,15 @@ from pathlib import Path
 
 from benchmarks import scenarios
 from benchmarks._measure import parse_result
-from benchmarks.run import MEMOH_GO_SERVER, REPO, ServerProc, _env, proc_times
+from benchmarks.run import (
+    KEEP_ASIDE_MIN_FILES,
+    MEMOH_GO_SERVER,
+    REPO,
+    ServerProc,
+    Trash,
+    _env,
+    proc_times,
+)
 
 PY = sys.executable
 
@@ -70,8 +79,9 @@ def export(client: Client, into: Path) -> None:
     client.pythonpath = str(tree / "src")
 
 
-def run_one(c: Client, server_kind: str, src: Path) -> None:
-    root = Path(tempfile.mkdtemp(prefix="ab-root-"))
+def run_one(c: Client, server_kind: str, src: Path, manifest: scenarios.Manifest,
+            trash: Trash) -> None:
+    root = Path(tempfile.mkdtemp(prefix="ab-root-", dir=trash.dir.parent))
     if server_kind == "go":
         argv = [str(MEMOH_GO_SERVER), "--root", str(root), "--listen", "127.0.0.1:0"]
     else:
@@ -96,7 +106,10 @@ def run_one(c: Client, server_kind: str, src: Path) -> None:
         finally:
             server.stop()
             scenarios.restore_source(src)
-            shutil.rmtree(root, ignore_errors=True)
+            if manifest.files >= KEEP_ASIDE_MIN_FILES:  # as run.py: see run.Trash
+                trash.put(root)
+            else:
+                shutil.rmtree(root, ignore_errors=True)
     c.seconds.append(float(result["seconds"]))
     c.wall.append(wall)
     c.cpu.append(float(result["cpu"]))
@@ -124,13 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({args.scenario}) {scenarios.title(args.scenario, args.smoke)}: "
           f"{manifest.files:,} files, {manifest.bytes / 1e6:,.1f} MB; server {args.server}",
           flush=True)
+    trash = Trash(args.cache_dir)
     with tempfile.TemporaryDirectory(prefix="ab-clients-") as trees:
-        for c in clients:
-            export(c, Path(trees))
-        for r in range(args.rounds):
-            print(f"round {r + 1}", flush=True)
+        try:
             for c in clients:
-                run_one(c, args.server, src)
+                export(c, Path(trees))
+            for r in range(args.rounds):
+                print(f"round {r + 1}", flush=True)
+                for c in clients:
+                    run_one(c, args.server, src, manifest, trash)
+        finally:
+            trash.empty()
     print("medians:")
     for c in clients:
         print(f"  {c.label:<16} {statistics.median(c.seconds):7.3f} s  process "
