@@ -229,3 +229,65 @@ async def test_tools_unprobed_container_is_not_asked_for_python() -> None:
     await tools.probe_python(_ctx(client))
     assert client.calls == []
     assert await tools.py_move() is None
+
+
+# --------------------------------------------------------------------------- python3, asked lazily
+
+_PY_OK = ExecResult(0, b"python3 ok\npython3 exe /opt/py/bin/python3\nprobed\n", b"")
+
+
+async def test_tools_ask_python_starts_the_probe_once_beside() -> None:
+    tools = meta.Tools()
+    tools.caps = Capabilities(probed=True)
+    client = FakeClient(_PY_OK)
+    ctx = _ctx(client)
+    async with trio.open_nursery() as nursery:
+        tools.ask_python(ctx, nursery)
+        tools.ask_python(ctx, nursery)
+    assert [c for c, _ in client.calls] == [_scripts.PY_PROBE_COMMAND]
+    assert await tools.py_move() == "/opt/py/bin/python3"
+    assert (await tools.settled(ctx)).python3
+    assert len(client.calls) == 1  # asked already: not again
+
+
+@pytest.mark.parametrize(
+    ("job", "n", "caps", "asked"),
+    [
+        ("meta", 2, Capabilities(touch_ns=True, probed=True), False),  # the shell, at ns
+        ("meta", _scripts.SHELL_META_MAX + 1, Capabilities(touch_ns=True, probed=True), True),
+        ("meta", 2, Capabilities(touch_s=True, probed=True), True),  # python3 would keep ns
+        ("links", 2, Capabilities(probed=True), False),
+        ("links", _scripts.SHELL_META_MAX + 1, Capabilities(probed=True), True),
+    ],
+)
+async def test_batches_ask_for_python_only_where_it_may_serve(
+    job: meta.Job, n: int, caps: Capabilities, asked: bool
+) -> None:
+    records = "".join(f"O {i}\n" for i in range(n)).encode()
+    client = FakeClient(*([_PY_OK] if asked else []), ExecResult(0, records, b""))
+    tools = meta.Tools()
+    tools.caps = caps
+    b = _batches(client, tools=tools)
+    actions = ([Action(Kind.SYMLINK, f"l{i}", f"/src/l{i}", link_target="t") for i in range(n)]
+               if job == "links" else [_file(f"f{i}") for i in range(n)])
+    out = await b.run(meta.Batch(job, actions))
+    assert len(out.done) == n
+    commands = [c for c, _ in client.calls]
+    assert (_scripts.PY_PROBE_COMMAND in commands) is asked
+    assert len(commands) == 1 + asked
+    if asked:  # and python3 then carries the batch out
+        assert commands[1].startswith("/opt/py/bin/python3 ")
+
+
+async def test_tools_settled_when_the_python_probe_fails_fatally() -> None:
+    # Asked by a batch after the copy (no nursery to cancel): the answer is "no python3", the
+    # run has its fatal error, and nothing waits for ever.
+    from memoh_trio._errors import Unavailable
+
+    tools = meta.Tools()
+    tools.caps = Capabilities(touch_ns=True, probed=True)
+    ctx = _ctx(FakeClient(Unavailable("gone", method="Exec")))
+    with trio.fail_after(5):
+        caps = await tools.settled(ctx)
+    assert not caps.python3
+    assert isinstance(ctx.ledger.fatal, Unavailable)

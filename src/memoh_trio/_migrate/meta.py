@@ -89,32 +89,49 @@ class BatchResult:
 
 
 class Tools:
-    """What the container offers, probed once per run: the shell's tools before the copy,
-    python3 beside it (its start-up was most of the probe's 65-100 ms, before the first batch
-    could start). Work that may use python3 waits for :meth:`settled`."""
+    """What the container offers, probed once per run: the shell's tools before the copy;
+    python3 only once work that may use it starts (:meth:`ask_python`: a tar batch, beside its
+    upload, as its start-up was most of the probe's 65-100 ms; or a batch that would use it,
+    :meth:`settled` with a context). A run without such work never starts python3 in the
+    container: 2 x 128 MiB into Memoh's Go server, where the probe used to run beside the copy,
+    took 0.308 s instead of 0.356 (medians of 13, ``benchmarks/ab_clients.py``). Work that may
+    use python3 waits for :meth:`settled`."""
 
     def __init__(self) -> None:
         self.caps = Capabilities()
+        self._python_asked = False
         self._python_known = trio.Event()
 
     async def probe(self, ctx: Context) -> None:
         """Ask the container for its tools, python3 aside (see :meth:`probe_python`)."""
         self.caps = await probe(ctx, python=False)
 
+    def ask_python(self, ctx: Context, nursery: trio.Nursery) -> None:
+        """Start asking for python3 in ``nursery``, unless it was asked already."""
+        if not self._python_asked:
+            self._python_asked = True
+            nursery.start_soon(self.probe_python, ctx)
+
     async def probe_python(self, ctx: Context) -> None:
         """Ask for python3 (once the shell's tools are known; without them there is no Exec,
-        and nothing is asked). A fatal error is the run's (:meth:`~.ledger.Ledger.lose`)."""
-        if self.caps.probed:
-            try:
-                python3, exe = await probe_python(ctx)
-            except FATAL_ERRORS as exc:
-                ctx.ledger.lose(exc)
-                return
-            self.caps = replace(self.caps, python3=python3, python_exe=exe)
-        self._python_known.set()
+        and nothing is asked). A fatal error is the run's (:meth:`~.ledger.Ledger.lose`); the
+        answer is then "no python3"."""
+        self._python_asked = True
+        try:
+            if self.caps.probed:
+                try:
+                    python3, exe = await probe_python(ctx)
+                except FATAL_ERRORS as exc:
+                    ctx.ledger.lose(exc)
+                    return
+                self.caps = replace(self.caps, python3=python3, python_exe=exe)
+        finally:
+            self._python_known.set()
 
-    async def settled(self) -> Capabilities:
-        """The capabilities, once python3 was asked."""
+    async def settled(self, ctx: Context | None = None) -> Capabilities:
+        """The capabilities, once python3 was asked; with ``ctx``, asked now if nothing has."""
+        if ctx is not None and not self._python_asked:
+            await self.probe_python(ctx)
         await self._python_known.wait()
         return self.caps
 
@@ -122,6 +139,17 @@ class Tools:
         """How to run python3 to move a tar batch, or ``None`` (asked once it is unpacked)."""
         caps = await self.settled()
         return caps.python_exe if USE_PYTHON_META and caps.python3 else None
+
+    def python_may_serve(self, batch: Batch) -> bool:
+        """Whether python3, if the container has it, would carry out ``batch`` (so its answer
+        is needed first): the rules of :func:`recreate_links` and :func:`apply_meta`."""
+        n = len(batch.actions)
+        if not USE_PYTHON_META or batch.job == "hash":
+            return False
+        if batch.job == "links":
+            return n > SHELL_META_MAX
+        with_python = replace(self.caps, python3=True)
+        return _scripts.meta_method(with_python, n, shell_max=SHELL_META_MAX) == "python"
 
 
 class Batches:
@@ -188,7 +216,8 @@ class Batches:
         Raises:
             Unavailable / Unauthenticated: fatal to the run.
         """
-        caps = await self._tools.settled()
+        tools = self._tools
+        caps = await tools.settled(self._ctx) if tools.python_may_serve(batch) else tools.caps
         actions = batch.actions
         if batch.job == "hash":
             found = await resume.check_hashes(self._ctx, actions)

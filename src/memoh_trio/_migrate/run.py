@@ -153,7 +153,6 @@ class _Run:
                 self.ledger.attach(nursery.cancel_scope)
                 nursery.start_soon(self._walk, send)
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
-                nursery.start_soon(self.tools.probe_python, self.ctx)
                 async with streams, recv:
                     async for entry in recv:
                         await self._dispatch(classify(entry), streams, nursery)
@@ -263,6 +262,8 @@ class _Run:
         self._start(self.batches.add("meta", action))
 
     async def _tar_task(self, batch: list[Action]) -> None:
+        assert self._nursery is not None, "tar batches run in the copy nursery"
+        self.tools.ask_python(self.ctx, self._nursery)  # beside the upload (see meta.Tools)
         try:
             outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
         except FATAL_ERRORS as exc:
