@@ -132,6 +132,18 @@ async def test_target_unreachable(src: Path) -> None:
     assert_untouched(src, src)
 
 
+async def test_target_host_name_that_does_not_resolve(src: Path) -> None:
+    """``.invalid`` never resolves (RFC 6761): the error says so (not the resolver's "unknown
+    error -2") and the hint names the host; exit 3, nothing touched."""
+    code, _out, err = await run_cli("migrate", str(src), "--target", "nosuchhost.invalid:9090",
+                                    limit=30)
+    assert code == 3, err
+    first, hint = err.strip().splitlines()[:2]
+    assert "cannot resolve the host name" in first and "unknown error" not in first, err
+    assert "'nosuchhost.invalid' does not resolve" in hint, err
+    assert_untouched(src, src)
+
+
 async def test_wrong_port_with_another_tcp_service(src: Path, root: Path) -> None:
     """A port where something else listens and never answers in HTTP/2 (it accepts, then
     closes): unreachable/not gRPC, exit 3."""

@@ -110,6 +110,8 @@ def test_probe_answers() -> None:
 
 def test_explanations_name_the_side_that_expects_tls() -> None:
     t = "h:1"
+    assert "'bots.example' does not resolve" in str(explain("unresolved", "bots.example:9090",
+                                                            client_tls=False))
     assert "expects TLS and the client spoke plaintext" in str(explain("tls", t, client_tls=False))
     assert "speaks plaintext HTTP/2 and the client expects TLS" in str(
         explain("http2", t, client_tls=True))

@@ -24,7 +24,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   the prelude), ``probe`` (capabilities), ``records`` (``O``/``F`` records), ``tar``, ``links``,
   ``meta`` (modes, mtimes, sync), ``sha256``;
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib: ``channel``,
-  ``client``, ``upload``, ``execute``, ``reader``, ``pipe``, ``errors`` (the client side);
+  ``client``, ``upload``, ``execute``, ``download``, ``reader``, ``pipe``, ``errors`` (the client
+  side);
   ``server``, ``inbound``, ``server_streams`` (the server side); ``codec``, ``h2patch``,
   ``threads``, ``compat`` (shared); ``_proto/`` holds the generated betterproto2 stubs (never
   edit them by hand);

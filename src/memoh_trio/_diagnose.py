@@ -12,6 +12,7 @@ sentence that names the side that expects TLS or says "not a gRPC server".
 from __future__ import annotations
 
 import errno
+import socket
 import ssl
 from typing import Literal
 
@@ -22,7 +23,8 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x
 #: Seconds the probe may take in all.
 PROBE_TIMEOUT = 3.0
 
-Answer = Literal["refused", "unreachable", "http2", "tls", "http1", "closed", "silent", "other"]
+Answer = Literal["refused", "unresolved", "unreachable", "http2", "tls", "http1", "closed",
+                 "silent", "other"]
 
 
 def classify_answer(data: bytes) -> Answer:
@@ -43,6 +45,10 @@ def explain(answer: Answer, target: str, *, client_tls: bool) -> str | None:
     if answer == "refused":
         return (f"nothing listens on {target} (connection refused): is the server running "
                 f"(`memoh-trio serve --listen {target}` or the container's), and on this port?")
+    if answer == "unresolved":
+        host = target.rpartition(":")[0].strip("[]")
+        return (f"the host name {host!r} does not resolve here: check its spelling, and run "
+                "where the container's network name is known")
     if answer == "unreachable":
         return f"{target} cannot be reached: check the host name, the port and the network"
     if answer == "tls" and not client_tls:
@@ -66,6 +72,8 @@ async def probe(host: str, port: int) -> Answer:
     with trio.move_on_after(PROBE_TIMEOUT):
         try:
             stream = await trio.open_tcp_stream(host, port)
+        except socket.gaierror:
+            return "unresolved"
         except OSError as exc:
             refused = _refused(exc)
             return "refused" if refused else "unreachable"

@@ -90,11 +90,18 @@ class Progress:
     def _update(self, **changes: int | bool) -> None:
         self.value.value = dataclasses.replace(self.state, **changes)  # type: ignore[arg-type]
 
-    def _add(self, **deltas: int) -> None:
+    def _add(self, files_done: int = 0, files_total: int = 0, bytes_done: int = 0,
+             bytes_total: int = 0, failures: int = 0) -> None:
+        # Once or twice per file: built field by field (0.7 us), not with dataclasses.replace
+        # and a dict of deltas (2.8 us per call).
         s = self.state
-        self._update(**{k: getattr(s, k) + v for k, v in deltas.items()})
+        self.value.value = ProgressState(
+            files_done=s.files_done + files_done, files_total=s.files_total + files_total,
+            bytes_done=s.bytes_done + bytes_done, bytes_total=s.bytes_total + bytes_total,
+            failures=s.failures + failures, scanning=s.scanning, finished=s.finished,
+            bots_done=s.bots_done, bots_total=s.bots_total)
         if self._parent is not None:
-            self._parent._add(**deltas)
+            self._parent._add(files_done, files_total, bytes_done, bytes_total, failures)
 
     def found(self, files: int, nbytes: int) -> None:
         """The walk found ``files`` more files holding ``nbytes`` bytes."""

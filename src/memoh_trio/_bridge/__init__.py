@@ -11,8 +11,9 @@ and exposes plain Trio functions to the rest of the code. Rules kept here:
 Modules:
 
 * ``client``: what :mod:`memoh_trio._client` uses, re-exported from the client modules below;
-* ``channel``: ``BridgeChannel`` (grpclib channel and protocol, unary calls, ReadRaw);
+* ``channel``: ``BridgeChannel`` (grpclib channel and protocol, unary calls, the streams below);
 * ``upload``: one WriteRaw stream; ``execute``: one Exec stream (as Memoh's server speaks it);
+  ``download``: one ReadRaw stream into a pipe;
 * ``reader``: the WriteRaw source reader; ``pipe``: the Trio/asyncio queue and its pump;
 * ``errors``: errors mapped at the edge;
 * ``server``: the grpclib server hosting the ContainerService (protocol, handlers, lifecycle);

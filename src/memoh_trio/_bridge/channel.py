@@ -28,7 +28,7 @@ import trio_asyncio
 
 from .. import _errors
 from .._proto import mcpcontainer as pb
-from . import compat, execute, h2patch
+from . import compat, download, execute, h2patch
 from .codec import Codec
 from .errors import SizeMismatch, SourceFailure, describe_os_error, map_error
 from .pipe import PIPE_CAPACITY, Pipe
@@ -285,7 +285,6 @@ class BridgeChannel:
 
         return await self._call(method, go)
 
-
     # -- WriteRaw ----------------------------------------------------------------------------
 
     async def write_raw(
@@ -331,24 +330,14 @@ class BridgeChannel:
         """
         method = "ReadRaw"
         pipe: Pipe[bytes] = Pipe(PIPE_CAPACITY)
-
-        async def go() -> None:
-            async with self._request(
-                method, grpclib.const.Cardinality.UNARY_STREAM, pb.ReadRawRequest,
-                pb.DataChunk, rpc_timeout,
-            ) as stream:
-                await stream.send_message(pb.ReadRawRequest(path=path), end=True)
-                while True:
-                    msg = await stream.recv_message()
-                    if msg is None:
-                        break
-                    if msg.data and not await pipe.aput(bytes(msg.data)):
-                        await stream.cancel()
-                        return
+        open_stream = functools.partial(
+            self._request, method, grpclib.const.Cardinality.UNARY_STREAM, pb.ReadRawRequest,
+            pb.DataChunk, rpc_timeout)
 
         async def run() -> None:
             try:
-                await self._wrapped(method, go)
+                await self._wrapped(method, functools.partial(download.pump, open_stream, path,
+                                                              pipe))
             except Exception as exc:
                 pipe.close(exc)
             else:
@@ -364,7 +353,6 @@ class BridgeChannel:
                 task.cancel()
             with trio.CancelScope(shield=True), contextlib.suppress(BaseException):
                 await trio_asyncio.run_aio_future(task)
-
 
     # -- Exec --------------------------------------------------------------------------------
 

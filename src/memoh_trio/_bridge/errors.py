@@ -8,6 +8,7 @@ Also the two internal errors a call raises about its *source* (not the server), 
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 
 import grpclib.exceptions
@@ -35,6 +36,8 @@ def describe_os_error(exc: BaseException) -> str:
         return f"TLS error: {exc.reason or exc}"
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
+    if isinstance(exc, socket.gaierror):  # errno is the resolver's (EAI_*), not an OS errno
+        return f"cannot resolve the host name ({(exc.strerror or str(exc)).lower()})"
     if isinstance(exc, OSError) and exc.errno is not None:
         return os.strerror(exc.errno).lower()
     if isinstance(exc, OSError) and exc.strerror:
