@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from memoh_trio._proto.mcpcontainer import DataChunk, WriteRawChunk, WriteRawResponse
+from memoh_trio._proto.mcpcontainer import DataChunk, ExecInput, WriteRawChunk, WriteRawResponse
 from memoh_trio._wire import (
     DecodedWriteRawChunk,
     WireError,
@@ -21,6 +21,8 @@ from memoh_trio._wire import (
     decode_write_raw_chunk,
     encode_data_chunk,
     encode_data_chunk_head,
+    encode_exec_stdin,
+    encode_exec_stdin_head,
     encode_write_raw_chunk,
     encode_write_raw_chunk_head,
 )
@@ -123,6 +125,14 @@ def test_encode_data_chunk_matches_betterproto(data: bytes) -> None:
     assert encode_data_chunk(memoryview(data)) == reference
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_encode_exec_stdin_matches_betterproto(data: bytes) -> None:
+    reference = bytes(ExecInput(stdin_data=data))
+    assert encode_exec_stdin(data) == reference
+    assert encode_exec_stdin(memoryview(data)) == reference
+
+
 def test_encode_defaults_are_empty() -> None:
     assert encode_write_raw_chunk() == b"" == bytes(WriteRawChunk())
     assert encode_write_raw_chunk(abort=True) == b"\x18\x01" == bytes(WriteRawChunk(abort=True))
@@ -149,6 +159,9 @@ def test_heads_plus_payload_are_the_whole_message(path: str, length: int) -> Non
     head = encode_data_chunk_head(length)
     assert head + data == bytes(DataChunk(data=data))
     assert head + data == encode_data_chunk(data)
+    head = encode_exec_stdin_head(length)
+    assert head + data == bytes(ExecInput(stdin_data=data))
+    assert head + data == encode_exec_stdin(data)
 
 
 @given(st.integers(0, 2**63 - 1))
@@ -165,6 +178,7 @@ def test_heads_of_large_lengths(path: str, length: int) -> None:
     path_field = b"\x0a" + _uvarint(len(raw)) + raw if raw else b""
     assert encode_write_raw_chunk_head(path, length) == path_field + b"\x12" + _uvarint(length)
     assert encode_data_chunk_head(length) == b"\x0a" + _uvarint(length)
+    assert encode_exec_stdin_head(length) == b"\x2a" + _uvarint(length)
 
 
 # ----------------------------------------------------------------------------------------------

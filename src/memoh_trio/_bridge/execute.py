@@ -17,9 +17,10 @@ from typing import Any
 import grpclib.client
 import h2.exceptions
 
-from .. import _errors
+from .. import _errors, _wire
 from .._proto import mcpcontainer as pb
 from . import compat
+from .codec import Encoded
 from .errors import SourceFailure
 from .pipe import Pipe
 
@@ -71,12 +72,13 @@ async def _receive(stream: Stream, on_output: Callable[[str, bytes], None]) -> i
     return exit_code
 
 
-async def _stdin_pieces(stdin: Stdin) -> AsyncIterator[bytes]:
-    """asyncio side: ``stdin`` in pieces of at most EXEC_STDIN_CHUNK bytes."""
+async def _stdin_pieces(stdin: Stdin) -> AsyncIterator[bytes | memoryview]:
+    """asyncio side: ``stdin`` in pieces of at most EXEC_STDIN_CHUNK bytes (views, not copies,
+    of bytes the caller handed over and no longer changes)."""
     if not isinstance(stdin, Pipe):
         view = memoryview(stdin).cast("B")
         for start in range(0, len(view), EXEC_STDIN_CHUNK):
-            yield bytes(view[start : start + EXEC_STDIN_CHUNK])
+            yield view[start : start + EXEC_STDIN_CHUNK]
         return
     while (data := await stdin.aget()) is not None:
         for start in range(0, len(data), EXEC_STDIN_CHUNK):
@@ -86,7 +88,10 @@ async def _stdin_pieces(stdin: Stdin) -> AsyncIterator[bytes]:
 async def _send_stdin(stream: Stream, stdin: Stdin) -> None:
     """asyncio side: one ExecInput per piece of ``stdin``, then the end of the stream."""
     async for piece in _stdin_pieces(stdin):
-        await stream.send_message(pb.ExecInput(stdin_data=piece))
+        # Encoded by hand and sent as head + the piece itself, without copies (as WriteRaw's
+        # chunks; betterproto2 copied each MiB several times: a tar batch's data is all stdin).
+        head = _wire.encode_exec_stdin_head(memoryview(piece).nbytes)
+        await stream.send_message(Encoded(head, piece))
     await stream.end()
 
 
