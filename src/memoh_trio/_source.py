@@ -94,8 +94,10 @@ def open_error(exc: OSError) -> str:
     return "cannot open: " + text[:1].lower() + text[1:]
 
 
-def open_source(want: Identity) -> int:
-    """Open ``want.host_path`` safely and check it is the file the walk saw; a blocking fd.
+def open_source(want: Identity, *, blocking: bool = True) -> int:
+    """Open ``want.host_path`` safely and check it is the file the walk saw; a blocking fd
+    (``blocking=False``: left ``O_NONBLOCK``, which changes nothing for a regular file's reads
+    and saves two ``fcntl`` calls per file).
 
     Never blocks on a FIFO or a lease and never follows a symlink (see the module docstring).
 
@@ -111,8 +113,9 @@ def open_source(want: Identity) -> int:
         why = identity_error(os.fstat(fd), want)
         if why is not None:
             raise SourceChanged(why)
-        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
-        fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
+        if blocking:
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK)
     except OSError as exc:
         os.close(fd)
         raise SourceChanged(f"cannot open: {exc.strerror or exc}") from None
@@ -152,7 +155,7 @@ def read_whole(want: Identity) -> bytes:
         SourceChanged: see :func:`open_source`; also when the bytes read are not ``want.size``
             or the file changed while it was read.
     """
-    fd = open_source(want)
+    fd = open_source(want, blocking=False)  # a regular file (checked): reads never wait
     try:
         data = _read_upto(fd, want.size + 1)
         if len(data) != want.size:
@@ -167,9 +170,14 @@ def read_whole(want: Identity) -> bytes:
 
 
 def _read_upto(fd: int, n: int) -> bytes:
-    """Up to ``n`` bytes from ``fd``: reads until ``n`` or the end of the file."""
-    parts: list[bytes] = []
-    got = 0
+    """Up to ``n`` bytes from ``fd``: reads until ``n`` or the end of the file. A regular file's
+    short read is its end (one ``read`` per small file, not a second one to see the end); a
+    file that grows meanwhile is caught by the ``fstat`` after the read (:func:`check_after`)."""
+    first = os.read(fd, n)
+    if len(first) < n:
+        return first
+    parts = [first]
+    got = len(first)
     while got < n:
         chunk = os.read(fd, n - got)
         if not chunk:
