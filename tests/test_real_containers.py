@@ -2,7 +2,8 @@
 child process (plain, and inside the busybox / busybox-python / gnu-nopython kinds of
 ``../shared/containers/run-in.sh``) and into Memoh's own Go server, with the tree shapes that broke
 the scripts before issue 10 (1,000 files with 100-byte names, 400 directories with one small file
-each, 1,000 symlinks, 1,000 empty files, empty directories, modes, 2020 mtimes with nanoseconds).
+each, 700 more small files, 1,000 symlinks, 1,000 empty files, empty directories, modes, 2020
+mtimes with nanoseconds).
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def build_tree(src: Path, *, scale: int = 1000) -> None:
     (src / "empty").mkdir()
     for i in range(scale):
         (src / "empty" / f"e{i:05d}").write_bytes(b"")
+    (src / "many").mkdir()  # with the files above: more than one tar batch of 2,000
+    for i in range(scale * 7 // 10):
+        (src / "many" / f"m{i:05d}").write_bytes(b"m%d" % i)
     (src / "emptydirs" / "a" / "b").mkdir(parents=True)
     (src / "emptydirs" / "c").mkdir()
     (src / "modes").mkdir()
@@ -145,7 +149,7 @@ async def check_big_tree(kind: str, tmp_path: Path, **kw: Any) -> None:
     assert report.mtime_precision == precision_of(kind)
     migrated = tmp_path / "src.migrated"
     assert report.renamed_to == str(migrated)
-    assert report.symlinks == 1000 and report.files == 1000 + 400 + 1000 + 3
+    assert report.symlinks == 1000 and report.files == 1000 + 400 + 700 + 1000 + 3
     want = snapshot(migrated, report.mtime_precision)
     got = snapshot(dst, report.mtime_precision)
     assert got.keys() == want.keys()

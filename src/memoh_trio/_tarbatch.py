@@ -41,9 +41,12 @@ MAX_MEMBER_SIZE = 256 * 1024
 #: Bounds of one batch: file data, file count, and path bytes. The archive travels as Exec stdin
 #: (split into messages of at most 1 MiB); the staged names are the arguments of one ``stat`` /
 #: ``sha256sum`` and of one ``mv`` per directory, which must stay well below Linux's 2 MiB
-#: for all arguments together (each name is also below the 128 KiB of one argument).
+#: for all arguments together (each name is also below the 128 KiB of one argument). Files:
+#: each batch costs a fixed set of container processes (sh, tar, stat, the python3 mover), so
+#: tiny files go 2,000 at a time (100,000 tiny files into Memoh's Go server, in process, medians
+#: of 3 interleaved: 1,000 per batch 8.40 s, 2,000 7.84 s); the byte bound decides for the rest.
 MAX_BATCH_BYTES = 4 * 1024 * 1024
-MAX_BATCH_FILES = 1000
+MAX_BATCH_FILES = 2000
 MAX_BATCH_PATH_BYTES = 256 * 1024
 _BLOCK = 512
 
