@@ -735,21 +735,24 @@ async def test_early_writeback_syncs_while_copying(
         assert syncs == 0, client.commands
 
 
-@pytest.mark.parametrize("small", [False, True])
+@pytest.mark.parametrize("small", [0, 3, _scripts.SHELL_META_MAX + 3])
 async def test_python3_asked_only_for_work_that_may_use_it(
-    target: Target, src: Path, small: bool
+    target: Target, src: Path, small: int
 ) -> None:
     # Large files only (WriteRaw, a small meta batch at the end): python3 is never started in
-    # the container; with a tar batch of small files, once, beside it.
+    # the container; nor for a tar batch the shell moves (3 files; with the 2 large ones and
+    # 2 directories, the metadata batch is still the shell's); with a larger tar batch, once,
+    # beside it.
     files = {f"big{i}": os.urandom(300 * 1024) for i in range(2)}
-    if small:
-        files |= {f"s/{i}": os.urandom(100) for i in range(_scripts.SHELL_META_MAX + 3)}
+    files |= {f"s/{i}": os.urandom(100) for i in range(small)}
     write_tree(src, files)
     async with connect(target.address) as real:
         client: Any = _RecordingClient(real)
         report = await migrate(src, client)
     assert report.status == "migrated", report.failures
-    assert client.commands.count(_scripts.PY_PROBE_COMMAND) == (1 if small else 0)
+    assert any("tar -x" in c for c in client.commands) == (small > 0)
+    asked = client.commands.count(_scripts.PY_PROBE_COMMAND)
+    assert asked == (1 if small > _scripts.SHELL_META_MAX else 0), client.commands
     assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
 
 
