@@ -26,9 +26,12 @@ from typing import Any
 import trio
 
 from benchmarks import scenarios
+from benchmarks._measure import CONTAINER_PATH
 
 GO_SERVER = Path("/tmp/memoh-go/memoh-go-server")
 GO_SEED = Path("/tmp/memoh-go/memoh-go-seed")
+#: The server's environment: a container's PATH (see ``benchmarks.run.CONTAINER_PATH``).
+SERVER_ENV = {**os.environ, "PATH": CONTAINER_PATH}
 
 
 def _kind(command: str) -> str:
@@ -75,7 +78,8 @@ async def _one(src: Path, root: Path) -> tuple[float, list[tuple[str, float, flo
     import memoh_trio
 
     proc = await trio.lowlevel.open_process([str(GO_SERVER), "--root", str(root), "--listen",
-                                             "127.0.0.1:0"], stdout=subprocess.PIPE)
+                                             "127.0.0.1:0"], stdout=subprocess.PIPE,
+                                            env=SERVER_ENV)
     assert proc.stdout is not None
     line = b""
     while not line.endswith(b"\n"):
@@ -144,7 +148,7 @@ def main() -> None:
 
 def _go(src: Path, root: Path) -> float:
     server = subprocess.Popen([str(GO_SERVER), "--root", str(root), "--listen", "127.0.0.1:0"],
-                              stdout=subprocess.PIPE)
+                              stdout=subprocess.PIPE, env=SERVER_ENV)
     try:
         assert server.stdout is not None
         target = server.stdout.readline().decode().split()[-1]

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO))
 
 from benchmarks import scenarios, startup  # noqa: E402
-from benchmarks._measure import parse_result  # noqa: E402
+from benchmarks._measure import CONTAINER_PATH, parse_result  # noqa: E402
 
 PY = sys.executable
 MiB = 1024 * 1024
@@ -155,6 +155,13 @@ def _env() -> dict[str, str]:
     return env
 
 
+def server_env() -> dict[str, str]:
+    """The environment of a server process: :func:`_env` with :data:`CONTAINER_PATH`."""
+    env = _env()
+    env["PATH"] = CONTAINER_PATH
+    return env
+
+
 def proc_times(pid: int) -> tuple[float, float, int]:
     """(user CPU seconds, system CPU seconds, minor page faults) of a live process, all
     threads, from /proc."""
@@ -189,7 +196,7 @@ class ServerProc:
     def __init__(self, argv: Sequence[str], log: IO[bytes]) -> None:
         self.argv = list(argv)
         self.proc = subprocess.Popen(
-            self.argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=log,
+            self.argv, cwd=REPO, env=server_env(), stdout=subprocess.PIPE, stderr=log,
             start_new_session=True,
         )
         self.log = log

@@ -21,6 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks._measure import CONTAINER_PATH
+
 PY = sys.executable
 GO_SERVER = Path(os.environ.get("MEMOH_GO_OUT", "/tmp/memoh-go")) / "memoh-go-server"
 GO_SEED = Path(os.environ.get("MEMOH_GO_OUT", "/tmp/memoh-go")) / "memoh-go-seed"
@@ -61,7 +63,8 @@ def _server(root: Path) -> tuple[subprocess.Popen[bytes], str, str]:
         argv = [PY, "-m", "memoh_trio", "serve", "--root", str(root), "--listen", "127.0.0.1:0"]
         name = "memoh-trio"
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "MEMOH_TRIO_TOKEN": TOKEN})
+                            env={**os.environ, "MEMOH_TRIO_TOKEN": TOKEN,
+                                 "PATH": CONTAINER_PATH})
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if not line:
