@@ -353,3 +353,44 @@ def test_python_mover_never_through_a_symlink(kind: str, tmp_path: Path) -> None
         assert st_.st_mode & 0o7777 == actions[i].mode
         assert st_.st_mtime_ns == actions[i].mtime_ns
     assert not (dest / ".memoh-tar-t").exists()
+
+
+@pytest.mark.parametrize("kind", ["dash", "busybox-python"])
+def test_python_mover_renames_a_new_directory_whole(kind: str, tmp_path: Path) -> None:
+    """A destination directory that does not exist yet gets its staging group directory (one
+    rename; the same inode), with every file's mode and mtime and the mode ``mkdir`` gives; a
+    directory that exists, and a group with a file that failed its check (not moved, not
+    left behind), go file by file."""
+    dest = tmp_path / "dest"
+    (dest / "old").mkdir(parents=True)
+    (dest / "old" / "keep").write_bytes(b"keep")
+    rels = ["new/a", "new/b", "old/x", "deep/er/f", "bad/ok", "bad/fail"]
+    actions = [entry(r, 0o600 + i % 2 * 0o40, 1_500_000_000_987_654_321 + i)
+               for i, r in enumerate(rels)]
+    lay = layout(rels)
+    members = [Member(r, r.encode(), 0o644, 0) for r in rels]
+    archive = pack(members, lay, trailer=(S.RUN_MEMBER, S.listing_script(lay, "size").encode()))
+    res = run(kind, S.extract_command(".memoh-tar-t"), dest, archive)
+    assert res.returncode == 0, res.stderr
+    staged = {d: (dest / ".memoh-tar-t" / str(g)).stat().st_ino for g, d in enumerate(lay.dirs)}
+    caps = caps_of(kind, dest)
+    good = [i for i, r in enumerate(rels) if r != "bad/fail"]
+    res = run(kind, S.py_move_command(".memoh-tar-t", caps.python_exe), dest,
+              S.py_move_records(".memoh-tar-t", lay, good, actions, preserve=True))
+    assert res.returncode == 0, res.stderr
+    records = S.parse_records(res.stdout, len(rels))
+    assert records == {**dict.fromkeys(good), rels.index("bad/fail"): S.NO_RECORD}
+    for i in good:
+        st_ = (dest / rels[i]).lstat()
+        assert (dest / rels[i]).read_bytes() == rels[i].encode()
+        assert st_.st_mode & 0o7777 == actions[i].mode
+        assert st_.st_mtime_ns == actions[i].mtime_ns
+    assert not (dest / "bad" / "fail").exists() and not (dest / ".memoh-tar-t").exists()
+    assert (dest / "old" / "keep").read_bytes() == b"keep"
+    umask = os.umask(0)
+    os.umask(umask)
+    for d in ("new", "deep/er"):  # renamed whole
+        assert (dest / d).stat().st_ino == staged[d], d
+        assert (dest / d).stat().st_mode & 0o7777 == 0o777 & ~umask, d
+    for d in ("old", "bad"):  # file by file
+        assert (dest / d).stat().st_ino != staged[d], d

@@ -175,6 +175,14 @@ def move_script(staging: str, lay: Layout, members: Sequence[int]) -> str:
 #: following it. Records on stdin: :func:`py_move_records`. Mixed tree (c): the move and
 #: metadata steps of its 920-file batch took 0.40-0.60 + 0.08-0.13 s (127 ``mv`` processes,
 #: then python) and take ~0.1 s as one python process.
+#:
+#: A destination directory that does not exist yet (a first migration) is not created and
+#: filled one ``rename`` per file: its staging group directory, once every staged file in it is
+#: one of the records (none failed its check) and has its mode and mtime, is renamed onto it
+#: (parents checked and made as above; ``rename(2)`` fails on anything that appeared there
+#: meanwhile but an empty directory, and then the files are moved one by one) and given the mode
+#: ``mkdir`` would have given it. 3,000 files in 30 new directories: 58 -> ~20 ms of the
+#: container's CPU (a ``rename`` across directories is most of a file's cost).
 PY_MOVE = r"""import os,sys
 L={}
 D={}
@@ -193,24 +201,46 @@ def mkd(d):
                 if os.path.islink(q) or not os.path.isdir(q): return 'not a directory on the way'
             except OSError: return 'cannot create a directory on the way'
     return None
+def meta(s,m,t):
+    if m!=b'-':
+        os.chmod(s,int(m,8)); t=int(t); os.utime(s,ns=(t,t))
+def whole(g,p,rs):
+    if p==b'.' or p in D or os.path.lexists(p) or mkd(p.rpartition(b'/')[0]) is not None:
+        return False
+    try:
+        if len(os.listdir(g))!=len(rs): return False
+        for r in rs: meta(r[3],r[1],r[2])
+        os.rename(g,p)
+    except OSError:
+        return False
+    D[p]=None; L[p]=False
+    try: os.chmod(p,0o777&~U)
+    except OSError: pass
+    return True
+U=os.umask(0); os.umask(U)
 d=sys.stdin.buffer.read().split(b'\0')
-o=sys.stdout
+G={}
 for k in range(len(d)//3):
     h,s,f=d[3*k],d[3*k+1],d[3*k+2]
     i,m,t=h.split(b' ')
-    i=int(i)
-    try:
-        p=f.rpartition(b'/')[0]
-        if p not in D: D[p]=mkd(p)
-        w=D[p]
-        if w is None and os.path.isdir(f) and not os.path.islink(f): w='a directory is in the way'
-        if w is None:
-            if m!=b'-':
-                os.chmod(s,int(m,8)); t=int(t); os.utime(s,ns=(t,t))
-            os.rename(s,f)
-        o.write('O %d\n'%i if w is None else 'F %d %s\n'%(i,w))
-    except OSError as e:
-        o.write('F %d %s\n'%(i,e.strerror))
+    G.setdefault((s.rpartition(b'/')[0],f.rpartition(b'/')[0]),[]).append((int(i),m,t,s,f))
+o=sys.stdout
+for (g,p),rs in G.items():
+    if whole(g,p,rs):
+        for r in rs: o.write('O %d\n'%r[0])
+        continue
+    for i,m,t,s,f in rs:
+        try:
+            if p not in D: D[p]=mkd(p)
+            w=D[p]
+            if w is None and os.path.isdir(f) and not os.path.islink(f):
+                w='a directory is in the way'
+            if w is None:
+                meta(s,m,t)
+                os.rename(s,f)
+            o.write('O %d\n'%i if w is None else 'F %d %s\n'%(i,w))
+        except OSError as e:
+            o.write('F %d %s\n'%(i,e.strerror))
 o.flush()
 """
 
