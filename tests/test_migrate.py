@@ -735,6 +735,22 @@ async def test_early_writeback_syncs_while_copying(
         assert syncs == 0, client.commands
 
 
+async def test_early_writeback_once_everything_was_sent(target: Target, src: Path) -> None:
+    # Small files only (one tar batch, far below WRITEBACK_BYTES): one early sync once the
+    # walk is over and every byte was sent (it runs while the files are moved into place),
+    # then the final one.
+    files = {f"d/{i}": os.urandom(200) for i in range(_scripts.SHELL_META_MAX + 3)}
+    write_tree(src, files)
+    async with connect(target.address) as real:
+        client: Any = _RecordingClient(real)
+        report = await migrate(src, client)
+    assert report.status == "migrated", report.failures
+    assert client.commands.count("sync") == 1, client.commands
+    assert client.commands[-1] == _scripts.SYNC_COMMAND, client.commands
+    extract = next(i for i, c in enumerate(client.commands) if "tar -x" in c)
+    assert client.commands.index("sync") > extract
+
+
 @pytest.mark.parametrize("small", [0, 3, _scripts.SHELL_META_MAX + 3])
 async def test_python3_asked_only_for_work_that_may_use_it(
     target: Target, src: Path, small: int

@@ -18,7 +18,7 @@ from memoh_trio._migrate import meta
 from memoh_trio._migrate.context import Context, Options
 from memoh_trio._migrate.ledger import Ledger
 from memoh_trio._plan import Action, Kind
-from memoh_trio._progress import Progress
+from memoh_trio._progress import Progress, ProgressState
 from memoh_trio._report import MigrationReport
 from memoh_trio._scripts import Capabilities
 
@@ -291,3 +291,16 @@ async def test_tools_settled_when_the_python_probe_fails_fatally() -> None:
         caps = await tools.settled(ctx)
     assert not caps.python3
     assert isinstance(ctx.ledger.fatal, Unavailable)
+
+
+@pytest.mark.parametrize(("state", "mark", "synced", "due"), [
+    (ProgressState(bytes_done=10, bytes_total=100), 32, 0, False),  # mid-copy, below the mark
+    (ProgressState(bytes_done=40, bytes_total=100), 32, 0, True),  # past the mark
+    (ProgressState(bytes_done=100, bytes_total=100), 132, 40, False),  # walk still running
+    (ProgressState(bytes_done=100, bytes_total=100, scanning=False), 132, 40, True),  # all sent
+    (ProgressState(bytes_done=100, bytes_total=100, scanning=False), 132, 100, False),  # synced
+    (ProgressState(bytes_done=90, bytes_total=100, scanning=False), 132, 40, False),  # 10 to go
+    (ProgressState(scanning=False), 32, 0, False),  # nothing to send
+])
+def test_writeback_due(state: ProgressState, mark: int, synced: int, due: bool) -> None:
+    assert meta.writeback_due(state, mark, synced) is due

@@ -21,6 +21,7 @@ import trio
 from .. import _scripts
 from .._errors import MemohError, Unimplemented
 from .._plan import Action
+from .._progress import ProgressState
 from .._scripts import Capabilities, Precision
 from . import resume
 from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, plain
@@ -310,11 +311,25 @@ async def flush(ctx: Context) -> str | None:
     return None
 
 
+def writeback_due(state: ProgressState, mark: int, synced: int) -> bool:
+    """Whether an early ``sync`` is due (pure): :data:`WRITEBACK_BYTES` more were sent since
+    the last one (``mark``), or the walk is over and every byte found was sent, more than the
+    last one covered (``synced``): the data is then flushed while the last files are moved
+    into place and get their modes and mtimes, and the final ``sync`` is left with little
+    more than those (3,000 small files into Memoh's server: the final ``sync`` took 36-40 ms
+    of a 0.32 s migration, after everything else)."""
+    return state.bytes_done >= mark or (
+        not state.scanning and state.bytes_done >= state.bytes_total
+        and state.bytes_done > synced)
+
+
 async def writeback(ctx: Context) -> None:
-    """Early ``sync`` every :data:`WRITEBACK_BYTES` sent (runs beside the copy)."""
-    mark = WRITEBACK_BYTES
+    """Early ``sync`` as :func:`writeback_due` says (runs beside the copy)."""
+    mark, synced = WRITEBACK_BYTES, 0
     while True:
-        await ctx.progress.value.wait_value(lambda s, m=mark: s.bytes_done >= m)
+        state = await ctx.progress.value.wait_value(
+            lambda s, m=mark, d=synced: writeback_due(s, m, d))
+        synced = state.bytes_done
         try:
             await ctx.exec("sync", timeout_seconds=EXEC_TIMEOUT)
         except (MemohError, OSError):
