@@ -52,6 +52,15 @@ def test_batcher_bounds() -> None:
     assert p.add("x", 0, "üü") is None and p.add("y", 0, "z") == ["x"]  # UTF-8 bytes count
 
 
+def test_batcher_first_batch_is_smaller() -> None:
+    """The first batch goes out after ``first_max_files`` files, later ones after
+    ``max_files``: the container starts unpacking while the walk goes on."""
+    b: Batcher[int] = Batcher(max_files=4, first_max_files=2)
+    got = [batch for i in range(11) if (batch := b.add(i, 1, f"f{i}")) is not None]
+    assert got == [[0, 1], [2, 3, 4, 5], [6, 7, 8, 9]] and b.take() == [10]
+    assert Batcher().first_max_files < Batcher().max_files
+
+
 def test_layout_groups_by_directory() -> None:
     lay = layout(["a/x", "b", "a/y", "a/b/z", "c"])
     assert lay.dirs == ("a", "", "a/b")
