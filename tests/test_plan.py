@@ -15,6 +15,7 @@ from memoh_trio._plan import (
     REQUIRED_KINDS,
     Action,
     Kind,
+    LargestFirst,
     Route,
     WalkEntry,
     classify,
@@ -235,3 +236,16 @@ def test_route_failures_and_skips_come_before_the_symlink_check(kind: Kind) -> N
     expected = Route.FAIL if kind is Kind.FAIL else Route.SKIP
     assert route(action, dry_run=False, unchanged=False, tar_max_size=0,
                  dest_links={"d"}) is expected
+
+
+@given(st.lists(st.integers(min_value=0, max_value=10**9), max_size=50))
+def test_largest_first_hands_out_by_size_then_arrival(sizes: list[int]) -> None:
+    queue: LargestFirst[int] = LargestFirst()
+    for i, size in enumerate(sizes):
+        queue.push(i, size)
+    assert len(queue) == len(sizes)
+    out = [queue.pop() for _ in sizes]
+    assert out == sorted(range(len(sizes)), key=lambda i: (-sizes[i], i))
+    assert len(queue) == 0
+    with pytest.raises(IndexError):
+        queue.pop()

@@ -25,12 +25,17 @@ unreadable/walk error  ``FAIL``                        blocks the rename
 from __future__ import annotations
 
 import enum
+import heapq
+import itertools
 import os
 import stat
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from ._paths import symlink_on_the_way
+
+T = TypeVar("T")
 
 
 class Kind(enum.Enum):
@@ -228,3 +233,24 @@ def route(action: Action, *, dry_run: bool, unchanged: bool, tar_max_size: int,
     if kind is Kind.COPY and action.size <= tar_max_size:
         return Route.TAR
     return Route.ENTRY
+
+
+class LargestFirst(Generic[T]):
+    """The entries waiting for a stream slot, handed out the largest first (ties in arrival
+    order). A large file found late in the walk would otherwise stream last and alone: on the
+    mixed tree (c) its 48 MiB database started at 0.70 s of a 0.83 s migration into Memoh's
+    server, its 0.11 s the whole tail."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[int, int, T]] = []
+        self._seq = itertools.count()
+
+    def push(self, item: T, size: int) -> None:
+        heapq.heappush(self._heap, (-size, next(self._seq), item))
+
+    def pop(self) -> T:
+        """The largest entry (raises ``IndexError`` when empty)."""
+        return heapq.heappop(self._heap)[2]
+
+    def __len__(self) -> int:
+        return len(self._heap)

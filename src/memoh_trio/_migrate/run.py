@@ -15,7 +15,7 @@ from .._errors import MemohError, RPCError
 from .._finalize import decide, stopped_error
 from .._lock import single_flight
 from .._paths import symlink_on_the_way
-from .._plan import Action, Kind, Route, WalkEntry, classify, route
+from .._plan import Action, Kind, LargestFirst, Route, WalkEntry, classify, route
 from .._progress import Progress
 from .._report import Failure, MigrationReport
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
@@ -174,10 +174,31 @@ class _Run:
 
     async def _feed_streams(self, queue: trio.MemoryReceiveChannel[Action],
                             nursery: trio.Nursery) -> None:
-        """Start each queued entry's stream once the limiter has a slot for it."""
+        """Start the queued entries' streams as the limiter has slots, the largest file first
+        (see :class:`memoh_trio._plan.LargestFirst`)."""
+        pending: LargestFirst[Action] = LargestFirst()
         async with queue:
-            async for action in queue:
-                await self._start_in_slot(nursery, partial(self._copy_entry, action))
+            open_ = True
+            while open_ or pending:
+                if open_ and not pending:
+                    try:
+                        action = await queue.receive()
+                    except trio.EndOfChannel:
+                        break
+                    pending.push(action, action.size)
+                token = object()
+                await self.ctx.limiter.acquire_on_behalf_of(token)
+                # What the walk queued meanwhile competes for this slot too.
+                while open_ and len(pending) < STREAM_QUEUE:
+                    try:
+                        action = queue.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        open_ = False
+                        break
+                    pending.push(action, action.size)
+                nursery.start_soon(self._in_slot, token, partial(self._copy_entry, pending.pop()))
 
     async def _dispatch(self, action: Action, streams: trio.MemorySendChannel[Action],
                         nursery: trio.Nursery) -> None:
