@@ -18,14 +18,16 @@ from memoh_trio._walk import Walker, walk
 
 
 async def collect(root: Path, batch_size: int = 256) -> dict[str, WalkEntry]:
-    send, recv = trio.open_memory_channel[WalkEntry](0)
+    send, recv = trio.open_memory_channel[list[WalkEntry]](0)
     out: dict[str, WalkEntry] = {}
     async with trio.open_nursery() as nursery:
         nursery.start_soon(lambda: walk(root, send, batch_size=batch_size))
         async with recv:
-            async for entry in recv:
-                assert entry.rel not in out, f"{entry.rel} seen twice"
-                out[entry.rel] = entry
+            async for entries in recv:
+                assert 0 < len(entries) <= batch_size
+                for entry in entries:
+                    assert entry.rel not in out, f"{entry.rel} seen twice"
+                    out[entry.rel] = entry
     return out
 
 
@@ -57,9 +59,9 @@ async def test_symlinked_directory_is_not_descended(tmp_path: Path) -> None:
 async def test_directories_come_before_their_contents(tmp_path: Path) -> None:
     (tmp_path / "d1" / "d2").mkdir(parents=True)
     (tmp_path / "d1" / "d2" / "f").write_text("x")
-    send, recv = trio.open_memory_channel[WalkEntry](100)
-    await walk(tmp_path, send)
-    order = [e.rel async for e in recv]
+    send, recv = trio.open_memory_channel[list[WalkEntry]](100)
+    await walk(tmp_path, send, batch_size=2)
+    order = [e.rel async for entries in recv for e in entries]
     assert order.index("d1") < order.index("d1/d2") < order.index("d1/d2/f")
 
 
@@ -107,7 +109,7 @@ async def test_non_utf8_names_are_walked(tmp_path: Path) -> None:
 async def test_walk_streams_before_it_finishes(tmp_path: Path) -> None:
     for i in range(50):
         (tmp_path / f"f{i}").write_text("x")
-    send, recv = trio.open_memory_channel[WalkEntry](0)
+    send, recv = trio.open_memory_channel[list[WalkEntry]](0)
     walker_done = trio.Event()
 
     async def run() -> None:
@@ -117,7 +119,7 @@ async def test_walk_streams_before_it_finishes(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run)
         first = await recv.receive()
-        assert first.rel.startswith("f")
+        assert len(first) == 4 and all(e.rel.startswith("f") for e in first)
         assert not walker_done.is_set()  # backpressure: the walk waits for the consumer
         nursery.cancel_scope.cancel()
 

@@ -20,7 +20,7 @@ from .._progress import Progress
 from .._report import Failure, MigrationReport
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
-from .._walk import walk
+from .._walk import BATCH_SIZE, walk
 from . import meta, preflight, resume, stream, tar
 from .context import (
     DEFAULT_CONCURRENCY,
@@ -41,8 +41,9 @@ from .resume import itemize_line
 if TYPE_CHECKING:
     from .._client import Client, FileEntry
 
-#: Walk entries buffered between the walk thread and the dispatcher.
+#: Walk entries buffered between the walk thread and the dispatcher, in lists of WALK_BATCH.
 WALK_BUFFER = 1024
+WALK_BATCH = BATCH_SIZE
 #: Files waiting for a stream slot. The dispatcher only blocks once this many are queued, so
 #: small files found behind a run of large ones are batched (and their tar batch started) while
 #: the large ones stream: on the mixed tree (c) the batches began at 0.34-0.44 s, after the
@@ -145,7 +146,7 @@ class _Run:
     # ------------------------------------------------------------------ the copy nursery
 
     async def _copy_tree(self) -> None:
-        send, recv = trio.open_memory_channel[WalkEntry](WALK_BUFFER)
+        send, recv = trio.open_memory_channel[list[WalkEntry]](WALK_BUFFER // WALK_BATCH)
         streams, stream_queue = trio.open_memory_channel[Action](STREAM_QUEUE)
         try:
             async with trio.open_nursery() as nursery:
@@ -154,8 +155,9 @@ class _Run:
                 nursery.start_soon(self._walk, send)
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
                 async with streams, recv:
-                    async for entry in recv:
-                        await self._dispatch(classify(entry), streams, nursery)
+                    async for entries in recv:
+                        for entry in entries:
+                            await self._dispatch(classify(entry), streams, nursery)
                     if not self.opts.dry_run:
                         self._start(*self.batches.walk_done())
                         if len(self.batcher):
@@ -167,8 +169,8 @@ class _Run:
         if nursery.cancel_scope.cancelled_caught:
             self.ledger.cancelled = self.ledger.fatal is None
 
-    async def _walk(self, send: trio.MemorySendChannel[WalkEntry]) -> None:
-        await walk(self.src, send)
+    async def _walk(self, send: trio.MemorySendChannel[list[WalkEntry]]) -> None:
+        await walk(self.src, send, batch_size=WALK_BATCH)
         self.ledger.walk_complete = True
         self.ledger.progress.scan_finished()
 
