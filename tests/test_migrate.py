@@ -735,6 +735,25 @@ async def test_early_writeback_syncs_while_copying(
         assert syncs == 0, client.commands
 
 
+async def test_totals_are_final_once_the_scan_is_over(target: Target, src: Path) -> None:
+    # ProgressState's contract: files_total/bytes_total no longer grow once scanning is
+    # false, even where the walk ends well before the dispatcher has counted its entries.
+    n = 3000
+    write_tree(src, {f"d{i % 7}/f{i}": b"x" * (i % 5) for i in range(n)})
+    progress = Progress()
+    seen: list[tuple[int, int]] = []
+
+    async def watch() -> None:
+        state = await progress.wait(lambda s: not s.scanning)
+        seen.append((state.files_total, state.bytes_total))
+
+    async with connect(target.address) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        report = await migrate(src, client, progress=progress)
+    assert report.status == "migrated", report.failures
+    assert seen == [(n, sum(i % 5 for i in range(n)))]
+
+
 async def test_early_writeback_once_everything_was_sent(target: Target, src: Path) -> None:
     # Small files only (one tar batch, far below WRITEBACK_BYTES): one early sync once the
     # walk is over and every byte was sent (it runs while the files are moved into place),

@@ -27,11 +27,13 @@ def _a(kind: Kind, rel: str = "a", size: int = 0) -> Action:
 
 def test_found_counts_what_the_rename_waits_for() -> None:
     ledger = _ledger()
-    for kind in Kind:
-        ledger.found(_a(kind, size=3 if kind is Kind.COPY else 0))
+    ledger.found([_a(kind, size=3 if kind is Kind.COPY else 0) for kind in Kind])
     assert ledger.required == 4  # copy, create, mkdir, symlink; not dir, skip, fail
     assert ledger.progress.state.files_total == 2
     assert ledger.progress.state.bytes_total == 3
+    ledger.found([_a(Kind.COPY, size=4), _a(Kind.COPY, size=5)])
+    assert ledger.required == 6
+    assert (ledger.progress.state.files_total, ledger.progress.state.bytes_total) == (4, 12)
 
 
 def test_predicted_counts_a_dry_run_as_the_real_run() -> None:
@@ -86,7 +88,7 @@ def test_tar_done(applied: bool) -> None:
 
 def test_outcome_feeds_the_decision() -> None:
     ledger = _ledger()
-    ledger.found(_a(Kind.MKDIR))
+    ledger.found([_a(Kind.MKDIR)])
     ledger.walk_complete = True
     assert not decide(ledger.outcome(rename=True, dry_run=False)).rename
     ledger.made_dir()

@@ -7,6 +7,7 @@ counting rule, so the report, the progress observer and ``done``/``required`` mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import trio
@@ -47,12 +48,19 @@ class Ledger:
         self.cancelled = False
         self._scope: trio.CancelScope | None = None
 
-    def found(self, action: Action) -> None:
-        """Count an entry the walk found (the rename waits for those that need work)."""
-        if action.kind in REQUIRED_KINDS:
-            self.required += 1
-        if action.kind in (Kind.COPY, Kind.CREATE):
-            self.progress.found(1, action.size)
+    def found(self, actions: Sequence[Action]) -> None:
+        """Count entries the walk found (the rename waits for those that need work); the
+        progress totals grow once for all of them (once per walk batch, not per file)."""
+        files = nbytes = 0
+        for action in actions:
+            kind = action.kind
+            if kind in REQUIRED_KINDS:
+                self.required += 1
+            if kind is Kind.COPY or kind is Kind.CREATE:
+                files += 1
+                nbytes += action.size
+        if files:
+            self.progress.found(files, nbytes)
 
     def fail(self, action_or_rel: Action | str, error: str) -> None:
         """Record one entry's failure."""

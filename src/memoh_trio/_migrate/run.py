@@ -156,8 +156,12 @@ class _Run:
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
                 async with streams, recv:
                     async for entries in recv:
-                        for entry in entries:
-                            await self._dispatch(classify(entry), streams, nursery)
+                        actions = [classify(entry) for entry in entries]
+                        self.ledger.found(actions)
+                        for action in actions:
+                            await self._dispatch(action, streams, nursery)
+                    # Every entry of the walk is counted now: the totals are final.
+                    self.ledger.progress.scan_finished()
                     if not self.opts.dry_run:
                         self._start(*self.batches.walk_done())
                         if len(self.batcher):
@@ -172,7 +176,6 @@ class _Run:
     async def _walk(self, send: trio.MemorySendChannel[list[WalkEntry]]) -> None:
         await walk(self.src, send, batch_size=WALK_BATCH)
         self.ledger.walk_complete = True
-        self.ledger.progress.scan_finished()
 
     async def _feed_streams(self, queue: trio.MemoryReceiveChannel[Action],
                             nursery: trio.Nursery) -> None:
@@ -204,9 +207,8 @@ class _Run:
 
     async def _dispatch(self, action: Action, streams: trio.MemorySendChannel[Action],
                         nursery: trio.Nursery) -> None:
-        """Count one entry and send it where :func:`memoh_trio._plan.route` says."""
+        """Send one entry (counted already) where :func:`memoh_trio._plan.route` says."""
         ledger = self.ledger
-        ledger.found(action)
         where = route(action, dry_run=self.opts.dry_run,
                       unchanged=resume.unchanged(self.existing, action),
                       tar_max_size=self.tar_max_size, verify_hash=self.opts.verify == "sha256",
