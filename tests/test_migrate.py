@@ -735,6 +735,24 @@ async def test_early_writeback_syncs_while_copying(
         assert syncs == 0, client.commands
 
 
+@pytest.mark.parametrize("verify", ["size", "sha256"])
+async def test_tar_batch_is_one_exec_where_python3_moves_it(target: Target, src: Path,
+                                                            verify: str) -> None:
+    # More than a few small files, python3 in the container: each batch is unpacked, checked
+    # and moved by one Exec (no listing to send back, no second Exec for the move).
+    files = {f"d{i % 3}/f{i}": os.urandom(50 + i) for i in range(40)}
+    write_tree(src, files)
+    async with connect(target.address) as real:
+        client: Any = _RecordingClient(real)
+        report = await migrate(src, client, verify=verify)  # type: ignore[arg-type]
+    assert report.status == "migrated", report.failures
+    assert report.files == 40 and report.mtime_precision == "ns"
+    extracts = [c for c in client.commands if "tar -x" in c]
+    assert len(extracts) == 1, client.commands
+    assert not any("os.rename" in c or "mv -f" in c for c in client.commands), client.commands
+    assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
+
+
 async def test_totals_are_final_once_the_scan_is_over(target: Target, src: Path) -> None:
     # ProgressState's contract: files_total/bytes_total no longer grow once scanning is
     # false, even where the walk ends well before the dispatcher has counted its entries.

@@ -8,6 +8,7 @@ without python3).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import subprocess
@@ -394,3 +395,45 @@ def test_python_mover_renames_a_new_directory_whole(kind: str, tmp_path: Path) -
         assert (dest / d).stat().st_mode & 0o7777 == 0o777 & ~umask, d
     for d in ("old", "bad"):  # file by file
         assert (dest / d).stat().st_ino != staged[d], d
+
+
+@pytest.mark.parametrize("kind", ["dash", "busybox-python"])
+@pytest.mark.parametrize("check", ["size", "sha256"])
+def test_one_exec_batch_checks_before_it_moves(kind: str, check: str, tmp_path: Path) -> None:
+    """A tar batch checked and moved in the Exec that unpacks it (verify_move_script): the
+    mover checks each staged file against the size or SHA-256 the client read before it moves
+    it; a file that differs fails with what was found and never reaches its final name;
+    the others get their modes and mtimes; the staging directory is gone."""
+    caps = caps_of(kind, tmp_path)
+    assert caps.python3
+    rels = ["new/a", "new/b", "top", "old/c"]
+    (tmp_path / "old").mkdir()
+    datas = [r.encode() * 3 for r in rels]
+    actions = [entry(r, 0o640, 1_600_000_000_000_000_123 + i) for i, r in enumerate(rels)]
+    lay = layout(rels)
+    expect: dict[int, int | str] = {
+        i: len(d) if check == "size" else hashlib.sha256(d).hexdigest()
+        for i, d in enumerate(datas)}
+    bad = rels.index("new/b")
+    expect[bad] = 999 if check == "size" else "0" * 64
+    records = S.py_move_records(".memoh-tar-t", lay, range(len(rels)), actions, preserve=True,
+                                expect=expect)
+    archive = pack([Member(r, d, 0o644, 0) for r, d in zip(rels, datas, strict=True)], lay,
+                   extra=[(S.MOVES_MEMBER, records)],
+                   trailer=(S.RUN_MEMBER,
+                            S.verify_move_script(".memoh-tar-t", caps.python_exe).encode()))
+    res = run(kind, S.extract_command(".memoh-tar-t"), tmp_path, archive)
+    assert res.returncode == 0, res.stderr
+    got = S.parse_records(res.stdout, len(rels))
+    found = len(datas[bad]) if check == "size" else hashlib.sha256(datas[bad]).hexdigest()
+    assert got == {0: None, bad: f"{S.CHECK_FAILED}: expected {expect[bad]}, found {found}",
+                   2: None, 3: None}
+    assert not (tmp_path / "new" / "b").exists() and not (tmp_path / ".memoh-tar-t").exists()
+    for i in (0, 2, 3):
+        st_ = (tmp_path / rels[i]).lstat()
+        assert (tmp_path / rels[i]).read_bytes() == datas[i]
+        assert (st_.st_mode & 0o7777, st_.st_mtime_ns) == (0o640, actions[i].mtime_ns)
+
+
+def test_mover_strings_are_the_records_the_client_reads() -> None:
+    assert f"'{S.MOVE_FAILED}'" in S.PY_MOVE and f"'{S.CHECK_FAILED}: " in S.PY_MOVE

@@ -9,16 +9,20 @@ runs of small files, with the per-file path's guarantees kept:
    each group can be moved with one ``mv``. Modes ride in the headers, mtimes in whole seconds
    (not restored: ``tar -m``); owners are not kept (``uid``/``gid`` 0 and ``tar -o``). Modes and
    mtimes are then applied by the metadata step, as for every file.
-3. The extract command (:mod:`memoh_trio._scripts`; first Exec, short and fixed, the archive as
+3. The extract command (:mod:`memoh_trio._scripts`; one Exec, short and fixed, the archive as
    stdin) unpacks into a fresh staging directory ``.memoh-tar-<random>`` under the destination
-   (same filesystem) and runs the archive's last member, a script listing the size (or SHA-256)
-   of every staged file, which is parsed back (a dropped or cut stdin has no such script).
-4. The client compares it with what it read; the move script (second Exec, as stdin) then moves
-   only the verified files into place, never through a symlink, printing a record per file --
-   ``mv`` is ``rename(2)`` on one filesystem, so a final path holds either its old file or the
-   complete new one -- and deletes the staging directory. Where the container has python3, one
-   python3 process (:data:`memoh_trio._scripts.PY_MOVE`) does the moves and also gives each
-   staged file its mode and mtime before its rename, its record proving both.
+   (same filesystem) and runs the archive's last member, the script the client wrote for it (a
+   dropped or cut stdin has no such script).
+4. Where the container has python3 (and the batch is more than a few files), that script runs
+   one python3 process (:data:`memoh_trio._scripts.PY_MOVE`) on the archive's records: it checks
+   each staged file against the size or SHA-256 the client read, then gives it its mode and
+   mtime and renames it into place (a new destination directory: its whole staging group at
+   once), printing a record per file, and deletes the staging directory: one Exec per batch.
+   Elsewhere the script lists the size (or SHA-256) of every staged file, the client compares
+   the listing with what it read, and a second Exec moves only the verified files into place,
+   never through a symlink, printing a record per file (``mv`` is ``rename(2)`` on one
+   filesystem, so a final path holds either its old file or the complete new one), and deletes
+   the staging directory.
 
 A cut stream, a failed ``tar`` or a failed check leaves files only in the staging directory,
 which is deleted (and stale ones from interrupted runs by the resume pass).
@@ -163,12 +167,14 @@ def file_header(name: str, size: int, mode: int, mtime: int) -> bytes | None:
 
 
 def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True,
-         trailer: tuple[str, bytes] | None = None) -> bytes:
+         trailer: tuple[str, bytes] | None = None,
+         extra: Sequence[tuple[str, bytes]] = ()) -> bytes:
     """The tar archive (pax format) of ``members`` staged as ``lay`` says (without
     ``preserve``: mode :data:`DEFAULT_MODE`, and the extract script ignores the mtimes).
 
-    ``trailer``: ``(name, data)`` of one more file, last in the archive (the listing script:
-    it only exists in the container once the whole archive arrived)."""
+    ``extra``: ``(name, data)`` of more files after the members (the mover's records);
+    ``trailer``: one more, last in the archive (the script the container runs: it only exists
+    there once the whole archive arrived)."""
     out: list[bytes] = []
     for g in range(len(lay.dirs)):
         info = tarfile.TarInfo(str(g))
@@ -194,11 +200,11 @@ def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True,
         pad = -len(m.data) % _BLOCK
         if pad:
             out.append(b"\0" * pad)
-    if trailer is not None:
-        info = tarfile.TarInfo(trailer[0])
-        info.size = len(trailer[1])
+    for name, data in (*extra, *([trailer] if trailer is not None else [])):
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
         info.mode = 0o600
         out.append(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        out.append(trailer[1] + b"\0" * (-len(trailer[1]) % _BLOCK))
+        out.append(data + b"\0" * (-len(data) % _BLOCK))
     out.append(b"\0" * (2 * _BLOCK))
     return b"".join(out)

@@ -137,7 +137,8 @@ class Tools:
         return self.caps
 
     async def py_move(self) -> str | None:
-        """How to run python3 to move a tar batch, or ``None`` (asked once it is unpacked)."""
+        """How to run python3 to check and move a tar batch, or ``None`` (asked before the
+        batch is packed: the python3 probe runs beside the reading of its files)."""
         caps = await self.settled()
         return caps.python_exe if USE_PYTHON_META and caps.python3 else None
 

@@ -1,8 +1,9 @@
 """One tar batch of small files through ``Exec`` (see :mod:`memoh_trio._tarbatch`).
 
 :func:`send_batch` reads the files, unpacks them in a fresh staging directory in the container,
-checks the container's listing against what it read, moves the verified files into place and
-returns what happened; it never records anything itself. A file that changed while it was read,
+checks them against what it read (the python3 mover in the same Exec, or the client against the
+container's listing), moves the verified files into place and returns what happened; it never
+records anything itself. A file that changed while it was read,
 and the files of a batch that failed as a whole in the container (tar failed, stdin dropped, the
 staging directory vanished, ``mv`` failed), are handed back (``changed``) for the per-file path,
 which proves or fails each one; conflicts the move script found (a symlink or a directory in the
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
@@ -46,10 +47,10 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
                      ) -> BatchOutcome:
     """Copy ``batch`` as one tar stream; see the module docstring.
 
-    ``py_move``: answers (once the batch is unpacked) how to run python3 in the container
-    (``None``: it has none): then move the verified files with one python3 process
-    that also applies their modes and mtimes (``outcome.meta_applied``), when there are more
-    than :data:`memoh_trio._scripts.SHELL_META_MAX` of them.
+    ``py_move``: answers (before the batch is packed) how to run python3 in the container
+    (``None``: it has none): then, for more than :data:`memoh_trio._scripts.SHELL_META_MAX`
+    files, the Exec that unpacks the batch also checks and moves it with one python3 process
+    that applies their modes and mtimes too (``outcome.meta_applied``).
 
     Raises:
         Unavailable / Unauthenticated: fatal to the run (the staging directory is discarded).
@@ -81,18 +82,33 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     verify, preserve = ctx.opts.verify, ctx.opts.preserve
     actions = [a for a, _, _ in members]
     lay = layout([a.rel for a in actions])
-    payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
-                   preserve=preserve,
-                   trailer=(_scripts.RUN_MEMBER,
-                            _scripts.listing_script(lay, verify).encode("utf-8",
-                                                                        "surrogateescape")))
     staging = TAR_PREFIX + secrets.token_hex(8)
+    # What the container must find staged: the size read, or its SHA-256.
+    expect: dict[int, int | str] = {
+        i: len(data) if verify == "size" or digest is None else digest
+        for i, (_, data, digest) in enumerate(members)}
+    # With python3 (and more than a few files), the mover checks and moves the batch in the
+    # Exec that unpacks it; else the container lists what it unpacked, the client checks the
+    # listing, and a second Exec moves what passed.
+    exe = (await py_move() if py_move is not None and len(members) > _scripts.SHELL_META_MAX
+           else None)
+    if exe is not None:
+        run = _scripts.verify_move_script(staging, exe)
+        extra = [(_scripts.MOVES_MEMBER,
+                  _scripts.py_move_records(staging, lay, range(len(members)), actions,
+                                           preserve=preserve, expect=expect))]
+    else:
+        run = _scripts.listing_script(lay, verify)
+        extra = []
+    payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
+                   preserve=preserve, extra=extra,
+                   trailer=(_scripts.RUN_MEMBER, run.encode("utf-8", "surrogateescape")))
     nbytes = sum(a.size for a in actions)
     placed = False
     try:
         res = await ctx.exec(_scripts.extract_command(staging), timeout_seconds=EXEC_TIMEOUT,
-                                    stdin=payload)
-        if res.exit_code != 0:
+                             stdin=payload)
+        if res.exit_code != 0 and (exe is None or not res.stdout.strip()):
             why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
             what = ("cannot unpack the batch in the container"
                     if res.exit_code in (_scripts.TAR_FAILED_EXIT, _scripts.NO_RUN_EXIT)
@@ -101,10 +117,17 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
         ctx.progress.sent(nbytes)
         counted = True
         try:
+            if exe is not None:
+                out.meta_applied = preserve
+                placed = res.exit_code == 0  # else the staging directory may be left
+                _settle(ctx, actions, range(len(members)),
+                        _scripts.parse_records(res.stdout, len(members)), out, settled)
+                counted = False
+                return
             listing = _scripts.parse_listing(res.stdout, lay.staged, verify)
             good: list[int] = []
-            for i, (action, data, digest) in enumerate(members):
-                want: int | str | None = len(data) if verify == "size" else digest
+            for i, action in enumerate(actions):
+                want = expect[i]
                 got = listing.get(i)
                 if got == want:
                     good.append(i)
@@ -114,34 +137,14 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                 if got is None:  # not listed (staging vanished?): the per-file way decides
                     out.changed.append(action)
                     continue
-                out.failed.append((action, f"verification failed in the container: expected "
-                                           f"{want}, found {got}"))
-            exe = (await py_move() if len(good) > _scripts.SHELL_META_MAX and py_move
-                   else None)
-            if exe is not None:
-                out.meta_applied = preserve
-                res = await ctx.exec(_scripts.py_move_command(staging, exe),
-                                     timeout_seconds=EXEC_TIMEOUT,
-                                     stdin=_scripts.py_move_records(staging, lay, good, actions,
-                                                                    preserve=preserve))
-            else:
-                script = _scripts.move_script(staging, lay, good)
-                res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
-                                     stdin=script.encode("utf-8", "surrogateescape"))
-            records = _scripts.parse_records(res.stdout, len(members))
+                out.failed.append((action, f"{_scripts.CHECK_FAILED}: expected {want}, "
+                                           f"found {got}"))
+            script = _scripts.move_script(staging, lay, good)
+            res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
+                                 stdin=script.encode("utf-8", "surrogateescape"))
             placed = res.exit_code == 0  # else the staging directory may be left: discard it
-            for i in good:
-                action = actions[i]
-                settled.add(i)
-                record = records[i]
-                if record is None:
-                    out.copied.append(action)
-                    continue
-                ctx.progress.unsent(action.size)
-                if record in (_scripts.NO_RECORD, _scripts.MOVE_FAILED):
-                    out.changed.append(action)  # as above: the per-file way decides
-                    continue
-                out.failed.append((action, f"cannot move the file into place: {record}"))
+            _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)), out,
+                    settled)
             counted = False
         finally:
             if counted:  # an error before every member was settled
@@ -150,6 +153,26 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     finally:
         if not placed:
             await ctx.discard(ctx.path(staging), recursive=True)
+
+
+def _settle(ctx: Context, actions: Sequence[Action], members: Iterable[int],
+            records: Mapping[int, str | None], out: BatchOutcome, settled: set[int]) -> None:
+    """File each of ``members`` by its record of the move: copied, failed (a check or a
+    conflict), or handed to the per-file way (no record, ``mv`` failed, not found staged)."""
+    for i in members:
+        action = actions[i]
+        settled.add(i)
+        record = records[i]
+        if record is None:
+            out.copied.append(action)
+            continue
+        ctx.progress.unsent(action.size)
+        if record in (_scripts.NO_RECORD, _scripts.MOVE_FAILED):
+            out.changed.append(action)  # as above: the per-file way decides
+        elif record.startswith(_scripts.CHECK_FAILED):
+            out.failed.append((action, record))
+        else:
+            out.failed.append((action, f"cannot move the file into place: {record}"))
 
 
 def read_members(batch: Sequence[Action], digest: bool = True,

@@ -59,6 +59,7 @@ from .probe import Precision as Precision
 from .probe import meta_method as meta_method
 from .probe import method_precision as method_precision
 from .probe import parse_probe as parse_probe
+from .records import CHECK_FAILED as CHECK_FAILED
 from .records import MOVE_FAILED as MOVE_FAILED
 from .records import NO_RECORD as NO_RECORD
 from .records import failures as failures
@@ -70,6 +71,7 @@ from .sha256 import sha256_many as sha256_many
 from .shell import RUN_STDIN as RUN_STDIN
 from .shell import in_dir as in_dir
 from .shell import with_python as with_python
+from .tar import MOVES_MEMBER as MOVES_MEMBER
 from .tar import NO_RUN_EXIT as NO_RUN_EXIT
 from .tar import PY_MOVE as PY_MOVE
 from .tar import RUN_MEMBER as RUN_MEMBER
@@ -82,3 +84,4 @@ from .tar import move_script as move_script
 from .tar import parse_listing as parse_listing
 from .tar import py_move_command as py_move_command
 from .tar import py_move_records as py_move_records
+from .tar import verify_move_script as verify_move_script

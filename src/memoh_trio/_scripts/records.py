@@ -6,8 +6,11 @@ from __future__ import annotations
 import re
 
 _RECORD = re.compile(r"^([OF]) (\d+)(?: (.*))?$")
-#: Why a staged file failed when its group's ``mv`` failed.
+#: Why a staged file failed when its group's ``mv`` failed (or the mover did not find it
+#: staged): the per-file way decides.
 MOVE_FAILED = "mv failed"
+#: How a staged file's failed check begins (the client's, or the python3 mover's).
+CHECK_FAILED = "verification failed in the container"
 #: Why an entry failed when its script printed nothing for it.
 NO_RECORD = "the container printed no record for it (the step did not run)"
 

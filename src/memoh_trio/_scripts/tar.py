@@ -5,7 +5,7 @@ mtimes). The archive itself is built by :mod:`memoh_trio._tarbatch`."""
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from .._plan import Action
 from .._tarbatch import Layout
@@ -19,6 +19,9 @@ TAR_FAILED_EXIT = 70
 NO_RUN_EXIT = 71
 #: Name of the listing script inside a tar batch (group directories are numbers: no clash).
 RUN_MEMBER = ".memoh-run"
+#: Name of the mover's records inside a tar batch checked and moved in one Exec
+#: (:func:`verify_move_script`).
+MOVES_MEMBER = ".memoh-moves"
 
 
 def extract_command(staging: str) -> str:
@@ -201,6 +204,17 @@ def mkd(d):
                 if os.path.islink(q) or not os.path.isdir(q): return 'not a directory on the way'
             except OSError: return 'cannot create a directory on the way'
     return None
+def chk(s,w):
+    if w==b'-': return None
+    try: st=os.lstat(s)
+    except FileNotFoundError: return 'mv failed'
+    if st.st_mode&0o170000!=0o100000: g='not a regular file'
+    elif w[:1]==b's': g=str(st.st_size)
+    else:
+        import hashlib
+        with open(s,'rb') as h: g=hashlib.sha256(h.read()).hexdigest()
+    e=w[1:].decode()
+    return None if g==e else 'verification failed in the container: expected %s, found %s'%(e,g)
 def meta(s,m,t):
     if m!=b'-':
         os.chmod(s,int(m,8)); t=int(t); os.utime(s,ns=(t,t))
@@ -209,7 +223,9 @@ def whole(g,p,rs):
         return False
     try:
         if len(os.listdir(g))!=len(rs): return False
-        for r in rs: meta(r[3],r[1],r[2])
+        for r in rs:
+            if chk(r[4],r[3]) is not None: return False
+        for r in rs: meta(r[4],r[1],r[2])
         os.rename(g,p)
     except OSError:
         return False
@@ -222,23 +238,24 @@ d=sys.stdin.buffer.read().split(b'\0')
 G={}
 for k in range(len(d)//3):
     h,s,f=d[3*k],d[3*k+1],d[3*k+2]
-    i,m,t=h.split(b' ')
-    G.setdefault((s.rpartition(b'/')[0],f.rpartition(b'/')[0]),[]).append((int(i),m,t,s,f))
+    i,m,t,w=h.split(b' ')
+    G.setdefault((s.rpartition(b'/')[0],f.rpartition(b'/')[0]),[]).append((int(i),m,t,w,s,f))
 o=sys.stdout
 for (g,p),rs in G.items():
     if whole(g,p,rs):
         for r in rs: o.write('O %d\n'%r[0])
         continue
-    for i,m,t,s,f in rs:
+    for i,m,t,w,s,f in rs:
         try:
             if p not in D: D[p]=mkd(p)
-            w=D[p]
-            if w is None and os.path.isdir(f) and not os.path.islink(f):
-                w='a directory is in the way'
-            if w is None:
+            x=D[p]
+            if x is None: x=chk(s,w)
+            if x is None and os.path.isdir(f) and not os.path.islink(f):
+                x='a directory is in the way'
+            if x is None:
                 meta(s,m,t)
                 os.rename(s,f)
-            o.write('O %d\n'%i if w is None else 'F %d %s\n'%(i,w))
+            o.write('O %d\n'%i if x is None else 'F %d %s\n'%(i,x))
         except OSError as e:
             o.write('F %d %s\n'%(i,e.strerror))
 o.flush()
@@ -252,14 +269,31 @@ def py_move_command(staging: str, exe: str = "python3") -> str:
             f"rm -rf -- {quote('./' + staging)}; exit $_r")
 
 
+def verify_move_script(staging: str, exe: str) -> str:
+    """The :data:`RUN_MEMBER` of a tar batch checked and moved in the Exec that unpacks it
+    (where the container has python3): from the staging directory, back to the destination,
+    :data:`PY_MOVE` with the archive's :data:`MOVES_MEMBER` as its records (each with the size
+    or SHA-256 the client read: the mover checks it before the move), then the staging
+    directory is removed. One Exec per batch instead of two, and no ``stat`` process."""
+    st = quote("./" + staging)
+    mover = with_python(f"python3 -S -c {quote(PY_MOVE)}", exe)
+    return (f"rm -f ./{RUN_MEMBER}\ncd .. || exit 1\n{mover} < {st}/{MOVES_MEMBER}\n"
+            f"_r=$?\nrm -rf -- {st}\nexit $_r\n")
+
+
 def py_move_records(staging: str, lay: Layout, members: Sequence[int],
-                    actions: Sequence[Action], *, preserve: bool) -> bytes:
-    """The stdin of :func:`py_move_command`: ``INDEX MODE MTIME_NS\0STAGED\0FINAL\0`` per
-    member to move (``MODE`` ``-``: leave mode and mtime as unpacked)."""
+                    actions: Sequence[Action], *, preserve: bool,
+                    expect: Mapping[int, int | str] | None = None) -> bytes:
+    """The records of :data:`PY_MOVE` (stdin of :func:`py_move_command`, or the archive's
+    :data:`MOVES_MEMBER`): ``INDEX MODE MTIME_NS WANT\0STAGED\0FINAL\0`` per member to move
+    (``MODE`` ``-``: leave mode and mtime as unpacked; ``WANT`` ``s<size>`` or ``h<sha256>``
+    from ``expect``, checked before the move, or ``-``: checked already)."""
     out = []
     for i in members:
         a = actions[i]
         head = f"{i} {a.mode:o} {a.mtime_ns}" if preserve else f"{i} - 0"
+        want = None if expect is None else expect[i]
+        head += " -" if want is None else f" s{want}" if isinstance(want, int) else f" h{want}"
         out.append(head.encode() + b"\0"
                    + f"./{staging}/{lay.staged[i]}".encode("utf-8", "surrogateescape") + b"\0"
                    + ("./" + a.rel).encode("utf-8", "surrogateescape") + b"\0")
