@@ -91,8 +91,8 @@ class BatchResult:
 
 class Tools:
     """What the container offers, probed once per run: the shell's tools before the copy;
-    python3 only once work that may use it starts (:meth:`ask_python`: a tar batch, beside its
-    upload, as its start-up was most of the probe's 65-100 ms; or a batch that would use it,
+    python3 only once work that may use it starts (:meth:`ask_python`: a tar batch of more than
+    :data:`SHELL_META_MAX` files, beside the reading of its files; or a batch that would use it,
     :meth:`settled` with a context). A run without such work never starts python3 in the
     container: 2 x 128 MiB into Memoh's Go server, where the probe used to run beside the copy,
     took 0.308 s instead of 0.356 (medians of 13, ``benchmarks/ab_clients.py``). Work that may

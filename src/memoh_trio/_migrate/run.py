@@ -289,7 +289,7 @@ class _Run:
     async def _tar_task(self, batch: list[Action]) -> None:
         assert self._nursery is not None, "tar batches run in the copy nursery"
         if len(batch) > meta.SHELL_META_MAX:  # else the shell moves it: python3 is not asked
-            self.tools.ask_python(self.ctx, self._nursery)  # beside the upload (meta.Tools)
+            self.tools.ask_python(self.ctx, self._nursery)  # beside the reading (meta.Tools)
         try:
             outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
         except FATAL_ERRORS as exc:
