@@ -21,7 +21,7 @@ from peers import RUN_IN, need_container
 
 from memoh_trio import _scripts as S
 from memoh_trio._plan import Action, Kind
-from memoh_trio._tarbatch import Member, layout, pack
+from memoh_trio._tarbatch import Layout, Member, layout, pack
 
 # --------------------------------------------------------------------------- pure
 
@@ -165,6 +165,20 @@ def tar_batch(kind: str, cwd: Path, rels: list[str], datas: list[bytes],
     res = run(kind, S.RUN_STDIN, cwd, S.move_script(".memoh-tar-t", lay, good).encode())
     assert not (cwd / ".memoh-tar-t").exists()
     return S.parse_records(res.stdout, len(rels))
+
+
+def unpack_staged(kind: str, dest: Path, rels: list[str]) -> tuple[Layout, list[Action]]:
+    """Unpack a batch of ``rels`` (each holding its own name) into ``dest``'s staging directory
+    ``.memoh-tar-t``, as the extract command does; the actions give each its own mode and
+    mtime to apply."""
+    actions = [entry(r, 0o600 + i % 2 * 0o40, 1_500_000_000_987_654_321 + i)
+               for i, r in enumerate(rels)]
+    lay = layout(rels)
+    members = [Member(r, r.encode(), 0o644, 0) for r in rels]
+    archive = pack(members, lay, trailer=(S.RUN_MEMBER, S.listing_script(lay, "size").encode()))
+    res = run(kind, S.extract_command(".memoh-tar-t"), dest, archive)
+    assert res.returncode == 0, res.stderr
+    return lay, actions
 
 
 _tricky = st.sampled_from(["a", "-x", "d e", "ü", "n\nl", "q'\"$`\\", "--", "*", ".h", "t\t",
@@ -328,13 +342,7 @@ def test_python_mover_never_through_a_symlink(kind: str, tmp_path: Path) -> None
     (dest / "ok" / "f3").mkdir()
     (dest / "ok" / "f4").symlink_to(outside / "keep")
     rels = [f"ok/f{i}" for i in range(6)] + ["sub/a", "new/x/y", "n\nl/q'\"$`\\"]
-    actions = [entry(r, 0o600 + i % 2 * 0o40, 1_500_000_000_987_654_321 + i)
-               for i, r in enumerate(rels)]
-    lay = layout(rels)
-    members = [Member(r, r.encode(), 0o644, 0) for r in rels]
-    archive = pack(members, lay, trailer=(S.RUN_MEMBER, S.listing_script(lay, "size").encode()))
-    res = run(kind, S.extract_command(".memoh-tar-t"), dest, archive)
-    assert res.returncode == 0, res.stderr
+    lay, actions = unpack_staged(kind, dest, rels)
     caps = caps_of(kind, dest)
     assert caps.python3 and caps.python_exe.startswith("/")
     res = run(kind, S.py_move_command(".memoh-tar-t", caps.python_exe), dest,
@@ -366,13 +374,7 @@ def test_python_mover_renames_a_new_directory_whole(kind: str, tmp_path: Path) -
     (dest / "old").mkdir(parents=True)
     (dest / "old" / "keep").write_bytes(b"keep")
     rels = ["new/a", "new/b", "old/x", "deep/er/f", "bad/ok", "bad/fail"]
-    actions = [entry(r, 0o600 + i % 2 * 0o40, 1_500_000_000_987_654_321 + i)
-               for i, r in enumerate(rels)]
-    lay = layout(rels)
-    members = [Member(r, r.encode(), 0o644, 0) for r in rels]
-    archive = pack(members, lay, trailer=(S.RUN_MEMBER, S.listing_script(lay, "size").encode()))
-    res = run(kind, S.extract_command(".memoh-tar-t"), dest, archive)
-    assert res.returncode == 0, res.stderr
+    lay, actions = unpack_staged(kind, dest, rels)
     staged = {d: (dest / ".memoh-tar-t" / str(g)).stat().st_ino for g, d in enumerate(lay.dirs)}
     caps = caps_of(kind, dest)
     good = [i for i, r in enumerate(rels) if r != "bad/fail"]
