@@ -262,23 +262,25 @@ o.flush()
 """
 
 
-def py_move_command(staging: str, exe: str = "python3") -> str:
-    """The command of :data:`PY_MOVE` for ``staging``: the staging directory is removed after
-    it, whatever happened, and the mover's exit status kept."""
-    return (f"{with_python(f'python3 -S -c {quote(PY_MOVE)}', exe)}; _r=$?; "
-            f"rm -rf -- {quote('./' + staging)}; exit $_r")
+def py_move_command(staging: str, exe: str = "python3", *, records: str | None = None) -> str:
+    """The command of :data:`PY_MOVE` for ``staging``: its records on stdin, or read from the
+    file ``records`` (a shell word); the staging directory is removed after it, whatever
+    happened, and the mover's exit status kept."""
+    mover = with_python(f"python3 -S -c {quote(PY_MOVE)}", exe)
+    if records is not None:
+        mover += f" < {records}"
+    return f"{mover}; _r=$?; rm -rf -- {quote('./' + staging)}; exit $_r"
 
 
 def verify_move_script(staging: str, exe: str) -> str:
     """The :data:`RUN_MEMBER` of a tar batch checked and moved in the Exec that unpacks it
     (where the container has python3): from the staging directory, back to the destination,
-    :data:`PY_MOVE` with the archive's :data:`MOVES_MEMBER` as its records (each with the size
-    or SHA-256 the client read: the mover checks it before the move), then the staging
-    directory is removed. One Exec per batch instead of two, and no ``stat`` process."""
-    st = quote("./" + staging)
-    mover = with_python(f"python3 -S -c {quote(PY_MOVE)}", exe)
-    return (f"rm -f ./{RUN_MEMBER}\ncd .. || exit 1\n{mover} < {st}/{MOVES_MEMBER}\n"
-            f"_r=$?\nrm -rf -- {st}\nexit $_r\n")
+    :func:`py_move_command` with the archive's :data:`MOVES_MEMBER` as its records (each with
+    the size or SHA-256 the client read: the mover checks it before the move). One Exec per
+    batch instead of two, and no ``stat`` process."""
+    records = f"{quote('./' + staging)}/{MOVES_MEMBER}"
+    return (f"rm -f ./{RUN_MEMBER}\ncd .. || exit 1\n"
+            f"{py_move_command(staging, exe, records=records)}\n")
 
 
 def py_move_records(staging: str, lay: Layout, members: Sequence[int],
