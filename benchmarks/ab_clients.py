@@ -14,13 +14,19 @@ Printed per run and as medians: the client's in-process seconds (connect + migra
 its whole process's wall time, its CPU seconds (the timed region) and the server's CPU seconds
 (user + system, from ``listening`` to the client's exit). Where ``run.py`` compares contenders
 and ``ab_servers`` server variants, this takes versions of the client apart.
+
+With ``--cli`` each client runs the console script's code (``memoh-trio migrate SRC --target T
+--json`` plus its options) instead: the seconds are then the whole process's wall time and its
+CPU the process's user + system time (startup included), as ``run.py``'s CLI row measures.
 """
 
 from __future__ import annotations
 
 import argparse
 import compileall
+import json
 import os
+import resource
 import shlex
 import shutil
 import statistics
@@ -79,8 +85,27 @@ def export(client: Client, into: Path) -> None:
     client.pythonpath = str(tree / "src")
 
 
+#: What the ``memoh-trio`` console script runs (``[project.scripts]``), as ``python -c``: so that
+#: a revision's export on ``PYTHONPATH`` is the one imported.
+CONSOLE_SCRIPT = "import sys; from memoh_trio._cli import main; sys.exit(main())"
+
+
+def _cli_result(stdout: str, wall: float, usage0: resource.struct_rusage,
+                usage: resource.struct_rusage) -> dict[str, float] | None:
+    """A ``--cli`` run's figures: its wall time and CPU (user + system); ``None`` unless its
+    JSON report says migrated."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        return None
+    if not isinstance(report, dict) or report.get("status") != "migrated":
+        return None
+    cpu = (usage.ru_utime - usage0.ru_utime) + (usage.ru_stime - usage0.ru_stime)
+    return {"seconds": wall, "cpu": cpu}
+
+
 def run_one(c: Client, server_kind: str, src: Path, manifest: scenarios.Manifest,
-            trash: Trash) -> None:
+            trash: Trash, cli: bool = False) -> None:
     root = Path(tempfile.mkdtemp(prefix="ab-root-", dir=trash.dir.parent))
     if server_kind == "go":
         argv = [str(MEMOH_GO_SERVER), "--root", str(root), "--listen", "127.0.0.1:0"]
@@ -93,13 +118,20 @@ def run_one(c: Client, server_kind: str, src: Path, manifest: scenarios.Manifest
         server = ServerProc(argv, log)
         try:
             os.sync()
-            cmd = [PY, "-m", "benchmarks.memoh_client", "--target", server.target,
-                   "--src", str(src), *c.options]
+            if cli:  # the console script's code path, whole process
+                cmd = [PY, "-c", CONSOLE_SCRIPT, "migrate", str(src), "--target", server.target,
+                       "--json", *c.options]
+            else:
+                cmd = [PY, "-m", "benchmarks.memoh_client", "--target", server.target,
+                       "--src", str(src), *c.options]
+            usage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True,
                                   check=False)
             wall = time.perf_counter() - t0
-            result = parse_result(done.stdout)
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            result = (_cli_result(done.stdout, wall, usage0, usage) if cli
+                      else parse_result(done.stdout))
             if done.returncode != 0 or result is None:
                 raise SystemExit(f"{c.label}: client failed ({done.returncode}):\n{done.stderr}")
             user, system, _ = proc_times(server.proc.pid)
@@ -127,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
                     required=True, help='a variant: "LABEL=REV [memoh_client options...]"')
     ap.add_argument("--server", choices=["go", "memoh"], default="go")
     ap.add_argument("--smoke", action="store_true", help="the scenario's smoke-size tree")
+    ap.add_argument("--cli", action="store_true",
+                    help="run the console script (memoh-trio migrate SRC --json, options "
+                         "appended) instead of benchmarks.memoh_client: whole-process figures")
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(os.environ.get("MEMOH_BENCH_CACHE",
                                                 Path.home() / ".cache" / "memoh-trio-bench")))
@@ -145,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 print(f"round {r + 1}", flush=True)
                 for c in clients:
-                    run_one(c, args.server, src, manifest, trash)
+                    run_one(c, args.server, src, manifest, trash, args.cli)
         finally:
             trash.empty()
     print("medians:")
