@@ -95,3 +95,33 @@ def test_module_and_console_script_agree(tmp_path: Path) -> None:
     done = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert done.stdout == run_cli("--help").stdout.replace("__main__.py", "memoh-trio")
+
+
+def test_every_command_lists_the_modules_it_imports() -> None:
+    """The console script loads each command's modules up front (with the collector off): the
+    table covers every command and names modules that exist."""
+    import importlib
+
+    from memoh_trio._cli.commands import COMMANDS, MODULES
+
+    assert set(MODULES) == set(COMMANDS)
+    for names in MODULES.values():
+        for name in names:
+            importlib.import_module(name)
+
+
+def test_console_script_start_up_turns_the_collector_back_on() -> None:
+    """Start-up imports with the cyclic collector off, then freezes what they built and turns
+    the collector back on: the migration itself runs with it on. (A subprocess: ``gc.freeze``
+    is for a process's whole life.)"""
+    probe = (
+        "import gc\n"
+        "from memoh_trio._cli.main import _collector_off, _load\n"
+        "with _collector_off():\n"
+        "    during = gc.isenabled()\n"
+        "    _load('migrate')\n"
+        "print(during, gc.isenabled(), gc.get_freeze_count() > 10000)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.split() == ["False", "True", "True"]

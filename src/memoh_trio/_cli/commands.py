@@ -250,6 +250,17 @@ async def _cmd_demo(args: argparse.Namespace, session: Session) -> int:
     return _report_exit_code([report])
 
 
+#: The modules each command imports when it runs (lazily, above): the console script loads them
+#: before the command starts, with the garbage collector off (see :func:`.main.main`). The draw
+#: of progress (rich) is not listed: it is loaded only when stderr is a terminal.
+MODULES: dict[str, tuple[str, ...]] = {
+    "migrate": ("memoh_trio._migrate", "memoh_trio._client", "memoh_trio._progress"),
+    "migrate-bot": ("memoh_trio._migrate", "memoh_trio._client", "memoh_trio._progress"),
+    "migrate-all": ("memoh_trio._migrate", "memoh_trio._pool", "memoh_trio._progress"),
+    "serve": ("memoh_trio._server", "memoh_trio._tls"),
+    "demo": ("memoh_trio._demo",),
+}
+
 COMMANDS: dict[str, Callable[[argparse.Namespace, Session], Awaitable[int]]] = {
     "migrate": _cmd_migrate,
     "migrate-bot": _cmd_migrate,

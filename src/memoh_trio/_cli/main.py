@@ -6,16 +6,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import gc
+import importlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from .. import _errors as errors
 from .._units import parse_target
 from .args import TOKEN_ENV, build_parser, client_tls
-from .commands import COMMANDS, Session, emit_reports, print_error
+from .commands import COMMANDS, MODULES, Session, emit_reports, print_error
 from .exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, exit_code_for
 
 
@@ -100,7 +102,12 @@ def _fail(exc: errors.MemohError, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Entry point of the ``memoh-trio`` console script (``argv``: for a caller that runs it
     in-process; it then ends with ``SystemExit`` as usual)."""
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        with _collector_off():
+            args = build_parser().parse_args()
+            _load(args.command)
+    else:
+        args = build_parser().parse_args(argv)
     import trio
 
     session = Session(args)
@@ -121,6 +128,28 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if argv is None:
         _leave(code)
     sys.exit(code)
+
+
+@contextlib.contextmanager
+def _collector_off() -> Iterator[None]:
+    """Start-up of the console script: import with the cyclic garbage collector off, then
+    move what the imports built out of its reach (``gc.freeze``) and turn it back on.
+
+    Imports build ~100,000 long-lived objects (modules, classes, functions) and no garbage;
+    with the collector on, the allocations trigger collections that walk them again and again
+    (12 ms of a 0.15 s start here); frozen, the collections of the run skip them too."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        gc.enable()
+
+
+def _load(command: str) -> None:
+    """Import the modules ``command`` uses (:data:`.commands.MODULES`)."""
+    for name in MODULES[command]:
+        importlib.import_module(name)
 
 
 def _leave(code: int) -> NoReturn:
