@@ -256,3 +256,78 @@ def test_h2_internals() -> None:
     assert hyperframe.frame._STRUCT_HBBBL.format == h2patch._HEADER.format
     frame = hyperframe.frame.DataFrame(1, data=b"x")
     assert frame.serialize_padding_data() == b""
+
+
+# --- betterproto2's _version without importlib.metadata (_bridge/bp2version.py) ---------------
+
+_BP2_PROBE = """
+import sys
+import memoh_trio._client, memoh_trio._migrate, memoh_trio._server
+import betterproto2
+module = sys.modules["betterproto2._version"]
+print(betterproto2.__version__)
+print("importlib.metadata" in sys.modules)
+print(module.check_compiler_version.__code__.co_filename)
+"""
+
+
+def test_betterproto2_version_is_read_without_importlib_metadata() -> None:
+    """The client and the server stacks import no ``importlib.metadata`` (its 7-10 ms were all
+    for betterproto2's version), and betterproto2 reports the version the installed
+    distribution declares, with its own compiler check."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    import betterproto2
+
+    done = subprocess.run([sys.executable, "-c", _BP2_PROBE], capture_output=True, text=True,
+                          check=True, timeout=60)
+    version, metadata_loaded, check_file = done.stdout.split("\n")[:3]
+    assert version == importlib.metadata.version("betterproto2")
+    assert metadata_loaded == "False"
+    upstream = Path(betterproto2.__file__).parent / "_version.py"
+    assert Path(check_file) == upstream
+
+
+def test_betterproto2_version_file_is_as_assumed() -> None:
+    """Upstream's ``_version.py`` still takes its version from ``importlib.metadata`` (what
+    bp2version answers) and nothing else; its compiler check still compares major.minor."""
+    import betterproto2
+
+    from memoh_trio._bridge import bp2version
+
+    source = (Path(betterproto2.__file__).parent / "_version.py").read_text()
+    assert "from importlib import metadata\n" in source
+    assert 'metadata.version("betterproto2")' in source
+    assert sum(line.startswith(("import ", "from ")) for line in source.splitlines()) == 1
+    site = Path(betterproto2.__file__).parent.parent
+    version = bp2version.dist_version(site)
+    assert version == betterproto2.__version__
+    major_minor = ".".join(version.split(".")[:2])
+    betterproto2.check_compiler_version(major_minor + ".99")
+    with pytest.raises(ImportError):
+        betterproto2.check_compiler_version("0.0.1")
+
+
+def test_bp2version_dist_version(tmp_path: Path) -> None:
+    from memoh_trio._bridge import bp2version
+
+    assert bp2version.dist_version(tmp_path) is None  # no dist-info
+    info = tmp_path / "betterproto2-1.2.3.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.4\nName: betterproto2\nVersion: 1.2.3\n"
+                                   "\nVersion: 9.9.9 (the body, not a header)\n")
+    assert bp2version.dist_version(tmp_path) == "1.2.3"
+    (info / "METADATA").write_text("Metadata-Version: 2.4\n\nVersion: 9.9.9\n")
+    assert bp2version.dist_version(tmp_path) is None  # no Version header
+    (tmp_path / "betterproto2-1.2.4.dist-info").mkdir()
+    assert bp2version.dist_version(tmp_path) is None  # two: which one is installed is unclear
+
+
+def test_bp2version_leaves_an_imported_betterproto2_alone() -> None:
+    import betterproto2  # noqa: F401  (imported: nothing to save)
+
+    from memoh_trio._bridge import bp2version
+
+    assert bp2version.install() is False

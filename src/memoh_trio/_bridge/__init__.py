@@ -22,7 +22,8 @@ Modules:
 * ``codec``: the grpclib codec both sides share (bulk messages encoded by hand);
 * ``h2patch``: two measured h2/hyperframe fixes, installed when a channel or server opens;
 * ``threads``: worker threads whose cancellation works from asyncio;
-* ``compat``: every private name of grpclib, h2, hyperframe and asyncio the bridge relies on.
+* ``compat``: every private name of grpclib, h2, hyperframe and asyncio the bridge relies on;
+* ``bp2version``: betterproto2's version read without ``importlib.metadata`` (start-up time).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import trio_asyncio  # first: the package init runs before client.py/server.py import grpclib
+
+from . import bp2version
+
+bp2version.install()  # before the stubs import betterproto2 (see bp2version)
 
 
 @contextlib.asynccontextmanager
