@@ -439,3 +439,59 @@ def test_one_exec_batch_checks_before_it_moves(kind: str, check: str, tmp_path: 
 
 def test_mover_strings_are_the_records_the_client_reads() -> None:
     assert f"'{S.MOVE_FAILED}'" in S.PY_MOVE and f"'{S.CHECK_FAILED}: " in S.PY_MOVE
+
+
+def _writes(command: str, cwd: Path, stdin: bytes) -> tuple[int, bytes]:
+    """Run ``command`` under dash with ``PYTHONUNBUFFERED=1`` (as many container images set)
+    and its stdout a SEQPACKET socket, which keeps each ``write`` one message: how many writes
+    it made, and what it wrote. (Memoh's server sends each read of the pipe as an ExecOutput
+    message: a write per record is a gRPC message per record.)"""
+    import socket
+    import threading
+
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours:
+        with theirs:
+            proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, stdin=subprocess.PIPE,
+                                    stdout=theirs, stderr=subprocess.PIPE,
+                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stdin is not None and proc.stderr is not None
+
+        def feed() -> None:
+            assert proc.stdin is not None
+            with proc.stdin:
+                proc.stdin.write(stdin)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        writes, out = 0, b""
+        while message := ours.recv(1 << 20):
+            writes += 1
+            out += message
+        feeder.join()
+        assert proc.wait(timeout=120) == 0, proc.stderr.read()
+        proc.stderr.close()
+    return writes, out
+
+
+def test_python_scripts_write_their_records_in_blocks(tmp_path: Path) -> None:
+    """The python3 mover, meta and links scripts buffer their records whatever
+    ``PYTHONUNBUFFERED`` says: 1,000 records in one write, not 1,000 (3,000 small files into
+    Memoh's server: 2,974 ExecOutput messages before, 29 after)."""
+    caps = caps_of("dash", tmp_path)
+    assert caps.python3
+    n = 1000
+    rels = [f"d/f{i:04}" for i in range(n)]
+    lay, actions = unpack_staged("dash", tmp_path, rels)
+    writes, out = _writes(S.py_move_command(".memoh-tar-t", caps.python_exe), tmp_path,
+                          S.py_move_records(".memoh-tar-t", lay, range(n), actions,
+                                            preserve=True))
+    assert S.parse_records(out, n) == dict.fromkeys(range(n))
+    assert writes == 1
+    writes, out = _writes(S.PY_META, tmp_path, S.py_meta_records(actions))
+    assert S.failures(out, n) == {}
+    assert writes == 1
+    links = [link(f"links/l{i:04}", f"../d/f{i:04}") for i in range(n)]
+    writes, out = _writes(S.PY_LINKS, tmp_path, S.py_link_records(links))
+    assert S.failures(out, n) == {}
+    assert writes == 1

@@ -60,7 +60,7 @@ def mkd(p):
             L[q]=False
     return None
 d=sys.stdin.buffer.read().split(b'\0')
-o=sys.stdout
+o=open(1,'w',65536,errors='replace',closefd=False)
 for i in range(len(d)//2):
     p,t=d[2*i],d[2*i+1]
     try:

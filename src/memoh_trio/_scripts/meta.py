@@ -87,7 +87,7 @@ def bad(p):
         if r: return True
     return False
 d=sys.stdin.buffer.read().split(b'\0')
-o=sys.stdout
+o=open(1,'w',65536,errors='replace',closefd=False)
 for i,r in enumerate(d[:-1]):
     m,t,p=r.split(b' ',2)
     try:

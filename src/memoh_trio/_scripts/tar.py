@@ -240,7 +240,7 @@ for k in range(len(d)//3):
     h,s,f=d[3*k],d[3*k+1],d[3*k+2]
     i,m,t,w=h.split(b' ')
     G.setdefault((s.rpartition(b'/')[0],f.rpartition(b'/')[0]),[]).append((int(i),m,t,w,s,f))
-o=sys.stdout
+o=open(1,'w',65536,errors='replace',closefd=False)
 for (g,p),rs in G.items():
     if whole(g,p,rs):
         for r in rs: o.write('O %d\n'%r[0])
