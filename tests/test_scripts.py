@@ -453,7 +453,7 @@ def _writes(command: str, cwd: Path, stdin: bytes) -> tuple[int, bytes]:
     with ours:
         with theirs:
             proc = subprocess.Popen(["/bin/sh", "-c", command], cwd=cwd, stdin=subprocess.PIPE,
-                                    stdout=theirs, stderr=subprocess.PIPE,
+                                    stdout=theirs.fileno(), stderr=subprocess.PIPE,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert proc.stdin is not None and proc.stderr is not None
 
