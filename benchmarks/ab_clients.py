@@ -73,8 +73,10 @@ def parse_client(text: str) -> Client:
 
 
 def export(client: Client, into: Path) -> None:
-    """``src/memoh_trio`` of the client's revision under ``into``, byte-compiled."""
+    """``src/memoh_trio`` of the client's revision under ``into``, byte-compiled (the working
+    tree's in place: see :func:`benchmarks.run.compile_package`)."""
     if client.rev == ".":
+        compileall.compile_dir(str(REPO / "src" / "memoh_trio"), quiet=1)
         return
     tree = into / client.label
     tree.mkdir(parents=True)
