@@ -27,8 +27,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   ``client``, ``upload``, ``execute``, ``download``, ``reader``, ``pipe``, ``errors`` (the client
   side);
   ``server``, ``inbound``, ``server_streams`` (the server side); ``codec``, ``h2patch``,
-  ``threads``, ``compat`` (shared); ``_proto/`` holds the generated betterproto2 stubs (never
-  edit them by hand);
+  ``threads``, ``compat``, ``bp2version`` (shared); ``_proto/`` holds the generated
+  betterproto2 stubs (never edit them by hand);
 * the Trio client: ``_client``, ``_streaming`` (its WriteRaw and Exec procedures), ``_pool``,
   ``_tasks``; ``_tls`` (TLS contexts, also the server's);
 * the Trio server: ``_server``, ``_exec``, and ``_fs/``, the confined file operations:
