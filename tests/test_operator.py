@@ -358,6 +358,54 @@ async def test_sigterm_mid_fleet_reports_what_was_renamed(tmp_path: Path,
         stuck.close()
 
 
+async def test_sigterm_mid_fleet_counts_what_a_running_bot_copied(tmp_path: Path,
+                                                                  server: Peer) -> None:
+    """A bot stopped mid-way reports the files and bytes it had copied, not 0: its small files
+    are in place, its big one is still on its way (through a proxy that holds every read 5 ms)
+    when SIGTERM stops the fleet. Its source is not renamed."""
+    from faultproxy import open_fault_proxy
+
+    small = {f"s{i:02}": b"x" * 100 for i in range(12)}
+    data = fleet(tmp_path, {"a1": {"x": b"1"},
+                            "z-slow": {**small, "big": b"\0" * (64 * 1024 * 1024)}})
+    container = tmp_path / "container"
+    async with open_fault_proxy(server.target) as proxy:
+        proxy.delay = 0.005  # at most 64 KiB per 5 ms: the big file takes seconds
+        targets = tmp_path / "t.json"
+        targets.write_text(json.dumps({"a1": server.target, "z-slow": proxy.target}))
+        argv = [str(SCRIPT), "migrate-all", "--data-root", str(data), "--targets",
+                str(targets), "--bots", "1", "--json"]
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(functools.partial(
+                trio.run_process, argv, stdout=-1, stderr=-1, env=cli_env(), check=False))
+            assert proc.stdout is not None and proc.stderr is not None
+            out, err = bytearray(), bytearray()
+
+            async def pump(stream: trio.abc.ReceiveStream, buf: bytearray) -> None:
+                while chunk := await stream.receive_some(65536):
+                    buf += chunk
+
+            with trio.fail_after(60):
+                nursery.start_soon(pump, proc.stdout, out)
+                nursery.start_soon(pump, proc.stderr, err)
+                while not all((container / name).is_file() for name in small):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await trio.sleep(0.5)  # the batch's answer reached the client
+                proc.send_signal(signal.SIGTERM)
+                await proc.wait()
+    assert proc.returncode == 143, err
+    reports = {r["bot_id"]: r for r in json.loads(out)}
+    assert reports["a1"]["status"] == "migrated"
+    slow = reports["z-slow"]
+    assert slow["status"] == "incomplete"
+    assert slow["error"] == "stopped by SIGTERM before it finished"
+    # The small files, not the big one (its bytes sent so far do not count: it is not there).
+    assert (slow["files"], slow["bytes"]) == (len(small), 100 * len(small)), err.decode()
+    assert not (container / "big").exists()
+    assert (data / "bots" / "z-slow").is_dir()
+    assert not (data / "bots" / "z-slow.migrated").exists()
+
+
 async def _collect_until(proc: trio.Process, data: Path) -> tuple[str, str]:
     """Read the child's output; SIGTERM it once both fast bots are renamed (the slow one is
     then stuck); return (stdout, stderr) when it exits."""

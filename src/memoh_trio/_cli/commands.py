@@ -35,6 +35,7 @@ class Session:
         self.args = args
         self.planned: list[tuple[str, str | None]] = []  # (source, bot_id) in report order
         self.finished: dict[str, Any] = {}  # source -> MigrationReport
+        self.stopped: dict[str, Any] = {}  # source -> its MigrationReport as it was stopped
         self.progress: Any = None  # the Progress of a single migrate / migrate-bot
         self.signal_name: str | None = None
 
@@ -45,12 +46,16 @@ class Session:
         for source, bot_id in self.planned:
             report = self.finished.get(source)
             if report is None:
+                # What it had copied: its own count (migrate-all tells each bot's as it
+                # stops), else the single migration's progress, else nothing yet (waiting).
+                stopped = self.stopped.get(source)
                 state = self.progress.state if self.progress is not None else None
+                files, nbytes = ((stopped.files, stopped.bytes) if stopped is not None
+                                 else (state.files_done, state.bytes_done) if state is not None
+                                 else (0, 0))
                 report = MigrationReport(
-                    source=source, bot_id=bot_id, status="incomplete",
-                    files=state.files_done if state else 0,
-                    bytes=state.bytes_done if state else 0,
-                    error=f"stopped by {self.signal_name} before it finished")
+                    source=source, bot_id=bot_id, status="incomplete", files=files,
+                    bytes=nbytes, error=f"stopped by {self.signal_name} before it finished")
             out.append(report)
         return out
 
@@ -203,8 +208,12 @@ async def _cmd_migrate_all(args: argparse.Namespace, session: Session) -> int:
             elif not args.json:
                 print(bot_line(report), file=sys.stderr, flush=True)
 
+        def on_stopped(report: Any) -> None:
+            session.stopped[report.source] = report
+
         reports = await _migrate.migrate_all(args.data_root, pool, bot_concurrency=args.bots,
-                                             progress=progress, on_report=on_report, **kwargs)
+                                             progress=progress, on_report=on_report,
+                                             on_stopped=on_stopped, **kwargs)
     emit_reports(reports, as_json=args.json, out=sys.stdout)
     return _report_exit_code(reports)
 

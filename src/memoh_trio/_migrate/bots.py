@@ -14,7 +14,7 @@ import trio
 
 from .._errors import ConfigError, MemohError, SourceError
 from .._plan import describe_os_error
-from .._progress import Progress, bot_done, bot_progress, start_fleet
+from .._progress import Progress, ProgressState, bot_done, bot_progress, start_fleet
 from .._report import MigrationReport
 from .context import (
     DEFAULT_BOT_CONCURRENCY,
@@ -149,6 +149,7 @@ async def migrate_all(
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     tar_batches: bool = True,
     on_report: Callable[[MigrationReport], None] | None = None,
+    on_stopped: Callable[[MigrationReport], None] | None = None,
 ) -> list[MigrationReport]:
     """Migrate every bot under ``DATA_ROOT/bots/``, one report per bot, in bot-id order.
 
@@ -163,6 +164,9 @@ async def migrate_all(
             ``bots_done``/``bots_total``.
         on_report: called with each bot's report as soon as that bot is finished (reports of
             bots already finished are not lost if the run is cancelled later).
+        on_stopped: called for each bot still running when the run is cancelled (Ctrl-C), as
+            it stops: an incomplete report with the files and bytes it had copied (its source
+            is not renamed), error ``"stopped before it finished"``.
         dest, chunk_size, verify, preserve, rename, dry_run, resume, stall_timeout,
             tar_batches: as :func:`memoh_trio.migrate`, for every bot.
 
@@ -189,14 +193,27 @@ async def migrate_all(
     try:
         if hasattr(targets, "get") and not isinstance(targets, Mapping):
             return await _migrate_bots(bots, data_root, targets, bot_concurrency, opts, fleet,
-                                       on_report)
+                                       on_report, on_stopped)
         from .._pool import Pool
 
         async with Pool(targets) as pool:
             return await _migrate_bots(bots, data_root, pool, bot_concurrency, opts, fleet,
-                                       on_report)
+                                       on_report, on_stopped)
     finally:
         fleet.finish()
+
+
+#: The error of a bot's report when the fleet was stopped while it ran.
+STOPPED = "stopped before it finished"
+
+
+def stopped_report(source: str, bot_id: str | None, state: ProgressState,
+                   seconds: float) -> MigrationReport:
+    """The report of a migration stopped mid-way: incomplete (its source is not renamed),
+    with what its progress had counted as copied."""
+    return MigrationReport(source=source, bot_id=bot_id, status="incomplete",
+                           files=state.files_done, bytes=state.bytes_done, error=STOPPED,
+                           seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -216,6 +233,7 @@ class _BotOptions:
 async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
                         pool: ClientSource, bot_concurrency: int, opts: _BotOptions,
                         fleet: Progress, on_report: Callable[[MigrationReport], None] | None,
+                        on_stopped: Callable[[MigrationReport], None] | None = None,
                         ) -> list[MigrationReport]:
     reports: dict[str, MigrationReport] = {}
     limiter = trio.CapacityLimiter(bot_concurrency)
@@ -224,6 +242,7 @@ async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
         try:
             start = time.monotonic()
             progress = bot_progress(fleet)
+            report: MigrationReport | None = None
             try:
                 report = await migrate_bot(bot_id, data_root, pool, progress=progress,
                                            **dataclasses.asdict(opts))
@@ -233,6 +252,9 @@ async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
                     error=str(exc), seconds=time.monotonic() - start)
             finally:
                 progress.finish()
+                if report is None and on_stopped is not None:  # cancelled (or a bug) mid-way
+                    on_stopped(stopped_report(bot_source(data_root, bot_id), bot_id,
+                                              progress.state, time.monotonic() - start))
             reports[bot_id] = report
             bot_done(fleet)
             if on_report is not None:
