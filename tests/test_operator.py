@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -378,21 +379,9 @@ async def test_sigterm_mid_fleet_counts_what_a_running_bot_copied(tmp_path: Path
         async with trio.open_nursery() as nursery:
             proc: trio.Process = await nursery.start(functools.partial(
                 trio.run_process, argv, stdout=-1, stderr=-1, env=cli_env(), check=False))
-            assert proc.stdout is not None and proc.stderr is not None
-            out, err = bytearray(), bytearray()
-
-            async def pump(stream: trio.abc.ReceiveStream, buf: bytearray) -> None:
-                while chunk := await stream.receive_some(65536):
-                    buf += chunk
-
-            with trio.fail_after(60):
-                nursery.start_soon(pump, proc.stdout, out)
-                nursery.start_soon(pump, proc.stderr, err)
-                while not all((container / name).is_file() for name in small):  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-                await trio.sleep(0.5)  # the batch's answer reached the client
-                proc.send_signal(signal.SIGTERM)
-                await proc.wait()
+            # 0.5 s after the small files are in place: their batch's answer reached the client
+            out, err = await _terminate_when(
+                proc, lambda: all((container / name).is_file() for name in small), 0.5)
     assert proc.returncode == 143, err
     reports = {r["bot_id"]: r for r in json.loads(out)}
     assert reports["a1"]["status"] == "migrated"
@@ -400,7 +389,7 @@ async def test_sigterm_mid_fleet_counts_what_a_running_bot_copied(tmp_path: Path
     assert slow["status"] == "incomplete"
     assert slow["error"] == "stopped by SIGTERM before it finished"
     # The small files, not the big one (its bytes sent so far do not count: it is not there).
-    assert (slow["files"], slow["bytes"]) == (len(small), 100 * len(small)), err.decode()
+    assert (slow["files"], slow["bytes"]) == (len(small), 100 * len(small)), err
     assert not (container / "big").exists()
     assert (data / "bots" / "z-slow").is_dir()
     assert not (data / "bots" / "z-slow.migrated").exists()
@@ -409,6 +398,13 @@ async def test_sigterm_mid_fleet_counts_what_a_running_bot_copied(tmp_path: Path
 async def _collect_until(proc: trio.Process, data: Path) -> tuple[str, str]:
     """Read the child's output; SIGTERM it once both fast bots are renamed (the slow one is
     then stuck); return (stdout, stderr) when it exits."""
+    return await _terminate_when(proc, lambda: (data / "bots" / "a2.migrated").is_dir(), 0.3)
+
+
+async def _terminate_when(proc: trio.Process, ready: Callable[[], bool],
+                          settle: float) -> tuple[str, str]:
+    """Read the child's output; SIGTERM it ``settle`` seconds after ``ready()`` turned true;
+    return (stdout, stderr) when it exits."""
     assert proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()
 
@@ -420,9 +416,9 @@ async def _collect_until(proc: trio.Process, data: Path) -> tuple[str, str]:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(pump, proc.stdout, out)
             nursery.start_soon(pump, proc.stderr, err)
-            while not (data / "bots" / "a2.migrated").is_dir():  # noqa: ASYNC110
+            while not ready():  # noqa: ASYNC110
                 await trio.sleep(0.05)
-            await trio.sleep(0.3)
+            await trio.sleep(settle)
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
     return out.decode(), err.decode()
