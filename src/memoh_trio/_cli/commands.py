@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -40,7 +41,8 @@ class Session:
         self.signal_name: str | None = None
 
     def partial_reports(self) -> list[Any]:
-        from .._report import MigrationReport
+        from .._migrate import stopped_report
+        from .._progress import ProgressState
 
         out = []
         for source, bot_id in self.planned:
@@ -48,14 +50,11 @@ class Session:
             if report is None:
                 # What it had copied: its own count (migrate-all tells each bot's as it
                 # stops), else the single migration's progress, else nothing yet (waiting).
-                stopped = self.stopped.get(source)
-                state = self.progress.state if self.progress is not None else None
-                files, nbytes = ((stopped.files, stopped.bytes) if stopped is not None
-                                 else (state.files_done, state.bytes_done) if state is not None
-                                 else (0, 0))
-                report = MigrationReport(
-                    source=source, bot_id=bot_id, status="incomplete", files=files,
-                    bytes=nbytes, error=f"stopped by {self.signal_name} before it finished")
+                report = self.stopped.get(source) or stopped_report(
+                    source, bot_id,
+                    self.progress.state if self.progress is not None else ProgressState(), 0.0)
+                report = dataclasses.replace(
+                    report, error=f"stopped by {self.signal_name} before it finished")
             out.append(report)
         return out
 

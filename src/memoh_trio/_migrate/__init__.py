@@ -15,7 +15,8 @@ Its parts, each owning one thing and never calling back up:
 * :mod:`.resume` -- the destination: created or checked, what is already there, stale
   temporaries, hash checks;
 * :mod:`.preflight` -- the source: reruns, typos, empty sources, data roots; its final rename;
-* :mod:`.bots` -- :func:`migrate_bot`, :func:`migrate_all`, :func:`list_bots`.
+* :mod:`.bots` -- :func:`migrate_bot`, :func:`migrate_all`, :func:`list_bots`,
+  :func:`stopped_report`.
 
 Every container-side script, and the parser of its output, is in :mod:`memoh_trio._scripts`.
 
@@ -65,6 +66,7 @@ from .bots import bot_source as bot_source
 from .bots import list_bots as list_bots
 from .bots import migrate_all as migrate_all
 from .bots import migrate_bot as migrate_bot
+from .bots import stopped_report as stopped_report
 from .context import DEFAULT_BOT_CONCURRENCY as DEFAULT_BOT_CONCURRENCY
 from .context import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
 from .context import DEFAULT_STALL_TIMEOUT as DEFAULT_STALL_TIMEOUT
