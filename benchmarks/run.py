@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks import scenarios, startup  # noqa: E402
+from benchmarks import _conditions, scenarios, startup  # noqa: E402
 from benchmarks._measure import CONTAINER_PATH, parse_result  # noqa: E402
 
 PY = sys.executable
@@ -659,7 +659,7 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
 def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scenarios.Manifest],
                     repeats: dict[str, int], contenders: Sequence[Contender], smoke: bool,
                     command: str, launcher: str, started: datetime.datetime,
-                    elapsed: float) -> str:
+                    elapsed: float, conditions: str = "not checked") -> str:
     lines: list[str] = []
     w = lines.append
     w("# memoh-trio benchmarks" + (" (smoke run: tiny trees, not a measurement)" if smoke else ""))
@@ -670,6 +670,7 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
     w(f"- Where: 127.0.0.1, both ends on this machine: {os.cpu_count()} cores "
       f"({platform.machine()}), Linux {platform.release()}, Python {platform.python_version()}; "
       f"{_versions()}")
+    w(f"- Conditions at the start (`benchmarks/_conditions.py`): {conditions}")
     w(f"- memoh-trio server started with: {launcher}")
     w("- Each cell: median of the runs (peak RSS: the largest); MB = 10^6 bytes. Time is the "
       "client's connect + copy + final rename (interpreter start excluded), CPU seconds over the "
@@ -889,6 +890,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--skip", default="",
                     help="cells to leave out, e.g. d:memoh-c1,e:memoh-c1 (shown as skipped)")
     ap.add_argument("--out", type=Path, help="directory for latest.md and latest.png")
+    ap.add_argument("--settle", type=float, default=360.0, metavar="SECONDS",
+                    help="wait at most this long for file creation to settle after recent "
+                         "deletions before measuring (default 360; smoke runs: 0)")
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(os.environ.get("MEMOH_BENCH_CACHE",
                                                 Path.home() / ".cache" / "memoh-trio-bench")),
@@ -935,6 +939,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stale in cache.glob("trash-*"):  # left by a harness that was killed
         _rmtree(stale)
     trash = Trash(cache)
+    found = _conditions.settle(cache, trash.put, 0.0 if args.smoke else args.settle)
+    print(f"conditions: {found.describe()}", flush=True)
     try:
         failed = _run_all(keys, contenders, skip, repeats, cache, cells, manifests, servers,
                           trash, smoke=args.smoke)
@@ -948,7 +954,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = render_markdown(cells, manifests, repeats, contenders, args.smoke, command,
                          servers.memoh_launcher if servers.memoh_launcher != "cli"
                          else "`python -m memoh_trio serve --root DIR --listen 127.0.0.1:0`",
-                         started, time.perf_counter() - t_start)
+                         started, time.perf_counter() - t_start, found.describe())
     if startup_rows:
         md += "\n" + "\n".join(startup.render(startup_rows, startup_repeat))
     (out / "latest.md").write_text(md + "\n")

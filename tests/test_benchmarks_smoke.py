@@ -29,6 +29,8 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
     for section in ("## (a)", "## (d)", "## (e)", "## Targets"):
         assert section in table
+    assert "- Conditions at the start (`benchmarks/_conditions.py`): " in table
+    assert "file-creation probe (1,000 files copied)" in table
     rows = [line for line in table.splitlines() if line.startswith("| ")]
     go_built = all(os.access(p, os.X_OK) for p in (MEMOH_GO_SERVER, MEMOH_GO_SEED))
     for c in CONTENDERS:

@@ -1,0 +1,53 @@
+"""The harness's check of the machine's state before a run (benchmarks/_conditions.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks import _conditions as C
+
+
+def test_settled_needs_two_probes_that_agree() -> None:
+    assert not C.settled([])
+    assert not C.settled([0.07])
+    assert C.settled([0.07, 0.08])
+    assert C.settled([2.4, 0.5, 0.08, 0.07])
+    assert not C.settled([0.5, 0.07])  # still falling
+    assert not C.settled([0.07, 0.5])  # rising again
+    assert C.settled([0.10, 0.125]) and not C.settled([0.10, 0.126])
+
+
+def test_memory_free_reads_meminfo(tmp_path: Path) -> None:
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         6000000 kB\n"
+                       "MemAvailable:   23000000 kB\n")
+    assert C.memory_free(meminfo) == 0.25
+    meminfo.write_text("nothing useful\n")
+    assert C.memory_free(meminfo) is None
+    assert C.memory_free(tmp_path / "absent") is None
+
+
+def test_settle_probes_until_two_agree(tmp_path: Path) -> None:
+    """Real copies of the probe tree, each put aside (not deleted); waits are not slept here."""
+    aside: list[Path] = []
+    slept: list[float] = []
+    found = C.settle(tmp_path, aside.append, max_wait=10 * C.PROBE_EVERY, sleep=slept.append)
+    assert 2 <= len(found.probes) == len(aside) <= 11  # at most 10 waits fit in max_wait
+    assert slept == [C.PROBE_EVERY] * (len(found.probes) - 1)
+    for copy in aside:
+        assert len(list(copy.rglob("f*"))) == C.PROBE_FILES
+    assert found.is_settled == C.settled(found.probes)
+    assert "file-creation probe (1,000 files copied)" in found.describe()
+
+
+def test_settle_without_waiting_probes_once(tmp_path: Path) -> None:
+    aside: list[Path] = []
+    found = C.settle(tmp_path, aside.append, max_wait=0.0, sleep=lambda s: None)
+    assert len(found.probes) == 1 and not found.is_settled
+    assert "not settled" in found.describe()
+
+
+def test_describe_warns_when_most_memory_is_free() -> None:
+    assert "warning" in C.Conditions(free=0.8).describe()
+    assert "warning" not in C.Conditions(free=0.2).describe()
+    assert C.Conditions().describe() == "not checked"
