@@ -809,6 +809,145 @@ async def test_python3_asked_only_for_work_that_may_use_it(
     assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
 
 
+# --------------------------------------------------------------------------- parked files
+
+
+class _PythonFirstClient(_RecordingClient):
+    """Holds every WriteRaw until the container answered the python3 question (so streamed
+    files end once python3 is known, as on a mixed tree; the run needs the concurrency for
+    all its streams and a tar batch then), counts Stat and Rename calls, and
+    may do something to the container's temporary file once a stream is over (``after``) or
+    to the placement Exec (``place``)."""
+
+    def __init__(self, client: Any, root: Path, *, after: Any = None, place: Any = None
+                 ) -> None:
+        super().__init__(client)
+        self.root = root
+        self.python_known = trio.Event()
+        self.after, self.place = after, place
+        self.stats = self.renames = 0
+
+    async def exec(self, command: str, **kwargs: Any) -> Any:
+        if self.place is not None and _is_place(command):
+            self.commands.append(command)
+            return await self.place(self._client, command, **kwargs)
+        try:
+            return await super().exec(command, **kwargs)
+        finally:
+            if command == _scripts.PY_PROBE_COMMAND:
+                self.python_known.set()
+
+    async def write_raw(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        await self.python_known.wait()
+        result = await self._client.write_raw(path, *args, **kwargs)
+        if self.after is not None:
+            self.after(self.root / path)
+        return result
+
+    async def stat(self, path: str) -> Any:
+        self.stats += 1
+        return await self._client.stat(path)
+
+    async def rename(self, src: str, dst: str) -> Any:
+        self.renames += 1
+        return await self._client.rename(src, dst)
+
+
+def _mixed_tree(src: Path, streamed: int = 20) -> dict[str, bytes]:
+    files = {f"small/{i}": os.urandom(100 + i) for i in range(3 * _scripts.SHELL_META_MAX)}
+    files |= {f"mid/{i % 3}/f{i}": os.urandom(300 * 1024 + i) for i in range(streamed)}
+    write_tree(src, files)
+    for i in range(streamed):
+        p = src / "mid" / str(i % 3) / f"f{i}"
+        p.chmod(0o600 + i % 8)
+        os.utime(p, ns=(1, 1_600_000_000_000_000_000 + i * 1_000_001))
+    return files
+
+
+def _is_place(command: str) -> bool:
+    """The mover run on parked files (a tar batch's mover travels in its archive instead)."""
+    return "def whole(g,p,rs)" in command and "tar -x" not in command
+
+
+def _place_commands(commands: list[str]) -> list[str]:
+    return [c for c in commands if _is_place(c)]
+
+
+async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -> None:
+    # Streamed files that end once python3 is known are parked beside their final names and
+    # checked, given their modes and mtimes and moved in batches by the python3 mover: no Stat
+    # and no Rename per file, and the tree arrives whole.
+    _mixed_tree(src)
+    async with connect(target.address, chunk_size=64 * 1024) as real:
+        client: Any = _PythonFirstClient(real, target.root)
+        report = await migrate(src, client, concurrency=64)
+    assert report.status == "migrated", report.failures
+    assert report.files == 20 + 3 * _scripts.SHELL_META_MAX and report.mtime_precision == "ns"
+    assert client.stats == client.renames == 0
+    assert len(_place_commands(client.commands)) == 2  # 16, then the last 4 once all are sent
+    assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
+    assert temp_files(target.root) == []
+
+
+async def test_a_parked_file_that_fails_its_check_is_deleted_and_blocks_the_rename(
+    target: Target, src: Path
+) -> None:
+    _mixed_tree(src, streamed=3)
+
+    def grow(part: Path) -> None:  # the container's copy is not what was sent
+        if part.parent.name == "1":
+            with part.open("ab") as f:
+                f.write(b"!")
+
+    async with connect(target.address) as real:
+        client: Any = _PythonFirstClient(real, target.root, after=grow)
+        report = await migrate(src, client, concurrency=64)
+    assert report.status == "incomplete"
+    [failure] = report.failures
+    assert failure.path == "mid/1/f1" and _scripts.CHECK_FAILED in failure.error
+    assert "expected 307201, found 307202" in failure.error
+    assert src.is_dir() and temp_files(target.root) == []
+    assert not (target.root / "mid" / "1" / "f1").exists()
+    assert (target.root / "mid" / "0" / "f0").read_bytes() == (src / "mid/0/f0").read_bytes()
+
+
+async def test_parked_files_without_records_go_the_per_file_way(target: Target,
+                                                                src: Path) -> None:
+    # The placement Exec printed nothing (a container whose python3 died, say): each parked
+    # file is checked and renamed by its own Stat and Rename.
+    _mixed_tree(src, streamed=5)
+
+    async def silent(client: Any, command: str, **kwargs: Any) -> Any:
+        return await client.exec("true", **kwargs)
+
+    async with connect(target.address) as real:
+        client: Any = _PythonFirstClient(real, target.root, place=silent)
+        report = await migrate(src, client, concurrency=64)
+    assert report.status == "migrated", report.failures
+    assert client.stats == client.renames == 5
+    assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
+    assert temp_files(target.root) == []
+
+
+async def test_a_run_stopped_while_placing_deletes_the_parked_files(target: Target,
+                                                                   src: Path) -> None:
+    _mixed_tree(src, streamed=5)
+    placing = trio.Event()
+
+    async def hang(client: Any, command: str, **kwargs: Any) -> Any:
+        placing.set()
+        await trio.sleep_forever()
+
+    async with connect(target.address) as real, trio.open_nursery() as nursery:
+        client: Any = _PythonFirstClient(real, target.root, place=hang)
+        nursery.start_soon(functools.partial(migrate, src, client, concurrency=64))
+        await placing.wait()
+        nursery.cancel_scope.cancel()
+    assert src.is_dir() and not (src.parent / (src.name + ".migrated")).exists()
+    assert temp_files(target.root) == []
+    assert not (target.root / "mid" / "0" / "f0").exists()
+
+
 def test_symlink_on_the_way() -> None:
     from memoh_trio._paths import symlink_on_the_way
     links = {"sub", "a/b"}

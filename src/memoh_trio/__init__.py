@@ -35,7 +35,7 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   ``resolve`` (the no-follow walk under the root), ``read``, ``modify``, ``raw`` (WriteRaw's
   sink), ``hooks`` (fault injection), ``errors`` (gRPC status codes);
 * the migrator: ``_walk``, ``_source`` (opening source files safely), ``_lock``, ``_progress``,
-  and ``_migrate/``: ``run``, ``context``, ``ledger``, ``stream``, ``tar``, ``meta``,
+  and ``_migrate/``: ``run``, ``context``, ``ledger``, ``stream``, ``place``, ``tar``, ``meta``,
   ``resume``, ``preflight``, ``bots``;
 * the ``memoh-trio`` command line: ``_cli/`` (``args``: the parser; ``commands``; ``exits``:
   exit codes; ``main``), ``_display``, ``_diagnose`` (connection hints), ``_demo``, ``__main__``;

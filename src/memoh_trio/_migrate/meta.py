@@ -142,6 +142,13 @@ class Tools:
         caps = await self.settled()
         return caps.python_exe if USE_PYTHON_META and caps.python3 else None
 
+    def python_ready(self) -> str | None:
+        """How to run python3, if it was asked already and is there (``None`` otherwise:
+        nothing is asked or waited for here)."""
+        if USE_PYTHON_META and self._python_known.is_set() and self.caps.python3:
+            return self.caps.python_exe
+        return None
+
     def python_may_serve(self, batch: Batch) -> bool:
         """Whether python3, if the container has it, would carry out ``batch`` (so its answer
         is needed first): the rules of :func:`recreate_links` and :func:`apply_meta`."""

@@ -21,7 +21,7 @@ from .._report import Failure, MigrationReport
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
 from .._walk import BATCH_SIZE, walk
-from . import meta, preflight, resume, stream, tar
+from . import meta, place, preflight, resume, stream, tar
 from .context import (
     DEFAULT_CONCURRENCY,
     DEFAULT_STALL_TIMEOUT,
@@ -75,6 +75,7 @@ class _Run:
         self.batcher: Batcher[Action] = Batcher()
         self.tools = meta.Tools()  # probed once at the start of a real run
         self.batches = meta.Batches(self.ctx, self.tools)
+        self.placer = place.Placer(self.ctx)  # streamed files waiting to be moved into place
         self._nursery: trio.Nursery | None = None  # the copy nursery, while it runs
 
     async def run(self) -> MigrationReport:
@@ -100,6 +101,7 @@ class _Run:
             if ledger.fatal is None:
                 self.report.status = "incomplete"
         finally:
+            await self.placer.discard()  # parked files a stopped run did not place
             self.report.seconds = time.monotonic() - start
             ledger.progress.finish()
         if ledger.fatal is not None:
@@ -121,8 +123,12 @@ class _Run:
                 self.tar_max_size = MAX_MEMBER_SIZE
 
     async def _finish(self) -> None:
-        """After the copy: the modes and mtimes still pending, then the container's ``sync``
-        if the rename may follow."""
+        """After the copy: the parked files still waiting, the modes and mtimes still pending,
+        then the container's ``sync`` if the rename may follow."""
+        rest = self.placer.take()
+        if rest:
+            for batch in await self._place(rest):
+                self.ledger.batch_done(await self.batches.run(batch))
         for batch in self.batches.final():
             self.ledger.batch_done(await self.batches.run(batch))
         if self.opts.rename and self.ledger.done and not self.report.failures:
@@ -266,13 +272,29 @@ class _Run:
             self.ctx.limiter.release_on_behalf_of(token)
 
     async def _copy_entry(self, action: Action) -> None:
-        """Mkdir or copy one entry through its own RPCs and record the outcome."""
+        """Mkdir or copy one entry through its own RPCs and record the outcome (a parked file:
+        once it is placed, see :mod:`.place`)."""
+        parked = False
+
+        def park(action: Action, part: str) -> bool:
+            # Once its bytes are sent, where python3 is known to be there already (a tar batch
+            # asked): the question is never asked for this, nor waited for.
+            nonlocal parked
+            if self.tools.python_ready() is None or self._nursery is None:
+                return False
+            parked = True
+            full = self.placer.park(action, part)
+            if full is not None:
+                self._nursery.start_soon(self._place_task, full)
+            return True
+
+        parkable = self.ctx.opts.verify == "size"
         try:
             if action.kind is Kind.MKDIR:
                 await self.ctx.client.mkdir(self.ctx.path(action.rel))
                 self.ledger.made_dir()
                 return
-            why = await stream.copy_file(self.ctx, action)
+            why = await stream.copy_file(self.ctx, action, park=park if parkable else None)
         except FATAL_ERRORS as exc:
             self.ledger.lose(exc)
             return
@@ -283,8 +305,42 @@ class _Run:
         if why is not None:
             self.ledger.fail(action, why)
             return
-        self.ledger.copied(action)
-        self._start(self.batches.add("meta", action))
+        if not parked:
+            self.ledger.copied(action)
+            self._start(self.batches.add("meta", action))
+
+    async def _place_task(self, batch: list[tuple[Action, str]]) -> None:
+        self._start(*await self._place(batch))
+
+    async def _place(self, batch: list[tuple[Action, str]]) -> list[meta.Batch]:
+        """Place parked files and record the outcome; the metadata batches now due."""
+        exe = self.tools.python_ready()
+        assert exe is not None, "files are parked only where python3 is there"
+        try:
+            async with self.ctx.limiter:
+                outcome = await self.placer.place(batch, exe)
+        except FATAL_ERRORS as exc:
+            self.ledger.lose(exc)
+            return []
+        self.ledger.tar_done(tar.BatchOutcome(copied=outcome.placed, failed=outcome.failed,
+                                              meta_applied=outcome.meta_applied))
+        due: list[meta.Batch | None] = []
+        if not outcome.meta_applied:
+            due += self.batches.tar_copied(outcome.placed)
+        for action, part in outcome.unsure:  # no record: the per-file way decides
+            try:
+                why = await stream.finish_parked(self.ctx, action, part)
+            except FATAL_ERRORS as exc:
+                self.ledger.lose(exc)
+                continue
+            except (MemohError, OSError) as exc:
+                why = plain(exc)
+            if why is not None:
+                self.ledger.fail(action, why)
+            else:
+                self.ledger.copied(action)
+                due.append(self.batches.add("meta", action))
+        return [b for b in due if b is not None]
 
     async def _tar_task(self, batch: list[Action]) -> None:
         assert self._nursery is not None, "tar batches run in the copy nursery"

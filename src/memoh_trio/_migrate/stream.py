@@ -18,6 +18,7 @@ import os
 import posixpath
 import secrets
 import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
 import trio
@@ -60,8 +61,14 @@ async def open_source(action: Action) -> int:
         raise
 
 
-async def copy_file(ctx: Context, action: Action) -> str | None:
+async def copy_file(ctx: Context, action: Action, *,
+                    park: Callable[[Action, str], bool] | None = None) -> str | None:
     """Copy one regular file; ``None`` when it is in place and verified, else why not.
+
+    ``park``: a non-empty file sent whole and checked on this side is offered to it with its
+    temporary path (relative to the destination); taken (``True``), it is not checked in the
+    container nor renamed here: the caller places it (:mod:`.place`), and ``None`` is
+    returned.
 
     Raises:
         MemohError / OSError: the call failed (the caller records it, or stops on a fatal one).
@@ -82,13 +89,15 @@ async def copy_file(ctx: Context, action: Action) -> str | None:
     except _source.SourceChanged as exc:
         return str(exc)
     try:
-        return await _copy_open(ctx, action, fd, final)
+        return await _copy_open(ctx, action, fd, final, park)
     finally:
         os.close(fd)
 
 
-async def _copy_open(ctx: Context, action: Action, fd: int, final: str) -> str | None:
-    part = part_name(final)
+async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
+                     park: Callable[[Action, str], bool] | None) -> str | None:
+    part_rel = part_name(action.rel)
+    part = ctx.path(part_rel)
     sent = 0
 
     def on_progress(nbytes: int) -> None:
@@ -115,6 +124,9 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str) -> str |
         if why is None and not (result.bytes_read == result.bytes_written == action.size):
             why = (f"size mismatch: {action.size} bytes at open, {result.bytes_read} read, "
                    f"{result.bytes_written} written by the server")
+        if why is None and park is not None and park(action, part_rel):
+            placed = True  # or failed, by whoever places it: the temporary file is theirs
+            return None
         if why is None:
             why = await verify_size(ctx, part, result.bytes_read, result.bytes_written)
         if why is None and ctx.opts.verify == "sha256":
@@ -127,6 +139,24 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str) -> str |
     finally:
         if not placed:
             ctx.progress.unsent(sent)
+            await ctx.discard(part)
+
+
+async def finish_parked(ctx: Context, action: Action, part_rel: str) -> str | None:
+    """Check and move one parked file the per-file way (its batch gave no record for it): the
+    container's ``Stat``, then ``Rename``; ``None`` when it is in place, else why not (its
+    temporary file is then deleted)."""
+    part = ctx.path(part_rel)
+    placed = False
+    try:
+        why = await verify_size(ctx, part, action.size, action.size)
+        if why is None:
+            await ctx.client.rename(part, ctx.path(action.rel))
+            placed = True
+        return why
+    finally:
+        if not placed:
+            ctx.progress.unsent(action.size)
             await ctx.discard(part)
 
 

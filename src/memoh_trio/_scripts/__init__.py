@@ -84,4 +84,6 @@ from .tar import move_script as move_script
 from .tar import parse_listing as parse_listing
 from .tar import py_move_command as py_move_command
 from .tar import py_move_records as py_move_records
+from .tar import py_place_command as py_place_command
+from .tar import py_place_records as py_place_records
 from .tar import verify_move_script as verify_move_script

@@ -290,13 +290,30 @@ def py_move_records(staging: str, lay: Layout, members: Sequence[int],
     :data:`MOVES_MEMBER`): ``INDEX MODE MTIME_NS WANT\0STAGED\0FINAL\0`` per member to move
     (``MODE`` ``-``: leave mode and mtime as unpacked; ``WANT`` ``s<size>`` or ``h<sha256>``
     from ``expect``, checked before the move, or ``-``: checked already)."""
-    out = []
-    for i in members:
-        a = actions[i]
-        head = f"{i} {a.mode:o} {a.mtime_ns}" if preserve else f"{i} - 0"
-        want = None if expect is None else expect[i]
-        head += " -" if want is None else f" s{want}" if isinstance(want, int) else f" h{want}"
-        out.append(head.encode() + b"\0"
-                   + f"./{staging}/{lay.staged[i]}".encode("utf-8", "surrogateescape") + b"\0"
-                   + ("./" + a.rel).encode("utf-8", "surrogateescape") + b"\0")
-    return b"".join(out)
+    return b"".join(
+        _move_record(i, actions[i], None if expect is None else expect[i],
+                     f"{staging}/{lay.staged[i]}", preserve=preserve)
+        for i in members)
+
+
+def py_place_command(exe: str = "python3") -> str:
+    """The command of :data:`PY_MOVE` for streamed files parked beside their final names
+    (records on stdin, :func:`py_place_records`): there is no staging directory to remove."""
+    return with_python(f"python3 -S -c {quote(PY_MOVE)}", exe)
+
+
+def py_place_records(parked: Sequence[tuple[Action, str]], *, preserve: bool) -> bytes:
+    """The records of :data:`PY_MOVE` for streamed files parked under a temporary name
+    (``(action, temporary path relative to the destination)``, index = position): each is
+    checked to hold the ``action.size`` bytes sent, given its mode and mtime (``preserve``) and
+    renamed onto ``action.rel``."""
+    return b"".join(_move_record(i, action, action.size, part, preserve=preserve)
+                    for i, (action, part) in enumerate(parked))
+
+
+def _move_record(i: int, action: Action, want: int | str | None, staged: str, *,
+                 preserve: bool) -> bytes:
+    head = f"{i} {action.mode:o} {action.mtime_ns}" if preserve else f"{i} - 0"
+    head += " -" if want is None else f" s{want}" if isinstance(want, int) else f" h{want}"
+    return (head.encode() + b"\0" + f"./{staged}".encode("utf-8", "surrogateescape") + b"\0"
+            + ("./" + action.rel).encode("utf-8", "surrogateescape") + b"\0")
