@@ -404,3 +404,62 @@ async def test_large_tar_batch_with_conflicts(kind: str, tmp_path: Path) -> None
             if rel != "ok/f3":
                 assert got[rel] == want[rel], rel
     assert temporaries(dst) == []
+
+
+class PythonFirst(Recording):
+    """Holds each WriteRaw until python3 was asked and answered (so the streamed files end
+    once it is known, as on a mixed tree) and counts the per-file Stat and Rename calls."""
+
+    def __init__(self, client: memoh_trio.Client) -> None:
+        super().__init__(client)
+        self.python_known = trio.Event()
+        self.per_file = 0
+
+    async def exec(self, command: str, **kw: Any) -> Any:
+        try:
+            return await super().exec(command, **kw)
+        finally:
+            if "python3 ok" in command:  # the python3 question
+                self.python_known.set()
+
+    async def write_raw(self, *args: Any, **kw: Any) -> Any:
+        await self.python_known.wait()
+        return await self._client.write_raw(*args, **kw)
+
+    async def stat(self, path: str) -> Any:
+        self.per_file += 1
+        return await self._client.stat(path)
+
+    async def rename(self, src: str, dst: str) -> Any:
+        self.per_file += 1
+        return await self._client.rename(src, dst)
+
+
+@pytest.mark.parametrize("kind", ["busybox-python", pytest.param("memoh-go",
+                                                                 marks=pytest.mark.memoh_go)])
+async def test_streamed_files_placed_by_the_containers_python3(kind: str,
+                                                               tmp_path: Path) -> None:
+    # 20 files of 300 KiB streamed once python3 is known: parked, then checked, given their
+    # modes and mtimes and renamed by the container's python3, without a Stat or a Rename each.
+    src = tmp_path / "src"
+    for i in range(40):
+        p = src / "small" / f"{i}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(50 + i))
+    for i in range(20):
+        p = src / "mid" / f"d{i % 3}" / f"f{i}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(300 * 1024 + i))
+        p.chmod(0o600 + i % 8)
+        os.utime(p, ns=(OLD, OLD + i * 1_000_000_007 + 123_456_789))
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    async with container(kind, dst) as client:
+        rec = PythonFirst(client)
+        with trio.fail_after(60):
+            report = await memoh_trio.migrate(src, rec, concurrency=64)  # type: ignore[arg-type]
+    assert report.status == "migrated", (report.failures[:5], report.error)
+    assert report.files == 60 and report.mtime_precision == "ns"
+    assert rec.per_file == 0
+    assert snapshot(dst, "ns") == snapshot(tmp_path / "src.migrated", "ns")
+    assert temporaries(dst) == []
