@@ -72,6 +72,7 @@ class _Run:
         self.existing: dict[str, FileEntry] = {}
         self.dest_links: set[str] = set()  # symlinks found at the destination (resume listing)
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
+        self.tar_files = 0  # files routed to tar batches so far
         self.batcher: Batcher[Action] = Batcher()
         self.tools = meta.Tools()  # probed once at the start of a real run
         self.batches = meta.Batches(self.ctx, self.tools)
@@ -244,6 +245,12 @@ class _Run:
         elif where in (Route.LINK, Route.HASH):
             self._start(self.batches.add("links" if where is Route.LINK else "hash", action))
         elif where is Route.TAR:
+            self.tar_files += 1
+            if self.tar_files == meta.SHELL_META_MAX + 1:
+                # A tar batch the shell does not move is coming: python3 is asked now, beside
+                # the walk, not once the batch is full (on the mixed tree (c) the first one
+                # filled at ~60 ms; files streamed before the answer cannot be parked).
+                self.tools.ask_python(self.ctx, nursery)
             full = self.batcher.add(action, action.size, action.rel)
             if full:
                 await self._start_in_slot(nursery, partial(self._tar_task, full))
@@ -344,8 +351,8 @@ class _Run:
 
     async def _tar_task(self, batch: list[Action]) -> None:
         assert self._nursery is not None, "tar batches run in the copy nursery"
-        if len(batch) > meta.SHELL_META_MAX:  # else the shell moves it: python3 is not asked
-            self.tools.ask_python(self.ctx, self._nursery)  # beside the reading (meta.Tools)
+        if len(batch) > meta.SHELL_META_MAX:  # asked already (_dispatch): never waits for ever
+            self.tools.ask_python(self.ctx, self._nursery)
         try:
             outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
         except FATAL_ERRORS as exc:
