@@ -5,7 +5,9 @@ figures more than most code changes did, checked and written into the report.
   one (see ``Trash`` in ``run.py``): after a mass deletion (a previous run's outputs, a
   ``git clean``), creating 3,000 small files took 0.5-2.4 s instead of 0.07 s for up to six
   minutes. :func:`settle` times a copy of a small tree (the *probe*) until two probes in a row
-  agree, or gives up after a while, and says which.
+  agree and the last is within :data:`SLOWER` of the fastest probe ever seen in this cache
+  (two slow probes agree too: right after deleting 10 GB of outputs, 0.52 and 0.43 s against
+  0.045 s calm), or gives up after a while, and says which.
 * **Free memory.** A VM that backs guest memory lazily makes first writes into never-used pages
   slow: with most of memory free, a 256 MiB buffered write took 0.56 s, with the page cache full
   0.05 s. :func:`memory_free` reads ``MemFree``/``MemTotal``; the report warns above
@@ -26,18 +28,21 @@ from pathlib import Path
 PROBE_FILES = 1000
 #: Two probes in a row within this ratio of each other: settled.
 AGREE = 1.25
+#: The last probe within this factor of the fastest one seen here (see :func:`settled`).
+SLOWER = 2.0
 #: Seconds between probes while waiting.
 PROBE_EVERY = 20.0
 #: Above this fraction of memory free, the report warns (see the module docstring).
 FREE_WARN = 0.5
 
 
-def settled(times: Sequence[float], agree: float = AGREE) -> bool:
-    """Whether the last two probe times agree within ``agree`` (pure)."""
+def settled(times: Sequence[float], agree: float = AGREE, best: float | None = None) -> bool:
+    """Whether the last two probe times agree within ``agree`` and the last is within
+    :data:`SLOWER` of ``best``, the fastest probe seen on this machine before (pure)."""
     if len(times) < 2:
         return False
     a, b = times[-2], times[-1]
-    return max(a, b) <= agree * min(a, b)
+    return max(a, b) <= agree * min(a, b) and (best is None or b <= SLOWER * best)
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Conditions:
     """What :func:`settle` and :func:`memory_free` found."""
 
     probes: list[float] = field(default_factory=list)  # seconds per probe copy, in order
+    best: float | None = None  # the fastest probe seen here before these
     waited: float = 0.0
     is_settled: bool = False
     free: float | None = None  # MemFree / MemTotal, None where unknown
@@ -64,8 +70,9 @@ class Conditions:
             verdict = ("settled" if self.is_settled
                        else "**not settled** (figures may carry a file system's recent "
                             "deletions)")
-            parts.append(f"file-creation probe ({PROBE_FILES:,} files copied) {probes} s: "
-                         f"{verdict} after {self.waited:.0f} s")
+            best = "" if self.best is None else f" (fastest seen here before: {self.best:.3f} s)"
+            parts.append(f"file-creation probe ({PROBE_FILES:,} files copied) {probes} s"
+                         f"{best}: {verdict} after {self.waited:.0f} s")
         return "; ".join(parts) if parts else "not checked"
 
 
@@ -95,10 +102,12 @@ def probe_tree(cache: Path) -> Path:
 
 def settle(cache: Path, put_aside: Callable[[Path], None], max_wait: float,
            sleep: Callable[[float], None] = time.sleep) -> Conditions:
-    """Probe file creation until two probes agree or ``max_wait`` seconds passed (0: one probe,
-    no wait). Each copy is handed to ``put_aside`` (deleting it would be one more deletion)."""
+    """Probe file creation until :func:`settled` or ``max_wait`` seconds passed (0: one probe,
+    no wait). Each copy is handed to ``put_aside`` (deleting it would be one more deletion).
+    The fastest probe is kept in ``cache/probe-best`` for the next runs."""
     tree = probe_tree(cache)
-    found = Conditions(free=memory_free())
+    record = cache / "probe-best"
+    found = Conditions(free=memory_free(), best=_read_best(record))
     start = time.monotonic()
     waits = 0
     while True:
@@ -108,9 +117,20 @@ def settle(cache: Path, put_aside: Callable[[Path], None], max_wait: float,
         shutil.copytree(tree, dst)
         found.probes.append(time.perf_counter() - t0)
         put_aside(dst)
-        found.is_settled = settled(found.probes)
+        found.is_settled = settled(found.probes, best=found.best)
         if found.is_settled or (waits + 1) * PROBE_EVERY > max_wait:
             found.waited = time.monotonic() - start
+            fastest = min(found.probes)
+            if found.best is None or fastest < found.best:
+                record.write_text(f"{fastest:.6f}\n")
             return found
         sleep(PROBE_EVERY)
         waits += 1
+
+
+def _read_best(record: Path) -> float | None:
+    try:
+        best = float(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return best if best > 0 else None

@@ -17,6 +17,24 @@ def test_settled_needs_two_probes_that_agree() -> None:
     assert C.settled([0.10, 0.125]) and not C.settled([0.10, 0.126])
 
 
+def test_two_slow_probes_are_not_settled_where_it_has_been_fast() -> None:
+    assert not C.settled([0.52, 0.43], best=0.045)  # a plateau after a mass deletion
+    assert C.settled([0.05, 0.045], best=0.045)
+    assert C.settled([0.09, 0.09], best=0.045) and not C.settled([0.091, 0.091], best=0.045)
+    assert C.settled([0.52, 0.43])  # nothing known of this machine yet
+
+
+def test_settle_keeps_the_fastest_probe_for_the_next_runs(tmp_path: Path) -> None:
+    C.settle(tmp_path, lambda p: None, max_wait=0.0, sleep=lambda s: None)
+    first = float((tmp_path / "probe-best").read_text())
+    (tmp_path / "probe-best").write_text("0.000001\n")  # a machine once far faster
+    found = C.settle(tmp_path, lambda p: None, max_wait=2 * C.PROBE_EVERY, sleep=lambda s: None)
+    assert found.best == 0.000001 and not found.is_settled and len(found.probes) == 3
+    assert "fastest seen here before: 0.000 s" in found.describe()
+    assert float((tmp_path / "probe-best").read_text()) == 0.000001  # not raised
+    assert first > 0
+
+
 def test_memory_free_reads_meminfo(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       24000000 kB\nMemFree:         6000000 kB\n"
@@ -36,7 +54,7 @@ def test_settle_probes_until_two_agree(tmp_path: Path) -> None:
     assert slept == [C.PROBE_EVERY] * (len(found.probes) - 1)
     for copy in aside:
         assert len(list(copy.rglob("f*"))) == C.PROBE_FILES
-    assert found.is_settled == C.settled(found.probes)
+    assert found.is_settled == C.settled(found.probes, best=found.best)
     assert "file-creation probe (1,000 files copied)" in found.describe()
 
 
