@@ -11,6 +11,9 @@ import instead of keeping their own copies:
   (re-exported from :mod:`memoh_trio.testing`); :func:`tree_files` — regular files under a
   directory, for "identical at the destination" checks; :func:`wait_until` — poll a file-system
   condition with a deadline.
+* :class:`PythonFirst` — a real client whose streams end only once the container answered the
+  python3 question (streamed files are then parked and placed in batches), counting the
+  per-file ``Stat`` and ``Rename`` calls.
 """
 
 # Test set-up and checks touch the local file system directly, on purpose.
@@ -62,3 +65,54 @@ async def wait_until(predicate: Callable[[], bool], limit: float = 10.0) -> None
     with trio.fail_after(limit):
         while not predicate():  # noqa: ASYNC110
             await trio.sleep(0.01)
+
+
+class PythonFirst:
+    """A real client that records each Exec's command, holds every WriteRaw until the
+    container answered the python3 question (so streamed files end once python3 is known, as
+    on a mixed tree; the run needs the concurrency for all its streams and a tar batch then)
+    and counts the per-file ``Stat`` and ``Rename`` calls. ``after(path)`` is called with the
+    container's temporary file (under ``root``) once its stream is over; ``place(client,
+    command, **kw)``, if given, runs the placement Exec (the mover on parked files) instead."""
+
+    def __init__(self, client: Any, root: Path | None = None, *,
+                 after: Callable[[Path], None] | None = None, place: Any = None) -> None:
+        self._client = client
+        self.root = root
+        self.after, self.place = after, place
+        self.commands: list[str] = []
+        self.python_known = trio.Event()
+        self.stats = self.renames = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def exec(self, command: str, **kwargs: Any) -> Any:
+        self.commands.append(command)
+        if self.place is not None and is_place(command):
+            return await self.place(self._client, command, **kwargs)
+        try:
+            return await self._client.exec(command, **kwargs)
+        finally:
+            if "python3 ok" in command:  # the python3 question
+                self.python_known.set()
+
+    async def write_raw(self, path: str, *args: Any, **kwargs: Any) -> Any:
+        await self.python_known.wait()
+        result = await self._client.write_raw(path, *args, **kwargs)
+        if self.after is not None and self.root is not None:
+            self.after(self.root / path)
+        return result
+
+    async def stat(self, path: str) -> Any:
+        self.stats += 1
+        return await self._client.stat(path)
+
+    async def rename(self, src: str, dst: str) -> Any:
+        self.renames += 1
+        return await self._client.rename(src, dst)
+
+
+def is_place(command: str) -> bool:
+    """The python3 mover run on parked files (a tar batch's mover travels in its archive)."""
+    return "def whole(g,p,rs)" in command and "tar -x" not in command

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 from conftest import unprivileged
+from helpers import PythonFirst, is_place
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -812,47 +813,6 @@ async def test_python3_asked_only_for_work_that_may_use_it(
 # --------------------------------------------------------------------------- parked files
 
 
-class _PythonFirstClient(_RecordingClient):
-    """Holds every WriteRaw until the container answered the python3 question (so streamed
-    files end once python3 is known, as on a mixed tree; the run needs the concurrency for
-    all its streams and a tar batch then), counts Stat and Rename calls, and
-    may do something to the container's temporary file once a stream is over (``after``) or
-    to the placement Exec (``place``)."""
-
-    def __init__(self, client: Any, root: Path, *, after: Any = None, place: Any = None
-                 ) -> None:
-        super().__init__(client)
-        self.root = root
-        self.python_known = trio.Event()
-        self.after, self.place = after, place
-        self.stats = self.renames = 0
-
-    async def exec(self, command: str, **kwargs: Any) -> Any:
-        if self.place is not None and _is_place(command):
-            self.commands.append(command)
-            return await self.place(self._client, command, **kwargs)
-        try:
-            return await super().exec(command, **kwargs)
-        finally:
-            if command == _scripts.PY_PROBE_COMMAND:
-                self.python_known.set()
-
-    async def write_raw(self, path: str, *args: Any, **kwargs: Any) -> Any:
-        await self.python_known.wait()
-        result = await self._client.write_raw(path, *args, **kwargs)
-        if self.after is not None:
-            self.after(self.root / path)
-        return result
-
-    async def stat(self, path: str) -> Any:
-        self.stats += 1
-        return await self._client.stat(path)
-
-    async def rename(self, src: str, dst: str) -> Any:
-        self.renames += 1
-        return await self._client.rename(src, dst)
-
-
 def _mixed_tree(src: Path, streamed: int = 20) -> dict[str, bytes]:
     files = {f"small/{i}": os.urandom(100 + i) for i in range(3 * _scripts.SHELL_META_MAX)}
     files |= {f"mid/{i % 3}/f{i}": os.urandom(300 * 1024 + i) for i in range(streamed)}
@@ -864,13 +824,8 @@ def _mixed_tree(src: Path, streamed: int = 20) -> dict[str, bytes]:
     return files
 
 
-def _is_place(command: str) -> bool:
-    """The mover run on parked files (a tar batch's mover travels in its archive instead)."""
-    return "def whole(g,p,rs)" in command and "tar -x" not in command
-
-
 def _place_commands(commands: list[str]) -> list[str]:
-    return [c for c in commands if _is_place(c)]
+    return [c for c in commands if is_place(c)]
 
 
 async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -> None:
@@ -879,7 +834,7 @@ async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -
     # and no Rename per file, and the tree arrives whole.
     _mixed_tree(src)
     async with connect(target.address, chunk_size=64 * 1024) as real:
-        client: Any = _PythonFirstClient(real, target.root)
+        client: Any = PythonFirst(real, target.root)
         report = await migrate(src, client, concurrency=64)
     assert report.status == "migrated", report.failures
     assert report.files == 20 + 3 * _scripts.SHELL_META_MAX and report.mtime_precision == "ns"
@@ -900,7 +855,7 @@ async def test_a_parked_file_that_fails_its_check_is_deleted_and_blocks_the_rena
                 f.write(b"!")
 
     async with connect(target.address) as real:
-        client: Any = _PythonFirstClient(real, target.root, after=grow)
+        client: Any = PythonFirst(real, target.root, after=grow)
         report = await migrate(src, client, concurrency=64)
     assert report.status == "incomplete"
     [failure] = report.failures
@@ -921,7 +876,7 @@ async def test_parked_files_without_records_go_the_per_file_way(target: Target,
         return await client.exec("true", **kwargs)
 
     async with connect(target.address) as real:
-        client: Any = _PythonFirstClient(real, target.root, place=silent)
+        client: Any = PythonFirst(real, target.root, place=silent)
         report = await migrate(src, client, concurrency=64)
     assert report.status == "migrated", report.failures
     assert client.stats == client.renames == 5
@@ -939,7 +894,7 @@ async def test_a_run_stopped_while_placing_deletes_the_parked_files(target: Targ
         await trio.sleep_forever()
 
     async with connect(target.address) as real, trio.open_nursery() as nursery:
-        client: Any = _PythonFirstClient(real, target.root, place=hang)
+        client: Any = PythonFirst(real, target.root, place=hang)
         nursery.start_soon(functools.partial(migrate, src, client, concurrency=64))
         await placing.wait()
         nursery.cancel_scope.cancel()

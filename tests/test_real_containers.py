@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import PythonFirst
 from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
 
 import memoh_trio
@@ -406,35 +407,6 @@ async def test_large_tar_batch_with_conflicts(kind: str, tmp_path: Path) -> None
     assert temporaries(dst) == []
 
 
-class PythonFirst(Recording):
-    """Holds each WriteRaw until python3 was asked and answered (so the streamed files end
-    once it is known, as on a mixed tree) and counts the per-file Stat and Rename calls."""
-
-    def __init__(self, client: memoh_trio.Client) -> None:
-        super().__init__(client)
-        self.python_known = trio.Event()
-        self.per_file = 0
-
-    async def exec(self, command: str, **kw: Any) -> Any:
-        try:
-            return await super().exec(command, **kw)
-        finally:
-            if "python3 ok" in command:  # the python3 question
-                self.python_known.set()
-
-    async def write_raw(self, *args: Any, **kw: Any) -> Any:
-        await self.python_known.wait()
-        return await self._client.write_raw(*args, **kw)
-
-    async def stat(self, path: str) -> Any:
-        self.per_file += 1
-        return await self._client.stat(path)
-
-    async def rename(self, src: str, dst: str) -> Any:
-        self.per_file += 1
-        return await self._client.rename(src, dst)
-
-
 @pytest.mark.parametrize("kind", ["busybox-python", pytest.param("memoh-go",
                                                                  marks=pytest.mark.memoh_go)])
 async def test_streamed_files_placed_by_the_containers_python3(kind: str,
@@ -460,6 +432,6 @@ async def test_streamed_files_placed_by_the_containers_python3(kind: str,
             report = await memoh_trio.migrate(src, rec, concurrency=64)  # type: ignore[arg-type]
     assert report.status == "migrated", (report.failures[:5], report.error)
     assert report.files == 60 and report.mtime_precision == "ns"
-    assert rec.per_file == 0
+    assert rec.stats == rec.renames == 0
     assert snapshot(dst, "ns") == snapshot(tmp_path / "src.migrated", "ns")
     assert temporaries(dst) == []
