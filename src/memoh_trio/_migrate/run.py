@@ -284,10 +284,11 @@ class _Run:
         parked = False
 
         def park(action: Action, part: str) -> bool:
-            # Once its bytes are sent, where python3 is known to be there already (a tar batch
-            # asked): the question is never asked for this, nor waited for.
+            # Once its bytes are sent, with --verify size, where python3 is known to be there
+            # already (a tar batch asked): the question is never asked for this, nor waited for.
             nonlocal parked
-            if self.tools.python_ready() is None or self._nursery is None:
+            if (self.ctx.opts.verify != "size" or self.tools.python_ready() is None
+                    or self._nursery is None):
                 return False
             parked = True
             full = self.placer.park(action, part)
@@ -295,13 +296,12 @@ class _Run:
                 self._nursery.start_soon(self._place_task, full)
             return True
 
-        parkable = self.ctx.opts.verify == "size"
         try:
             if action.kind is Kind.MKDIR:
                 await self.ctx.client.mkdir(self.ctx.path(action.rel))
                 self.ledger.made_dir()
                 return
-            why = await stream.copy_file(self.ctx, action, park=park if parkable else None)
+            why = await stream.copy_file(self.ctx, action, park=park)
         except FATAL_ERRORS as exc:
             self.ledger.lose(exc)
             return

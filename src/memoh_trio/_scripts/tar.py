@@ -266,7 +266,7 @@ def py_move_command(staging: str, exe: str = "python3", *, records: str | None =
     """The command of :data:`PY_MOVE` for ``staging``: its records on stdin, or read from the
     file ``records`` (a shell word); the staging directory is removed after it, whatever
     happened, and the mover's exit status kept."""
-    mover = with_python(f"python3 -S -c {quote(PY_MOVE)}", exe)
+    mover = py_place_command(exe)  # the mover itself
     if records is not None:
         mover += f" < {records}"
     return f"{mover}; _r=$?; rm -rf -- {quote('./' + staging)}; exit $_r"
