@@ -176,7 +176,10 @@ async def test_big_tree_into_memoh_go_server(tmp_path: Path) -> None:
     await check_big_tree("memoh-go", tmp_path)
 
 
-def conflict_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
+def conflict_tree(tmp_path: Path, *, unlistable: bool = False) -> tuple[Path, Path, Path]:
+    """A source and a destination that conflict (``dst/sub -> outside``, a real ``dst/x/``);
+    ``unlistable``: the destination also holds a name that is not UTF-8, so that Memoh's server
+    and ours fail to list it."""
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep").write_bytes(b"keep")
@@ -192,6 +195,8 @@ def conflict_tree(tmp_path: Path) -> tuple[Path, Path, Path]:
     dst.mkdir()
     (dst / "sub").symlink_to(outside)
     (dst / "x").mkdir()
+    if unlistable:
+        os.close(os.open(os.fsencode(dst) + b"/caf\xe9", os.O_CREAT | os.O_WRONLY, 0o644))
     return src, dst, outside
 
 
@@ -217,6 +222,44 @@ async def test_destination_conflicts_fail_and_touch_nothing(kind: str, tar_batch
     assert list((dst / "x").iterdir()) == []
     assert (dst / "fine").read_bytes() == b"fine"
     assert temporaries(dst) == []
+
+
+@pytest.mark.parametrize("kind", [*KINDS, pytest.param("memoh-go", marks=pytest.mark.memoh_go)])
+@pytest.mark.parametrize("tar_batches", [True, False], ids=["tar", "streams"])
+async def test_a_destination_the_server_cannot_list_is_never_written_through(
+        kind: str, tar_batches: bool, tmp_path: Path) -> None:
+    """The same conflicts, and one name in the destination that is not UTF-8: Memoh's server
+    and ours then fail the recursive ListDir. The symlinks are found by ``find`` in the
+    container instead: before, a streamed ``sub/file`` went through ``sub -> outside`` into
+    Memoh's server's ``outside/``."""
+    src, dst, outside = conflict_tree(tmp_path, unlistable=True)
+    before = snapshot(outside, "ns")
+    async with container(kind, dst) as client:
+        with pytest.raises(memoh_trio.RPCError):  # the listing fails, so resume cannot help
+            await client.list_dir("", recursive=True)
+        with trio.fail_after(60):
+            report = await memoh_trio.migrate(src, client, tar_batches=tar_batches)
+    assert report.status == "incomplete" and report.renamed_to is None and src.is_dir()
+    failed = {f.path: f.error for f in report.failures}
+    assert "symlink is in the way" in failed["sub/file"] and "x" in failed, failed
+    assert snapshot(outside, "ns") == before
+    assert (dst / "fine").read_bytes() == b"fine" and (dst / "sub").is_symlink()
+    assert temporaries(dst) == []
+
+
+async def test_a_destination_neither_listed_nor_searched_gets_nothing(tmp_path: Path) -> None:
+    """Where the listing fails and the container cannot run ``find`` (here: a server that
+    runs no command), the run copies nothing and says why, rather than write blind."""
+    src, dst, _ = conflict_tree(tmp_path, unlistable=True)
+    before = snapshot(dst, "ns")
+    async with memoh_trio_server(dst, "--no-exec") as peer, \
+            memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+        report = await memoh_trio.migrate(src, client)
+    assert report.status == "incomplete" and report.renamed_to is None and src.is_dir()
+    assert report.files == 0 and report.error is not None
+    assert report.error.startswith("cannot list the destination"), report.error
+    assert "nor find its symlinks there" in report.error and "nothing was copied" in report.error
+    assert snapshot(dst, "ns") == before
 
 
 async def test_a_command_that_fails_in_the_container(tmp_path: Path) -> None:

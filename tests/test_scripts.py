@@ -266,6 +266,38 @@ def test_never_through_a_destination_symlink(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", SHELLS)
+def test_find_links_lists_every_destination_symlink(kind: str, tmp_path: Path) -> None:
+    """What a run uses when the server cannot list the destination: every symlink, whatever
+    its name (not UTF-8, a newline, a leading dash, a ``%``), never one it follows, then the
+    proof that ``find`` went through the whole tree."""
+    dest = tmp_path / "dest"
+    (dest / "d" / "e").mkdir(parents=True)
+    (dest / "plain").write_bytes(b"x")
+    names = [b"d/l1", b"n\nl", b"caf\xe9", b"d/e/-dash", b"caf\xe9dir/%s", b"d/e/to-dir"]
+    os.mkdir(os.fsencode(dest) + b"/caf\xe9dir")
+    for name in names:
+        os.symlink(b"/etc" if name.endswith(b"dir") else b"t", os.fsencode(dest) + b"/" + name)
+    res = run(kind, S.FIND_LINKS_COMMAND, dest)
+    assert res.returncode == 0, res.stderr
+    assert S.parse_links_found(res.stdout) == {n.decode("utf-8", "surrogateescape")
+                                               for n in names}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert S.parse_links_found(run(kind, S.FIND_LINKS_COMMAND, empty).stdout) == set()
+
+
+def test_parse_links_found_needs_the_whole_proof() -> None:
+    mark = S.LINKS_FOUND.encode() + b"\n"
+    assert S.parse_links_found(b"./a\0./b/c\0" + mark) == {"a", "b/c"}
+    assert S.parse_links_found(b"./caf\xe9\0" + mark) == {"caf\udce9"}
+    assert S.parse_links_found(mark) == set()
+    for cut in (b"", b"./a\0", b"./a\0" + mark[:-1], b"./a" + mark,  # no proof, or cut
+                b"/etc\0" + mark, b"a\0" + mark, b"./\0" + mark,  # not one of find's paths
+                b"./a\0" + mark + b"x"):
+        assert S.parse_links_found(cut) is None, cut
+
+
+@pytest.mark.parametrize("kind", SHELLS)
 def test_symlink_onto_a_real_directory_is_a_conflict(kind: str, tmp_path: Path) -> None:
     (tmp_path / "x").mkdir()
     (tmp_path / "f").write_bytes(b"old file")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from .. import _scripts, _source
-from .._errors import ConfigError, MemohError, RPCError
+from .._errors import ConfigError, FailedPrecondition, MemohError, NotFound, RPCError, Status
 from .._plan import Action, Kind, display_path
 from .._tarbatch import TAR_PREFIX
 from .context import (
@@ -37,12 +37,21 @@ if TYPE_CHECKING:
     from .._client import FileEntry
 
 
-async def survey(ctx: Context) -> dict[str, FileEntry]:
+@dataclass
+class Survey:
+    """What the destination holds before the copy."""
+
+    existing: dict[str, FileEntry]  # its files by path: resume's quick check
+    links: set[str]  # its symlinks: what the WriteRaw path must never write through
+
+
+async def survey(ctx: Context) -> Survey:
     """Create the destination (a dry run only checks it) and list what it holds (see
     :func:`load_existing`; a dry run deletes nothing).
 
     Raises:
         ConfigError: the destination is a file, or cannot be created.
+        FailedPrecondition: it can be neither listed nor searched for symlinks (nothing done).
     """
     if ctx.opts.dry_run:
         await check_dest(ctx)
@@ -83,13 +92,6 @@ async def check_dest(ctx: Context) -> None:
                           "a directory: choose another --dest")
 
 
-def symlinks(existing: Mapping[str, FileEntry]) -> set[str]:
-    """The symlinks at the destination (listed even without resume): what the WriteRaw path
-    must never write through (a server that does not confine paths, like Memoh's, would follow
-    them)."""
-    return {rel for rel, e in existing.items() if e.mode.startswith("L")}
-
-
 def mtime_seconds(mod_time: str) -> int | None:
     """Whole seconds of a ListDir ``mod_time`` (RFC 3339), ``None`` if unparsable."""
     try:
@@ -106,16 +108,26 @@ def unchanged(existing: Mapping[str, FileEntry], action: Action) -> bool:
     return mtime_seconds(e.mod_time) == action.mtime_ns // 1_000_000_000
 
 
-async def load_existing(ctx: Context, *, clean: bool = True) -> dict[str, FileEntry]:
-    """The quick-check index of the destination; deletes stale temporary files on the way
-    (unless ``clean`` is false: a dry run changes nothing)."""
+async def load_existing(ctx: Context, *, clean: bool = True) -> Survey:
+    """The quick-check index of the destination and its symlinks (one recursive ListDir);
+    deletes stale temporary files on the way (unless ``clean`` is false: a dry run changes
+    nothing).
+
+    A listing that fails (Memoh's server fails it on one name that is not UTF-8; a server may
+    cap its size) means no resume and no cleanup, but the symlinks must still be known: a
+    server that does not confine paths, like Memoh's, would write through one. They are then
+    found in the container (:func:`find_links`); a dry run writes nothing and asks nothing more.
+    """
     try:
         entries = await ctx.client.list_dir(ctx.opts.dest, recursive=True)
     except FATAL_ERRORS:
         raise
-    except RPCError:  # missing destination, or a listing too big for one message: no resume
-        return {}
+    except NotFound:  # nothing there yet
+        return Survey({}, set())
+    except RPCError as exc:
+        return Survey({}, await find_links(ctx, exc) if clean else set())
     existing: dict[str, FileEntry] = {}
+    links: set[str] = set()
     stale: list[str] = []
     staging: set[str] = set()
     for e in entries:
@@ -127,11 +139,40 @@ async def load_existing(ctx: Context, *, clean: bool = True) -> dict[str, FileEn
             stale.append(rel)
         elif not e.is_dir:
             existing[rel] = e
+            if e.mode.startswith("L"):
+                links.add(rel)
     for rel in (stale + sorted(staging)) if clean else []:
         with trio.move_on_after(CLEANUP_TIMEOUT):
             with contextlib.suppress(MemohError):
                 await ctx.client.delete_file(ctx.path(rel), recursive=rel in staging)
-    return existing
+    return Survey(existing, links)
+
+
+async def find_links(ctx: Context, failure: RPCError) -> set[str]:
+    """The destination's symlinks, found by ``find`` in the container
+    (:data:`memoh_trio._scripts.FIND_LINKS_COMMAND`) where its listing ended in ``failure``.
+
+    Raises:
+        FailedPrecondition: ``find`` did not prove it went through the whole destination (no
+            Exec, no ``find``, an unreadable directory): the run does nothing rather than
+            write blind.
+    """
+    try:
+        res = await ctx.exec(_scripts.FIND_LINKS_COMMAND, timeout_seconds=EXEC_TIMEOUT)
+        links = _scripts.parse_links_found(res.stdout)
+        why = (res.stderr.decode(errors="replace").strip().splitlines() or
+               [f"exit status {res.exit_code}"])[-1]
+    except FATAL_ERRORS:
+        raise
+    except (MemohError, OSError) as exc:
+        links, why = None, plain(exc)
+    if links is None:
+        raise FailedPrecondition(
+            f"cannot list the destination {ctx.opts.dest or '/'!r} in the container "
+            f"({plain(failure)}) nor find its symlinks there ({why}): nothing was copied, "
+            "since a copy that cannot see them could write through one",
+            status=Status.FAILED_PRECONDITION, method="ListDir")
+    return links
 
 
 @dataclass

@@ -70,7 +70,7 @@ class _Run:
         self.ctx = Context(client, opts, self.ledger, trio.CapacityLimiter(opts.concurrency))
         self.report = self.ledger.report
         self.existing: dict[str, FileEntry] = {}
-        self.dest_links: set[str] = set()  # symlinks found at the destination (resume listing)
+        self.dest_links: set[str] = set()  # symlinks at the destination (resume.survey)
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
         self.tar_files = 0  # files routed to tar batches so far
         self.batcher: Batcher[Action] = Batcher()
@@ -115,10 +115,10 @@ class _Run:
         opts = self.opts
         # A dry run asks the container as the real run would (a wrong token fails here too),
         # and counts what resume would not resend; it deletes nothing.
-        existing = await resume.survey(self.ctx)
-        self.existing = existing if opts.resume else {}
+        found = await resume.survey(self.ctx)
+        self.existing = found.existing if opts.resume else {}
         if not opts.dry_run:
-            self.dest_links = resume.symlinks(existing)
+            self.dest_links = found.links
             await self.tools.probe(self.ctx)
             if opts.tar_batches and self.tools.caps.tar_ok(opts.verify):
                 self.tar_max_size = MAX_MEMBER_SIZE

@@ -33,15 +33,18 @@ callers read ``_scripts.NAME``):
 * ``records``: the ``O``/``F`` records and their parsers (:func:`parse_records`,
   :func:`failures`);
 * ``tar``: a tar batch's extract command, listing and its parser, moves (shell or python3);
-* ``links``: symlinks (shell or python3);
+* ``links``: the destination's symlinks (``find``), the source's recreated (shell or python3);
 * ``meta``: modes and mtimes (shell or python3), the final ``sync``;
 * ``sha256``: hashes of one file or many.
 """
 
 from __future__ import annotations
 
+from .links import FIND_LINKS_COMMAND as FIND_LINKS_COMMAND
+from .links import LINKS_FOUND as LINKS_FOUND
 from .links import PY_LINKS as PY_LINKS
 from .links import links_script as links_script
+from .links import parse_links_found as parse_links_found
 from .links import py_link_records as py_link_records
 from .meta import PY_META as PY_META
 from .meta import SYNC_COMMAND as SYNC_COMMAND

@@ -1,4 +1,6 @@
-"""Symlinks recreated in the container: a shell script, or one python3 process for the batch."""
+"""Symlinks in the container: the destination's own, found by ``find`` where its listing failed
+(:data:`FIND_LINKS_COMMAND`); and the source's, recreated by a shell script or one python3
+process for the batch."""
 
 from __future__ import annotations
 
@@ -6,6 +8,35 @@ from collections.abc import Sequence
 
 from .._plan import Action
 from .shell import PRELUDE, quote, shell_path
+
+#: The last line of :data:`FIND_LINKS_COMMAND`'s output, printed only once ``find`` succeeded.
+LINKS_FOUND = "memoh-links-found"
+
+#: Every symlink under the destination (the working directory), NUL-terminated (any name, in
+#: bytes), then :data:`LINKS_FOUND`: POSIX ``find -exec ... {} +`` (GNU and busybox), never over
+#: the argument limit (``find`` splits), never following a link. For a destination the server
+#: cannot list (Memoh's fails a recursive ListDir on one name that is not UTF-8): without its
+#: symlinks, a WriteRaw would go through one (:func:`parse_links_found`).
+FIND_LINKS_COMMAND = f"find . -type l -exec printf '%s\\0' {{}} + && echo {LINKS_FOUND}"
+
+
+def parse_links_found(out: bytes) -> set[str] | None:
+    """The symlinks :data:`FIND_LINKS_COMMAND` printed, as paths relative to the destination
+    (names not UTF-8 with ``surrogateescape``, as the walk spells them); ``None`` unless the
+    output proves that ``find`` went through the whole tree (it ends with :data:`LINKS_FOUND`
+    after the last NUL) and every name is one of its ``./`` paths."""
+    mark = LINKS_FOUND.encode() + b"\n"
+    if not out.endswith(mark):
+        return None
+    body = out[:-len(mark)]
+    if body and not body.endswith(b"\0"):
+        return None
+    links: set[str] = set()
+    for raw in body.split(b"\0")[:-1]:
+        if not raw.startswith(b"./") or raw == b"./":
+            return None
+        links.add(raw[2:].decode("utf-8", "surrogateescape"))
+    return links
 
 
 def _parent(rel: str) -> str:
