@@ -844,6 +844,35 @@ async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -
     assert temp_files(target.root) == []
 
 
+async def test_the_last_parked_files_are_placed_beside_a_running_placement(
+    target: Target, src: Path
+) -> None:
+    # Once the last stream has ended, the files still parked are placed at once, beside the
+    # placement still running (held here until the last one starts), not after it.
+    _mixed_tree(src)  # 20 streamed: a placement of 16, then the last 4
+    last_started = trio.Event()
+    overlapped: list[bool] = []
+
+    async def hold_the_first(client: Any, command: str, **kwargs: Any) -> Any:
+        if not overlapped:
+            overlapped.append(False)
+            with trio.move_on_after(5):
+                await last_started.wait()
+                overlapped[0] = True
+        else:
+            last_started.set()
+        return await client.exec(command, **kwargs)
+
+    async with connect(target.address, chunk_size=64 * 1024) as real:
+        client: Any = PythonFirst(real, target.root, place=hold_the_first)
+        report = await migrate(src, client, concurrency=64)
+    assert report.status == "migrated", report.failures
+    assert overlapped == [True] and len(_place_commands(client.commands)) == 2
+    assert client.stats == client.renames == 0
+    assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
+    assert temp_files(target.root) == []
+
+
 async def test_a_parked_file_that_fails_its_check_is_deleted_and_blocks_the_rename(
     target: Target, src: Path
 ) -> None:

@@ -78,6 +78,8 @@ class _Run:
         self.batches = meta.Batches(self.ctx, self.tools)
         self.placer = place.Placer(self.ctx)  # streamed files waiting to be moved into place
         self._nursery: trio.Nursery | None = None  # the copy nursery, while it runs
+        self._streams_left = 0  # entries handed to the streams and not finished yet
+        self._dispatched = False  # every entry of the walk is handed out
 
     async def run(self) -> MigrationReport:
         ledger, opts = self.ledger, self.opts
@@ -169,6 +171,8 @@ class _Run:
                             await self._dispatch(action, streams, nursery)
                     # Every entry of the walk is counted now: the totals are final.
                     self.ledger.progress.scan_finished()
+                    self._dispatched = True
+                    self._place_rest()
                     if not self.opts.dry_run:
                         self._start(*self.batches.walk_done())
                         if len(self.batcher):
@@ -257,6 +261,7 @@ class _Run:
         else:
             if action.kind is Kind.MKDIR:
                 self.batches.add_dir(action)
+            self._streams_left += 1
             await streams.send(action)
 
     def _itemize(self, action: Action) -> None:
@@ -309,12 +314,25 @@ class _Run:
             why = plain(exc)
         except Exception as exc:  # a bug below us fails this entry, not the whole run
             why = f"unexpected error: {type(exc).__name__}: {exc}"
+        finally:
+            self._streams_left -= 1
+            self._place_rest()
         if why is not None:
             self.ledger.fail(action, why)
             return
         if not parked:
             self.ledger.copied(action)
             self._start(self.batches.add("meta", action))
+
+    def _place_rest(self) -> None:
+        """Once every entry is handed out and the last stream has ended, place the files still
+        parked at once, beside the placement or tar batches still running, not after them."""
+        nursery = self._nursery
+        if (self._dispatched and not self._streams_left and nursery is not None
+                and not nursery.cancel_scope.cancel_called and self.ledger.fatal is None):
+            rest = self.placer.take()
+            if rest:
+                nursery.start_soon(self._place_task, rest)
 
     async def _place_task(self, batch: list[tuple[Action, str]]) -> None:
         self._start(*await self._place(batch))
