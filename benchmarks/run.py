@@ -98,6 +98,12 @@ def _go_seed_argv(target: str, src: Path, dest: Path) -> list[str]:
     return [str(MEMOH_GO_SEED), str(src), target]
 
 
+def _go_seed_sync_argv(target: str, src: Path, dest: Path) -> list[str]:
+    """Memoh's Go migrator, then ``sync``: its copy made as durable as memoh-trio's, which
+    syncs before it renames the source (the Go migrator renames without it)."""
+    return ["sh", "-c", '"$0" "$1" "$2" && sync', str(MEMOH_GO_SEED), str(src), target]
+
+
 def _cli_argv(target: str, src: Path, dest: Path) -> list[str]:
     """``memoh-trio migrate`` as an operator runs it: the console script, whole process."""
     script = Path(PY).parent / "memoh-trio"
@@ -119,13 +125,14 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("cp", "cp -r", "none", _cp_argv, False, copy_subdir="copy"),
     # Issue 12: Memoh's own Go migrator and memoh-trio, both into Memoh's own Go server.
     Contender("go-seed", "Memoh Go migrator", "go", _go_seed_argv, True),
+    Contender("go-seed+sync", "Memoh Go migrator, then sync", "go", _go_seed_sync_argv, True),
     Contender("cli@go", "memoh-trio CLI", "go", _cli_argv, True),
     Contender("memoh@go", "memoh-trio (defaults)", "go", _module("benchmarks.memoh_client"), True),
 )
 SERVER_LABELS = {"memoh": "memoh-trio", "grpcio": "grpcio", "raw": "raw receiver", "none": "-",
                  "go": "Memoh Go"}
 #: Contenders run as whole processes an operator starts: their time is the process's wall time.
-WHOLE_PROCESS = {"go-seed", "cli@go", "cp"}
+WHOLE_PROCESS = {"go-seed", "go-seed+sync", "cli@go", "cp"}
 
 
 def memoh_go_missing() -> str | None:
@@ -612,11 +619,15 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
         "memoh-trio as a library (`benchmarks/memoh_client.py`: connect + migrate + rename, "
         "imports excluded) into the same server. CPU: client + server (with the commands the "
         "server ran for Exec), medians; both ends share this machine's cores, so a contender "
-        "cannot finish faster than its CPU seconds divided by the cores.",
+        "cannot finish faster than its CPU seconds divided by the cores. Go + sync: the Go "
+        "migrator followed by `sync`, whole process: as durable as memoh-trio's copy, which "
+        "syncs before it renames the source (the Go migrator renames without it; the targets "
+        "are against the Go migrator alone).",
         "",
         "| scenario | Memoh Go migrator s | memoh-trio CLI s | ratio | target | result "
-        "| memoh-trio in-process s | ratio in-process | CPU s: Go / CLI |",
-        "|---|---:|---:|---:|---:|---|---:|---:|---:|",
+        "| memoh-trio in-process s | ratio in-process | CPU s: Go / CLI | Go + sync s "
+        "| ratio vs Go + sync |",
+        "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
 
     def cpu(s: str, c: str) -> str:
@@ -627,6 +638,7 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
         if s not in cells:
             continue
         go, cli, lib = secs(s, "go-seed"), secs(s, "cli@go"), secs(s, "memoh@go")
+        durable = secs(s, "go-seed+sync")
         ratio = go / cli if go and cli else None
         verdict = "-" if ratio is None else ("PASS" if ratio >= goal else "MISS")
         if smoke and ratio is not None:
@@ -638,7 +650,9 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
             f"| {_fmt(ratio, 2) + 'x' if ratio else '-'} | >= {goal}x | {verdict} "
             f"| {_fmt(lib, 3) if lib else why(s, 'memoh@go')} "
             f"| {_fmt(go / lib, 2) + 'x' if go and lib else '-'} "
-            f"| {cpu(s, 'go-seed')} / {cpu(s, 'cli@go')} |")
+            f"| {cpu(s, 'go-seed')} / {cpu(s, 'cli@go')} "
+            f"| {_fmt(durable, 3) if durable else why(s, 'go-seed+sync')} "
+            f"| {_fmt(durable / cli, 2) + 'x' if durable and cli else '-'} |")
     if "e" in cells:
         e = cell("e", "cli@go")
         rss = e.peak("client_rss") if e is not None else None
@@ -651,7 +665,8 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
             f"| {_fmt(go / cli, 2) + 'x' if go and cli else '-'} "
             f"| RSS <= {GO_RSS_MIB} MiB | {verdict}: {_mib(rss) if rss else '-'} MiB "
             f"| {_fmt(secs('e', 'memoh@go'), 3)} | - "
-            f"| {cpu('e', 'go-seed')} / {cpu('e', 'cli@go')} |")
+            f"| {cpu('e', 'go-seed')} / {cpu('e', 'cli@go')} "
+            f"| {_fmt(secs('e', 'go-seed+sync'), 3)} | - |")
     lines.append("")
     return lines
 
