@@ -446,6 +446,45 @@ async def test_cancel_never_renames_and_cleans_up(target: Target, src: Path) -> 
         assert f.read_bytes() == (src / f.name).read_bytes()
 
 
+async def test_a_staging_dir_made_after_the_cleanup_is_deleted_too(target: Target,
+                                                                    src: Path) -> None:
+    # A tar batch's Exec cancelled before it answered may still start its script on the
+    # server after the client's cleanup found nothing (test_guarantee saw it once under load):
+    # here the script's "mkdir" comes 0.1 s after the cancellation. The cleanup waits for the
+    # staging dir to stay gone, so none is left.
+    write_tree(src, {f"s/{i}": os.urandom(100) for i in range(4)})
+    sent = trio.Event()
+
+    class LateScript:
+        def __init__(self, client: Any, nursery: trio.Nursery) -> None:
+            self._client, self._nursery = client, nursery
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._client, name)
+
+        async def exec(self, command: str, **kwargs: Any) -> Any:
+            if "tar -x" not in command:
+                return await self._client.exec(command, **kwargs)
+            staging = command.split("mkdir -- ./", 1)[1].split(" ", 1)[0]
+            try:
+                sent.set()
+                await trio.sleep_forever()
+            finally:
+                self._nursery.start_soon(self._mkdir_later, staging)
+
+        async def _mkdir_later(self, staging: str) -> None:
+            await trio.sleep(0.1)
+            (target.root / staging).mkdir()
+
+    async with connect(target.address) as real, trio.open_nursery() as outer:
+        client: Any = LateScript(real, outer)
+        async with trio.open_nursery() as run:
+            run.start_soon(functools.partial(migrate, src, client))
+            await sent.wait()
+            run.cancel_scope.cancel()
+    assert src.is_dir() and temp_files(target.root) == []
+
+
 # --------------------------------------------------------------------------- bots
 
 

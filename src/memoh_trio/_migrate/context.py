@@ -49,6 +49,9 @@ EXEC_TIMEOUT = 300
 CLEANUP_TIMEOUT = 5.0
 #: Pause between attempts to delete a staging directory a cancelled Exec may still write into.
 CLEANUP_RETRY = 0.05
+#: Seconds a staging dir of an Exec that never answered must stay gone before its cleanup ends
+#: (:meth:`Context.discard`): the server may start the cancelled script after a first deletion.
+STAGING_SETTLE = 0.25
 #: Errors that doom every remaining file: cancel the run and raise them.
 FATAL_ERRORS: tuple[type[RPCError], ...] = (Unavailable, Unauthenticated)
 
@@ -143,15 +146,20 @@ class Context:
         return await self.client.exec(_scripts.in_dir(self.opts.dest, command), stdin=stdin,
                                       timeout_seconds=timeout_seconds)
 
-    async def discard(self, path: str, *, recursive: bool = False) -> None:
+    async def discard(self, path: str, *, recursive: bool = False,
+                      settle: bool = False) -> None:
         """Delete a temporary file or staging dir (a container path), best effort, shielded.
 
         A cleanup with no answer within :data:`CLEANUP_TIMEOUT` means the link is as good as
         gone (a stalled stream is a per-file failure, but on a dead link every next file would
         stall in turn, each with its own cleanup: the soak saw a run go past 60 s that way), so
         it is fatal to the run.
+
+        ``settle`` (a staging dir whose Exec was sent and never answered): the dir must stay
+        gone for :data:`STAGING_SETTLE`, not just be gone once (see below).
         """
         timeout = 1.0 if self.ledger.fatal is not None else CLEANUP_TIMEOUT
+        gone_since: float | None = None
         with trio.CancelScope(shield=True), trio.move_on_after(timeout) as limit:
             while True:
                 with contextlib.suppress(MemohError, OSError):
@@ -161,13 +169,22 @@ class Context:
                 # A staging directory: the Exec cancelled just before may still be running its
                 # script in it for a moment (the server kills the script once it sees the
                 # cancellation) and write into it after it was deleted (seen: 1 run in 20 of
-                # test_cancel_never_renames_and_cleans_up). Delete until it is gone.
+                # test_cancel_never_renames_and_cleans_up). Delete until it is gone. A
+                # cancelled Exec may even start its script after the first deletion found
+                # nothing (seen in test_guarantee: a run cancelled at 29 ms under load left a
+                # staging dir made after its cleanup), hence ``settle``.
                 try:
                     await self.client.stat(path)
                 except NotFound:
-                    return
+                    now = trio.current_time()
+                    if gone_since is None:
+                        gone_since = now
+                    if not settle or now - gone_since >= STAGING_SETTLE:
+                        return
                 except (MemohError, OSError):
                     return  # cannot tell: the next run removes stale staging dirs
+                else:
+                    gone_since = None  # there (again): deleted on the next turn
                 await trio.sleep(CLEANUP_RETRY)
         if limit.cancelled_caught and self.ledger.fatal is None and self.ledger.copy_running:
             self.ledger.lose(Unavailable(f"no answer from the container within {timeout:g} s "

@@ -105,9 +105,11 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                    trailer=(_scripts.RUN_MEMBER, run.encode("utf-8", "surrogateescape")))
     nbytes = sum(a.size for a in actions)
     placed = False
+    unanswered = True  # an Exec of the batch is on its way: its script may yet run
     try:
         res = await ctx.exec(_scripts.extract_command(staging), timeout_seconds=EXEC_TIMEOUT,
                              stdin=payload)
+        unanswered = False
         if res.exit_code != 0 and (exe is None or not res.stdout.strip()):
             why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
             what = ("cannot unpack the batch in the container"
@@ -140,8 +142,10 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                 out.failed.append((action, f"{_scripts.CHECK_FAILED}: expected {want}, "
                                            f"found {got}"))
             script = _scripts.move_script(staging, lay, good)
+            unanswered = True
             res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
                                  stdin=script.encode("utf-8", "surrogateescape"))
+            unanswered = False
             placed = res.exit_code == 0  # else the staging directory may be left: discard it
             _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)), out,
                     settled)
@@ -152,7 +156,7 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                                         if i not in settled))
     finally:
         if not placed:
-            await ctx.discard(ctx.path(staging), recursive=True)
+            await ctx.discard(ctx.path(staging), recursive=True, settle=unanswered)
 
 
 def _settle(ctx: Context, actions: Sequence[Action], members: Iterable[int],
