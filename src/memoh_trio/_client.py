@@ -19,7 +19,7 @@ from collections.abc import (
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from . import _errors, _streaming
+from . import _errors, _streaming, _wire
 from ._bridge import asyncio_loop
 from ._bridge import client as bridge
 from ._proto import mcpcontainer as pb
@@ -154,10 +154,12 @@ class Client:
     async def list_dir(self, path: str = "", *, recursive: bool = False) -> list[FileEntry]:
         """The entries of the directory ``path`` ("" is the root); all below it with
         ``recursive``."""
+        # Parsed by hand (a large destination's reply: 100,000 entries took betterproto2
+        # 1.3 s, _wire 0.34 s); the generated ListDirResponse is the reference in the tests.
         rep = await self._unary(
-            "ListDir", pb.ListDirRequest(path=path, recursive=recursive), pb.ListDirResponse
+            "ListDir", pb.ListDirRequest(path=path, recursive=recursive), _wire.ListDirEntries
         )
-        return [_entry(e) for e in rep.entries]
+        return [FileEntry(*e) for e in rep.entries]
 
     async def stat(self, path: str) -> FileEntry:
         """Raises NotFound if ``path`` does not exist."""

@@ -1,5 +1,6 @@
 """Protobuf wire format of the bulk messages, by hand: ``WriteRawChunk``, ``DataChunk`` and the
-stdin-only ``ExecInput``.
+stdin-only ``ExecInput``; and the decoding of ``ListDirResponse``, whose 100,000 entries of a
+large destination took betterproto2 1.3-1.7 s to parse (resume, dry runs).
 
 Every byte of a migration travels in one of these messages (large files in ``WriteRawChunk``,
 tar batches of small files as ``ExecInput.stdin_data``). betterproto2 encodes and parses
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 
 __all__ = [
     "DecodedWriteRawChunk",
+    "ListDirEntries",
     "WireError",
     "decode_data_chunk",
+    "decode_list_dir",
     "decode_write_raw_chunk",
     "encode_data_chunk",
     "encode_exec_stdin",
@@ -34,6 +37,7 @@ _WIRE_VARINT = 0
 _WIRE_I64 = 1
 _WIRE_LEN = 2
 _WIRE_I32 = 5
+_U64 = (1 << 64) - 1
 
 
 class WireError(ValueError):
@@ -197,3 +201,97 @@ def encode_exec_stdin_head(data_len: int) -> bytes:
 
 def encode_exec_stdin(data: bytes | memoryview) -> bytes:
     return encode_exec_stdin_head(_nbytes(data)) + data
+
+
+# ----------------------------------------------------------------------------------------------
+# ListDirResponse { repeated FileEntry entries = 1; }
+# FileEntry { string path = 1; bool is_dir = 2; int64 size = 3; string mode = 4;
+#             string mod_time = 5; }
+
+#: One decoded ``FileEntry``: ``(path, is_dir, size, mode, mod_time)``.
+Entry = tuple[str, bool, int, str, str]
+
+
+class ListDirEntries:
+    """A ListDir reply type that parses itself with :func:`decode_list_dir` (grpclib's codec
+    calls ``FromString``): the client asks for this instead of the generated
+    ``ListDirResponse``."""
+
+    __slots__ = ("entries",)
+
+    def __init__(self, entries: list[Entry]) -> None:
+        self.entries = entries
+
+    @classmethod
+    def FromString(cls, data: bytes) -> ListDirEntries:
+        return cls(decode_list_dir(data))
+
+
+def decode_list_dir(message: bytes | bytearray | memoryview) -> list[Entry]:
+    """The entries of a ListDirResponse, in order; raises WireError (or UnicodeDecodeError
+    for a string that is not UTF-8, as betterproto2 does)."""
+    buf = memoryview(message).cast("B")
+    pos, end = 0, len(buf)
+    entries: list[Entry] = []
+    while pos < end:
+        key, pos = _read_varint(buf, pos)
+        length, pos = _value(buf, pos, key)
+        if key == 0x0A:  # entries, length-delimited
+            entries.append(_file_entry(buf[pos : pos + length]))
+        elif key == 0x08:  # entries as a varint (fixed-width: skipped, as in _fields)
+            raise WireError("field entries of ListDirResponse has the wrong wire type")
+        if key & 7 == _WIRE_LEN:
+            pos += length
+    return entries
+
+
+def _value(buf: memoryview, pos: int, key: int) -> tuple[int, int]:
+    """The value of the field ``key`` at ``pos`` and the position after it; for a
+    length-delimited field its length and the position of its bytes (checked to be there)."""
+    wire_type = key & 7
+    if key >> 3 == 0:
+        raise WireError("field number 0")
+    if wire_type in (_WIRE_VARINT, _WIRE_LEN):
+        byte = buf[pos] if pos < len(buf) else 0x80
+        value, pos = (byte, pos + 1) if byte < 0x80 else _read_varint(buf, pos)
+        if wire_type == _WIRE_LEN and value > len(buf) - pos:
+            raise WireError("length-delimited field runs past the end of the message")
+        return value, pos
+    if wire_type in (_WIRE_I64, _WIRE_I32):
+        pos += 8 if wire_type == _WIRE_I64 else 4
+        if pos > len(buf):
+            raise WireError("truncated fixed-width field")
+        return 0, pos
+    raise WireError(f"unsupported wire type {wire_type}")
+
+
+def _file_entry(buf: memoryview) -> Entry:
+    path = mode = mod_time = ""
+    is_dir = False
+    size = 0
+    pos, end = 0, len(buf)
+    while pos < end:
+        key = buf[pos]
+        key, pos = (key, pos + 1) if key < 0x80 else _read_varint(buf, pos)
+        value, pos = _value(buf, pos, key)
+        wire_type = key & 7
+        if wire_type == _WIRE_LEN:
+            if key == 0x0A:
+                path = str(buf[pos : pos + value], "utf-8")
+            elif key == 0x22:
+                mode = str(buf[pos : pos + value], "utf-8")
+            elif key == 0x2A:
+                mod_time = str(buf[pos : pos + value], "utf-8")
+            elif key >> 3 in (2, 3):
+                raise WireError(f"field {key >> 3} of FileEntry has the wrong wire type")
+            pos += value
+        elif wire_type == _WIRE_VARINT:
+            if key == 0x10:
+                is_dir = value != 0
+            elif key == 0x18:  # int64: two's complement in 64 bits
+                value &= _U64
+                size = value - (1 << 64) if value >> 63 else value
+            elif key >> 3 in (1, 4, 5):
+                raise WireError(f"field {key >> 3} of FileEntry has the wrong wire type")
+        # fixed-width: checked by _value and skipped, whatever its number (as in _fields)
+    return path, is_dir, size, mode, mod_time
