@@ -385,6 +385,8 @@ def _rmtree(path: Path) -> None:
 
 #: Run outputs with at least this many files are put aside, not deleted, after their run.
 KEEP_ASIDE_MIN_FILES = 100
+#: Exit code of a run refused for want of disk space (:func:`check_disk`); 1 is a failed run.
+EXIT_NO_ROOM = 3
 
 
 class Trash:
@@ -409,6 +411,35 @@ class Trash:
 
     def empty(self) -> None:
         _rmtree(self.dir)
+
+
+def disk_needed(keys: Sequence[str], contenders: Sequence[Contender], skip: set[str],
+                repeats: dict[str, int], cache: Path, smoke: bool) -> int:
+    """Bytes of disk a run needs in ``cache``: the trees not generated yet, every output of
+    100+ files (kept aside until the end, see :class:`Trash`) and the largest of the others
+    (one at a time)."""
+    kept = transient = 0
+    for key in keys:
+        files, size = scenarios.disk_size(key, smoke)
+        if not (scenarios.scenario_dir(cache, key, smoke) / "manifest.json").exists():
+            kept += size
+        runs = repeats[key] * sum(f"{key}:{c.key}" not in skip for c in contenders)
+        if files >= KEEP_ASIDE_MIN_FILES:
+            kept += runs * size
+        elif runs:
+            transient = max(transient, size)
+    return kept + transient
+
+
+def check_disk(needed: int, cache: Path) -> str | None:
+    """A one-line error when ``cache``'s file system has less than ``needed`` bytes free."""
+    free = shutil.disk_usage(cache).free
+    if free >= needed:
+        return None
+    return (f"run.py: error: the run needs about {needed / 1e9:.1f} GB free in {cache} (outputs "
+            f"of {KEEP_ASIDE_MIN_FILES}+ files are kept until the end), {free / 1e9:.1f} GB "
+            "are; hint: free some, or give --cache-dir on a larger disk, or fewer "
+            "--scenarios / --repeat-for")
 
 
 def run_once(c: Contender, src: Path, manifest: scenarios.Manifest, work: Path,
@@ -942,6 +973,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         out = RESULTS
     out.mkdir(parents=True, exist_ok=True)
 
+    no_room = check_disk(disk_needed(keys, contenders, skip, repeats, cache, args.smoke), cache)
+    if no_room is not None:
+        print(no_room, file=sys.stderr)
+        return EXIT_NO_ROOM
     compile_package()
     started = datetime.datetime.now(datetime.UTC)
     t_start = time.perf_counter()

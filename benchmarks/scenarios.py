@@ -152,6 +152,21 @@ def title(key: str, smoke: bool) -> str:
     return SMOKE_TITLES[key] if smoke else SCENARIOS[key].title
 
 
+def disk_size(key: str, smoke: bool, block: int = 4 * KiB) -> tuple[int, int]:
+    """``(files, bytes on disk)`` of one copy of scenario ``key``'s tree: each file and
+    directory rounded up to whole ``block``s (pure; what the file system will need)."""
+    files = used = 0
+    dirs: set[str] = set()
+    for rel, size in SCENARIOS[key].layout(smoke):
+        files += 1
+        used += -(-size // block) * block
+        parent = rel.rpartition("/")[0]
+        while parent and parent not in dirs:
+            dirs.add(parent)
+            parent = parent.rpartition("/")[0]
+    return files, used + (len(dirs) + 3) * block  # + bots/<id>/ and the root
+
+
 def scenario_dir(cache: Path, key: str, smoke: bool) -> Path:
     return cache / f"v{GENERATOR_VERSION}" / (f"{key}-smoke" if smoke else key)
 

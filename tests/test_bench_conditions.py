@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+from typing import Any
 
 from benchmarks import _conditions as C
 
@@ -69,3 +71,47 @@ def test_describe_warns_when_most_memory_is_free() -> None:
     assert "warning" in C.Conditions(free=0.8).describe()
     assert "warning" not in C.Conditions(free=0.2).describe()
     assert C.Conditions().describe() == "not checked"
+
+
+# --------------------------------------------------------------------------- disk space
+
+
+def test_disk_size_counts_whole_blocks() -> None:
+    from benchmarks import scenarios
+
+    assert scenarios.disk_size("b", True) == (2, 2 * 2**20 + 3 * 4096)  # two 1 MiB files
+    files, used = scenarios.disk_size("d", True)  # 400 files of 16-256 B in 4 directories
+    assert files == 400 and used == (400 + 4 + 3) * 4096
+    _, real = scenarios.disk_size("e", False)
+    assert real == 4 * 2**30 + 3 * 4096
+
+
+def test_disk_needed_keeps_many_file_outputs_until_the_end(tmp_path: Path) -> None:
+    from benchmarks import run, scenarios
+
+    two = [c for c in run.CONTENDERS if c.key in ("memoh", "cp")]
+    a, b = scenarios.disk_size("a", True)[1], scenarios.disk_size("b", True)[1]
+    # Nothing generated yet: each tree once, (a)'s outputs (60 files: fewer than 100, so one
+    # at a time) and (b)'s largest output at a time.
+    assert run.disk_needed(["a", "b"], two, set(), {"a": 3, "b": 2}, tmp_path, True) == (
+        a + b + max(a, b))
+    # (d) smoke: 400 files, kept aside: repeats x contenders run, skips not counted.
+    d = scenarios.disk_size("d", True)[1]
+    assert run.disk_needed(["d"], two, {"d:cp"}, {"d": 3}, tmp_path, True) == d + 3 * d
+    scenarios.ensure(tmp_path, "d", True)  # generated: no longer counted
+    assert run.disk_needed(["d"], two, set(), {"d": 2}, tmp_path, True) == 4 * d
+
+
+def test_a_run_without_room_is_refused_at_once(tmp_path: Path, capsys: Any,
+                                               monkeypatch: Any) -> None:
+    from benchmarks import run
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    code = run.main(["--smoke", "--scenarios", "a", "--cache-dir", str(tmp_path / "cache"),
+                     "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == run.EXIT_NO_ROOM == 3
+    assert len(err.splitlines()) == 1 and err.startswith("run.py: error: the run needs about")
+    assert "0.0 GB are; hint: " in err, err
+    assert not (tmp_path / "out" / "latest.md").exists()
