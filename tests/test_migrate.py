@@ -15,7 +15,7 @@ import math
 import os
 import socket
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -446,6 +446,47 @@ async def test_cancel_never_renames_and_cleans_up(target: Target, src: Path) -> 
         assert f.read_bytes() == (src / f.name).read_bytes()
 
 
+class _LateAfterCancel:
+    """A real client whose ``name`` calls that ``hold(first argument)`` picks never answer;
+    once cancelled, ``late(first argument)`` runs 0.1 s later (a server whose script or
+    writer starts after the client's cleanup)."""
+
+    def __init__(self, client: Any, nursery: trio.Nursery, name: str,
+                 hold: Callable[[str], bool], late: Callable[[str], object]) -> None:
+        self._client, self._nursery, self._name = client, nursery, name
+        self._hold, self._late = hold, late
+        self.sent = trio.Event()
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr != self._name:
+            return getattr(self._client, attr)
+
+        async def call(first: str, *args: Any, **kwargs: Any) -> Any:
+            if not self._hold(first):
+                return await getattr(self._client, attr)(first, *args, **kwargs)
+            try:
+                self.sent.set()
+                await trio.sleep_forever()
+            finally:
+                self._nursery.start_soon(self._late_later, first)
+
+        return call
+
+    async def _late_later(self, first: str) -> None:
+        await trio.sleep(0.1)
+        self._late(first)
+
+
+async def _cancel_once_held(target: Target, src: Path, name: str, hold: Callable[[str], bool],
+                            late: Callable[[str], object], **kwargs: Any) -> None:
+    async with connect(target.address) as real, trio.open_nursery() as outer:
+        client = _LateAfterCancel(real, outer, name, hold, late)
+        async with trio.open_nursery() as run:
+            run.start_soon(functools.partial(migrate, src, client, **kwargs))  # type: ignore[arg-type]
+            await client.sent.wait()
+            run.cancel_scope.cancel()
+
+
 async def test_a_staging_dir_made_after_the_cleanup_is_deleted_too(target: Target,
                                                                     src: Path) -> None:
     # A tar batch's Exec cancelled before it answered may still start its script on the
@@ -453,35 +494,22 @@ async def test_a_staging_dir_made_after_the_cleanup_is_deleted_too(target: Targe
     # here the script's "mkdir" comes 0.1 s after the cancellation. The cleanup waits for the
     # staging dir to stay gone, so none is left.
     write_tree(src, {f"s/{i}": os.urandom(100) for i in range(4)})
-    sent = trio.Event()
 
-    class LateScript:
-        def __init__(self, client: Any, nursery: trio.Nursery) -> None:
-            self._client, self._nursery = client, nursery
+    def mkdir(command: str) -> None:
+        (target.root / command.split("mkdir -- ./", 1)[1].split(" ", 1)[0]).mkdir()
 
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self._client, name)
+    await _cancel_once_held(target, src, "exec", lambda c: "tar -x" in c, mkdir)
+    assert src.is_dir() and temp_files(target.root) == []
 
-        async def exec(self, command: str, **kwargs: Any) -> Any:
-            if "tar -x" not in command:
-                return await self._client.exec(command, **kwargs)
-            staging = command.split("mkdir -- ./", 1)[1].split(" ", 1)[0]
-            try:
-                sent.set()
-                await trio.sleep_forever()
-            finally:
-                self._nursery.start_soon(self._mkdir_later, staging)
 
-        async def _mkdir_later(self, staging: str) -> None:
-            await trio.sleep(0.1)
-            (target.root / staging).mkdir()
-
-    async with connect(target.address) as real, trio.open_nursery() as outer:
-        client: Any = LateScript(real, outer)
-        async with trio.open_nursery() as run:
-            run.start_soon(functools.partial(migrate, src, client))
-            await sent.wait()
-            run.cancel_scope.cancel()
+async def test_a_temporary_file_made_after_the_cleanup_is_deleted_too(target: Target,
+                                                                       src: Path) -> None:
+    # The same for a WriteRaw cancelled before its reply: the server may create the file
+    # after the client's deletion (another of its threads); here 0.1 s after the cancellation.
+    write_tree(src, {"big": os.urandom(300 * 1024)})
+    await _cancel_once_held(target, src, "write_raw", lambda path: True,
+                            lambda path: (target.root / path).write_bytes(b"partial"),
+                            tar_batches=False)
     assert src.is_dir() and temp_files(target.root) == []
 
 

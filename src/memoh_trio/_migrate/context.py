@@ -155,8 +155,9 @@ class Context:
         stall in turn, each with its own cleanup: the soak saw a run go past 60 s that way), so
         it is fatal to the run.
 
-        ``settle`` (a staging dir whose Exec was sent and never answered): the dir must stay
-        gone for :data:`STAGING_SETTLE`, not just be gone once (see below).
+        ``settle`` (a staging dir whose Exec, or a temporary file whose WriteRaw, was sent and
+        never answered): it must stay gone for :data:`STAGING_SETTLE`, not just be gone once
+        (see below).
         """
         timeout = 1.0 if self.ledger.fatal is not None else CLEANUP_TIMEOUT
         gone_since: float | None = None
@@ -164,7 +165,7 @@ class Context:
             while True:
                 with contextlib.suppress(MemohError, OSError):
                     await self.client.delete_file(path, recursive=recursive)
-                if not recursive:
+                if not recursive and not settle:
                     return
                 # A staging directory: the Exec cancelled just before may still be running its
                 # script in it for a moment (the server kills the script once it sees the
@@ -172,7 +173,8 @@ class Context:
                 # test_cancel_never_renames_and_cleans_up). Delete until it is gone. A
                 # cancelled Exec may even start its script after the first deletion found
                 # nothing (seen in test_guarantee: a run cancelled at 29 ms under load left a
-                # staging dir made after its cleanup), hence ``settle``.
+                # staging dir made after its cleanup), hence ``settle``; so may a cancelled
+                # WriteRaw create its file after the deletion (a server's other thread).
                 try:
                     await self.client.stat(path)
                 except NotFound:

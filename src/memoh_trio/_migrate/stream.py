@@ -24,7 +24,15 @@ from typing import BinaryIO
 import trio
 
 from .. import _scripts, _source
-from .._errors import InvalidArgument, NotFound, Unimplemented
+from .._errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    MemohError,
+    NotFound,
+    Stalled,
+    Unavailable,
+    Unimplemented,
+)
 from .._plan import Action, Kind
 from .context import EXEC_TIMEOUT, PART_PREFIX, Context
 
@@ -110,6 +118,7 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
     source: str | BinaryIO = (via if via is not None
                               else os.fdopen(os.dup(fd), "rb", buffering=0))
     placed = False
+    unanswered = True  # the WriteRaw is on its way: the server may yet create ``part``
     try:
         try:
             result = await ctx.client.write_raw(
@@ -117,9 +126,15 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
                 hash_sha256=ctx.opts.verify == "sha256", on_progress=on_progress,
                 stall_timeout=ctx.opts.stall_timeout,
             )
+        except MemohError as exc:
+            # A status is the server's answer (its handler is over); a lost or stalled link
+            # is not, nor a cancellation.
+            unanswered = isinstance(exc, Unavailable | DeadlineExceeded | Stalled)
+            raise
         finally:
             if not isinstance(source, str):
                 source.close()
+        unanswered = False
         why = _source.check_after(fd, action)
         if why is None and not (result.bytes_read == result.bytes_written == action.size):
             why = (f"size mismatch: {action.size} bytes at open, {result.bytes_read} read, "
@@ -139,7 +154,7 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
     finally:
         if not placed:
             ctx.progress.unsent(sent)
-            await ctx.discard(part)
+            await ctx.discard(part, settle=unanswered)
 
 
 async def finish_parked(ctx: Context, action: Action, part_rel: str) -> str | None:
