@@ -75,6 +75,26 @@ def _read_varint(buf: memoryview, pos: int) -> tuple[int, int]:
             raise WireError("varint longer than 10 bytes")
 
 
+def _value(buf: memoryview, pos: int, key: int) -> tuple[int, int]:
+    """The value of the field ``key`` at ``pos`` and the position after it; for a
+    length-delimited field its length and the position of its bytes (checked to be there)."""
+    wire_type = key & 7
+    if key >> 3 == 0:
+        raise WireError("field number 0")
+    if wire_type in (_WIRE_VARINT, _WIRE_LEN):
+        byte = buf[pos] if pos < len(buf) else 0x80
+        value, pos = (byte, pos + 1) if byte < 0x80 else _read_varint(buf, pos)
+        if wire_type == _WIRE_LEN and value > len(buf) - pos:
+            raise WireError("length-delimited field runs past the end of the message")
+        return value, pos
+    if wire_type in (_WIRE_I64, _WIRE_I32):
+        pos += 8 if wire_type == _WIRE_I64 else 4
+        if pos > len(buf):
+            raise WireError("truncated fixed-width field")
+        return 0, pos
+    raise WireError(f"unsupported wire type {wire_type}")
+
+
 def _fields(message: bytes | bytearray | memoryview) -> dict[int, int | memoryview]:
     """Last value of every field: ints for varints, views for length-delimited fields.
 
@@ -86,24 +106,13 @@ def _fields(message: bytes | bytearray | memoryview) -> dict[int, int | memoryvi
     out: dict[int, int | memoryview] = {}
     while pos < end:
         key, pos = _read_varint(buf, pos)
-        number, wire_type = key >> 3, key & 7
-        if number == 0:
-            raise WireError("field number 0")
+        value, pos = _value(buf, pos, key)
+        wire_type = key & 7
         if wire_type == _WIRE_VARINT:
-            value, pos = _read_varint(buf, pos)
-            out[number] = value
+            out[key >> 3] = value
         elif wire_type == _WIRE_LEN:
-            length, pos = _read_varint(buf, pos)
-            if length > end - pos:
-                raise WireError("length-delimited field runs past the end of the message")
-            out[number] = buf[pos : pos + length]
-            pos += length
-        elif wire_type in (_WIRE_I64, _WIRE_I32):
-            pos += 8 if wire_type == _WIRE_I64 else 4
-            if pos > end:
-                raise WireError("truncated fixed-width field")
-        else:
-            raise WireError(f"unsupported wire type {wire_type}")
+            out[key >> 3] = buf[pos : pos + value]
+            pos += value
     return out
 
 
@@ -243,26 +252,6 @@ def decode_list_dir(message: bytes | bytearray | memoryview) -> list[Entry]:
         if key & 7 == _WIRE_LEN:
             pos += length
     return entries
-
-
-def _value(buf: memoryview, pos: int, key: int) -> tuple[int, int]:
-    """The value of the field ``key`` at ``pos`` and the position after it; for a
-    length-delimited field its length and the position of its bytes (checked to be there)."""
-    wire_type = key & 7
-    if key >> 3 == 0:
-        raise WireError("field number 0")
-    if wire_type in (_WIRE_VARINT, _WIRE_LEN):
-        byte = buf[pos] if pos < len(buf) else 0x80
-        value, pos = (byte, pos + 1) if byte < 0x80 else _read_varint(buf, pos)
-        if wire_type == _WIRE_LEN and value > len(buf) - pos:
-            raise WireError("length-delimited field runs past the end of the message")
-        return value, pos
-    if wire_type in (_WIRE_I64, _WIRE_I32):
-        pos += 8 if wire_type == _WIRE_I64 else 4
-        if pos > len(buf):
-            raise WireError("truncated fixed-width field")
-        return 0, pos
-    raise WireError(f"unsupported wire type {wire_type}")
 
 
 def _file_entry(buf: memoryview) -> Entry:
