@@ -145,6 +145,10 @@ DEFAULT_MODE = 0o644
 _USTAR_TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 64 + b"\0" * 16
                + b"\0" * 155 + b"\0" * 12)
 _OWNER = b"0000000\0" * 2
+#: The name field's NUL padding, by name length.
+_NAME_PAD = tuple(b"\0" * (100 - n) for n in range(101))
+#: What the fixed bytes add to the checksum: the tail, and the checksum field as 8 spaces.
+_FIXED_SUM = sum(_USTAR_TAIL) + 8 * 32
 
 
 def file_header(name: str, size: int, mode: int, mtime: int) -> bytes | None:
@@ -153,17 +157,21 @@ def file_header(name: str, size: int, mode: int, mtime: int) -> bytes | None:
     or ``None`` where a pax record is needed (then ``tarfile`` builds it).
 
     ``TarInfo.tobuf`` took 17 ms per 1,000 members on the event loop (1.7 s of client CPU for
-    100,000 tiny files); this takes ~1 ms. Byte-identical, tested against ``tarfile``.
+    100,000 tiny files); this takes ~1 ms (the checksum sums only the bytes that vary: the
+    name and the numbers). Byte-identical, tested against ``tarfile``.
     """
     if len(name) > 100 or not name.isascii() or not 0 <= mtime < 8 ** 11 \
             or not 0 <= size < 8 ** 11 or not 0 <= mode < 8 ** 7:
         return None
     raw = name.encode("ascii")
-    head = b"".join((raw, b"\0" * (100 - len(raw)), b"%07o\0" % mode, _OWNER,
-                     b"%011o\0" % size, b"%011o\0" % mtime))
-    # checksum: every byte, with the checksum field itself as 8 spaces
-    chksum = sum(head) + 8 * 32 + sum(_USTAR_TAIL)
-    return b"".join((head, b"%06o\0 " % chksum, _USTAR_TAIL))
+    fields = b"%07o\0%s%011o\0%011o\0" % (mode, _OWNER, size, mtime)
+    # checksum: every byte, with the checksum field itself as 8 spaces (NULs add nothing)
+    chksum = _FIXED_SUM + sum(raw) + sum(fields)
+    return b"".join((raw, _NAME_PAD[len(raw)], fields, b"%06o\0 " % chksum, _USTAR_TAIL))
+
+
+#: The NUL padding that ends a member's data on a block boundary, by its length.
+_BLOCK_PAD = tuple(b"\0" * n for n in range(_BLOCK))
 
 
 def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True,
@@ -195,11 +203,7 @@ def pack(members: Sequence[Member], lay: Layout, *, preserve: bool = True,
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-        out.append(header)
-        out.append(m.data)
-        pad = -len(m.data) % _BLOCK
-        if pad:
-            out.append(b"\0" * pad)
+        out += (header, m.data, _BLOCK_PAD[-len(m.data) % _BLOCK])
     for name, data in (*extra, *([trailer] if trailer is not None else [])):
         info = tarfile.TarInfo(name)
         info.size = len(data)
