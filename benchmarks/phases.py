@@ -27,6 +27,7 @@ import trio
 
 from benchmarks import scenarios
 from benchmarks._measure import CONTAINER_PATH
+from benchmarks.run import Trash
 
 GO_SERVER = Path("/tmp/memoh-go/memoh-go-server")
 GO_SEED = Path("/tmp/memoh-go/memoh-go-seed")
@@ -107,43 +108,59 @@ def main() -> None:
     args = ap.parse_args()
     cache = Path(os.environ.get("MEMOH_BENCH_CACHE",
                                 Path.home() / ".cache" / "memoh-trio-bench"))
-    for key in args.scenario or ["a"]:
-        tree, _ = scenarios.ensure(cache, key, False)
-        ours: list[float] = []
-        go: list[float] = []
-        for r in range(args.rounds):
-            with tempfile.TemporaryDirectory(dir=cache) as tmp:
-                src = Path(tmp) / "src"
-                shutil.copytree(tree, src, symlinks=True)
-                root = Path(tmp) / "root"
-                root.mkdir()
+    trash = Trash(cache)
+    try:
+        for key in args.scenario or ["a"]:
+            _scenario(cache, key, args, trash)
+    finally:
+        trash.empty()
+
+
+def _scenario(cache: Path, key: str, args: argparse.Namespace, trash: Trash) -> None:
+    tree, _ = scenarios.ensure(cache, key, False)
+    ours: list[float] = []
+    go: list[float] = []
+    for r in range(args.rounds):
+        # Each round's copies and outputs are put aside and deleted at the end (see Trash:
+        # a round right after thousands of deletions pays for them, 3,000 small files 5x).
+        tmp = Path(tempfile.mkdtemp(dir=cache))
+        try:
+            src = tmp / "src"
+            shutil.copytree(tree, src, symlinks=True)
+            root = tmp / "root"
+            root.mkdir()
+            os.sync()
+            total, log = trio.run(_one, src, root)
+            ours.append(total)
+            print(f"[{key} round {r}] memoh-trio in-process {total:.3f} s")
+            if not args.quiet:
+                _print_log(log)
+            if args.go_seed:
+                src2 = tmp / "src2"
+                shutil.copytree(tree, src2, symlinks=True)
+                root2 = tmp / "root2"
+                root2.mkdir()
                 os.sync()
-                total, log = trio.run(_one, src, root)
-                ours.append(total)
-                sums: dict[str, list[float]] = defaultdict(list)
-                for what, s, e, _n in log:
-                    sums[what].append(e - s)
-                print(f"[{key} round {r}] memoh-trio in-process {total:.3f} s")
-                if not args.quiet:
-                    for what, s, e, n in sorted(log, key=lambda x: x[1]):
-                        if what.startswith("exec"):
-                            print(f"    {what:22} {s:6.3f}-{e:6.3f} ({e - s:.3f} s) "
-                                  f"stdin {n}")
-                    print("    sums: " + ", ".join(
-                        f"{k} {len(v)}x {sum(v):.3f}" for k, v in sorted(sums.items())))
-                if args.go_seed:
-                    src2 = Path(tmp) / "src2"
-                    shutil.copytree(tree, src2, symlinks=True)
-                    root2 = Path(tmp) / "root2"
-                    root2.mkdir()
-                    os.sync()
-                    go.append(_go(src2, root2))
-                    print(f"[{key} round {r}] Memoh Go migrator {go[-1]:.3f} s")
-        line = f"== {key}: memoh-trio in-process median {statistics.median(ours):.3f} s"
-        if go:
-            line += f", Go migrator median {statistics.median(go):.3f} s"
-        print(line)
-        sys.stdout.flush()
+                go.append(_go(src2, root2))
+                print(f"[{key} round {r}] Memoh Go migrator {go[-1]:.3f} s")
+        finally:
+            trash.put(tmp)
+    line = f"== {key}: memoh-trio in-process median {statistics.median(ours):.3f} s"
+    if go:
+        line += f", Go migrator median {statistics.median(go):.3f} s"
+    print(line)
+    sys.stdout.flush()
+
+
+def _print_log(log: list[tuple[str, float, float, int]]) -> None:
+    sums: dict[str, list[float]] = defaultdict(list)
+    for what, s, e, _n in log:
+        sums[what].append(e - s)
+    for what, s, e, n in sorted(log, key=lambda x: x[1]):
+        if what.startswith("exec"):
+            print(f"    {what:22} {s:6.3f}-{e:6.3f} ({e - s:.3f} s) stdin {n}")
+    print("    sums: " + ", ".join(
+        f"{k} {len(v)}x {sum(v):.3f}" for k, v in sorted(sums.items())))
 
 
 def _go(src: Path, root: Path) -> float:
