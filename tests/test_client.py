@@ -267,16 +267,81 @@ async def test_write_raw_from_path_cached_and_not_cached(
                                      on_progress=evict)
     finally:
         os.close(fd)
-    cold = thread_reads.count("_read_blocking")
+    cold = thread_reads.count("_read_in_thread")
     thread_reads.clear()
     src.read_bytes()  # now in the page cache
     await client.write_raw("warm.bin", src, chunk_size=MiB, expected_size=len(data))
-    warm = thread_reads.count("_read_blocking")
+    warm = thread_reads.count("_read_in_thread")
     assert res.bytes_written == len(data)
     assert (server.root / "cold.bin").read_bytes() == data
     assert (server.root / "warm.bin").read_bytes() == data
     assert warm == 1  # only the first read, which opens the file
     assert cold > 1  # at least one chunk fell back to the worker thread
+
+
+async def test_stream_buffers_go_from_one_file_to_the_next(
+    client: Client, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The chunk buffers of a stream that ended are the next stream's (no fresh 1 MiB buffer
+    per file), and the next file's bytes are its own: a shorter file after a longer one, with
+    the buffers still holding the first one's bytes."""
+    from memoh_trio._bridge import reader
+
+    chunk = 96 * KiB + 3  # a size no other test uses: its buffers are these streams' alone
+    taken: list[bytearray] = []
+    real_take = reader.POOL.take
+
+    def recording_take(size: int) -> bytearray:
+        buf = real_take(size)
+        taken.append(buf)
+        return buf
+
+    monkeypatch.setattr(reader.POOL, "take", recording_take)
+    first, second = os.urandom(3 * chunk + 11), os.urandom(chunk + 5)
+    (tmp_path / "first").write_bytes(first)
+    (tmp_path / "second").write_bytes(second)
+    await client.write_raw("pool/first", tmp_path / "first", chunk_size=chunk)
+    assert reader.POOL.kept(chunk) == 2
+    await client.write_raw("pool/second", tmp_path / "second", chunk_size=chunk)
+    assert len(taken) == 4 and {id(b) for b in taken[2:]} == {id(b) for b in taken[:2]}
+    assert (server.root / "pool/first").read_bytes() == first
+    assert (server.root / "pool/second").read_bytes() == second
+
+
+def test_a_buffer_a_thread_still_reads_into_is_not_reused() -> None:
+    """A read cancelled while its worker thread is still in the source's ``read``: the reader's
+    buffers are not handed to another stream (the thread writes into one when the read
+    returns)."""
+    import asyncio
+    import threading
+
+    from memoh_trio._bridge import reader
+
+    chunk = 80 * KiB + 1
+    entered, release = threading.Event(), threading.Event()
+
+    class Slow(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            entered.set()
+            release.wait(10)
+            return b"x" * chunk
+
+    async def main() -> None:
+        r = reader.Reader(reader.SourceSpec(file=cast(BinaryIO, Slow())), chunk, None)
+        task = asyncio.ensure_future(r.next())
+        assert await asyncio.to_thread(entered.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await r.aclose()  # nothing ahead: the cancelled read's thread is still in read()
+        assert reader.POOL.kept(chunk) == 0
+        release.set()
+
+    asyncio.run(main())
+    assert reader.POOL.kept(chunk) == 0
 
 
 async def test_write_raw_from_async_iterable(client: Client, server: Server) -> None:
