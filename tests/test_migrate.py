@@ -39,6 +39,7 @@ from memoh_trio._migrate import (
     migrate,
     migrate_all,
     migrate_bot,
+    place,
 )
 from memoh_trio._migrate import meta as migrate_meta
 from memoh_trio._pool import Pool
@@ -880,7 +881,11 @@ async def test_python3_asked_only_for_work_that_may_use_it(
 # --------------------------------------------------------------------------- parked files
 
 
-def _mixed_tree(src: Path, streamed: int = 20) -> dict[str, bytes]:
+#: Streamed files of :func:`_mixed_tree`: a full placement batch, then 4 more.
+STREAMED = place.PLACE_BATCH + 4
+
+
+def _mixed_tree(src: Path, streamed: int = STREAMED) -> dict[str, bytes]:
     files = {f"small/{i}": os.urandom(100 + i) for i in range(3 * _scripts.SHELL_META_MAX)}
     files |= {f"mid/{i % 3}/f{i}": os.urandom(300 * 1024 + i) for i in range(streamed)}
     write_tree(src, files)
@@ -904,9 +909,11 @@ async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -
         client: Any = PythonFirst(real, target.root)
         report = await migrate(src, client, concurrency=64)
     assert report.status == "migrated", report.failures
-    assert report.files == 20 + 3 * _scripts.SHELL_META_MAX and report.mtime_precision == "ns"
+    assert report.files == STREAMED + 3 * _scripts.SHELL_META_MAX
+    assert report.mtime_precision == "ns"
     assert client.stats == client.renames == 0
-    assert len(_place_commands(client.commands)) == 2  # 16, then the last 4 once all are sent
+    # a full batch, then the last 4 once all are sent
+    assert len(_place_commands(client.commands)) == 2
     assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
     assert temp_files(target.root) == []
 
@@ -916,7 +923,7 @@ async def test_the_last_parked_files_are_placed_beside_a_running_placement(
 ) -> None:
     # Once the last stream has ended, the files still parked are placed at once, beside the
     # placement still running (held here until the last one starts), not after it.
-    _mixed_tree(src)  # 20 streamed: a placement of 16, then the last 4
+    _mixed_tree(src)  # a full placement batch, then the last 4
     last_started = trio.Event()
     overlapped: list[bool] = []
 

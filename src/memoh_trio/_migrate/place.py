@@ -29,8 +29,10 @@ from .._plan import Action
 from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context
 
 #: Parked files per mover Exec: a batch is placed once this many wait, the rest once the
-#: streams are over.
-PLACE_BATCH = 16
+#: streams are over. Each Exec starts a python3 in the container: on the mixed tree (c), 71
+#: files streamed, in process, 32 against 16 was faster in 9 of 12 interleaved rounds (median
+#: of the differences -15 ms; medians 0.390 / 0.404 s); 64 against 32 could not be told apart.
+PLACE_BATCH = 32
 
 
 @dataclass
