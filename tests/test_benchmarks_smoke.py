@@ -80,11 +80,15 @@ def test_ab_clients_smoke(tmp_path: Path) -> None:
     # (Memoh's Go server may not be built here).
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.ab_clients", "--smoke", "--scenario", "b",
-         "--rounds", "1", "--server", "memoh", "--client", "head=HEAD",
+         "--rounds", "2", "--server", "memoh", "--client", "head=HEAD",
          "--client", "tree=. --chunk-size 65536", "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    # An untimed run first, then each round starts with the next client.
+    runs = [line.split()[0] for line in proc.stdout.split("medians:")[0].splitlines()
+            if line.startswith("  ")]
+    assert runs == ["(head)", "head", "tree", "tree", "head"], proc.stdout
     medians = proc.stdout.split("medians:")[1].splitlines()
     for label in ("head ", "tree "):
         assert any(line.strip().startswith(label.strip()) and "server CPU" in line
