@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from benchmarks.grpcio_peer import make_servicer, start_grpcio_server
-from memoh_trio import _scripts
+from memoh_trio import _scripts, _walk
 from memoh_trio._client import connect
 from memoh_trio._errors import ConfigError, MigrationBusy, SourceError, Unavailable
 from memoh_trio._lock import single_flight
@@ -758,6 +758,43 @@ async def test_stale_staging_dirs_are_removed(target: Target, src: Path) -> None
         report = await migrate(src, client)
     assert report.status == "migrated"
     assert sorted(p.name for p in target.root.iterdir()) == ["a"]
+
+
+# --------------------------------------------------------------------------- walk beside the probe
+
+
+async def test_the_source_is_walked_while_the_container_is_probed(
+    target: Target, src: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The walk does not wait for the survey and the probe: the first Exec (the probe) is held
+    # until the walk has listed something, and then the run goes on as usual.
+    write_tree(src, {f"d/f{i}": b"x" * i for i in range(20)})
+    listed = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+    real_next_batch = _walk.Walker.next_batch
+
+    def next_batch(self: _walk.Walker, limit: int = _walk.BATCH_SIZE) -> list[Any]:
+        batch = real_next_batch(self, limit)
+        token.run_sync_soon(listed.set)
+        return batch
+
+    monkeypatch.setattr(_walk.Walker, "next_batch", next_batch)
+    walked_first: list[bool] = []
+
+    class ProbeHeld(_RecordingClient):
+        async def exec(self, command: str, **kwargs: Any) -> Any:
+            if not walked_first:
+                with trio.move_on_after(5):
+                    await listed.wait()
+                walked_first.append(listed.is_set())
+            return await super().exec(command, **kwargs)
+
+    async with connect(target.address) as real:
+        client: Any = ProbeHeld(real)
+        report = await migrate(src, client)
+    assert walked_first == [True]
+    assert report.status == "migrated", report.failures
+    assert snapshot(target.root) == snapshot(src.parent / (src.name + ".migrated"))
 
 
 # --------------------------------------------------------------------------- early writeback

@@ -85,9 +85,12 @@ class _Run:
         ledger, opts = self.ledger, self.opts
         start = time.monotonic()
         try:
-            await self._prepare()
-            helpers = [] if opts.dry_run or not opts.rename else [partial(meta.writeback, self.ctx)]
-            await with_helpers(self._copy_tree, helpers)
+            # The walk starts at once: the source is listed while the destination is surveyed
+            # and the container probed (its entries wait in the channel to be routed).
+            walked, entries = trio.open_memory_channel[list[WalkEntry]](
+                WALK_BUFFER // WALK_BATCH)
+            await with_helpers(partial(self._prepare_and_copy, entries),
+                               [partial(self._walk, walked)])
             if not opts.dry_run and ledger.fatal is None:
                 await self._finish()
             # Checkpoint: any pending cancellation surfaces here, before the decision.
@@ -111,6 +114,14 @@ class _Run:
             raise stopped_error(ledger.fatal, plain(ledger.fatal), files=self.report.files,
                                 failures=len(self.report.failures), source=self.src)
         return self.report
+
+    async def _prepare_and_copy(self, entries: trio.MemoryReceiveChannel[list[WalkEntry]]
+                                ) -> None:
+        async with entries:
+            await self._prepare()
+            opts = self.opts
+            helpers = [] if opts.dry_run or not opts.rename else [partial(meta.writeback, self.ctx)]
+            await with_helpers(partial(self._copy_tree, entries), helpers)
 
     async def _prepare(self) -> None:
         """Check (a dry run) or create the destination, list what it holds, probe the tools."""
@@ -154,14 +165,12 @@ class _Run:
 
     # ------------------------------------------------------------------ the copy nursery
 
-    async def _copy_tree(self) -> None:
-        send, recv = trio.open_memory_channel[list[WalkEntry]](WALK_BUFFER // WALK_BATCH)
+    async def _copy_tree(self, recv: trio.MemoryReceiveChannel[list[WalkEntry]]) -> None:
         streams, stream_queue = trio.open_memory_channel[Action](STREAM_QUEUE)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 self.ledger.attach(nursery.cancel_scope)
-                nursery.start_soon(self._walk, send)
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
                 async with streams, recv:
                     async for entries in recv:
@@ -185,7 +194,12 @@ class _Run:
             self.ledger.cancelled = self.ledger.fatal is None
 
     async def _walk(self, send: trio.MemorySendChannel[list[WalkEntry]]) -> None:
-        await walk(self.src, send, batch_size=WALK_BATCH)
+        """Walk into ``send`` (a helper of the copy: it never raises ``Exception``). If the
+        copy stopped reading (an error, a cancellation), the walk just ends, incomplete."""
+        try:
+            await walk(self.src, send, batch_size=WALK_BATCH)
+        except trio.BrokenResourceError:
+            return
         self.ledger.walk_complete = True
 
     async def _feed_streams(self, queue: trio.MemoryReceiveChannel[Action],
