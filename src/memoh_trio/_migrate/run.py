@@ -117,11 +117,11 @@ class _Run:
 
     async def _prepare_and_copy(self, entries: trio.MemoryReceiveChannel[list[WalkEntry]]
                                 ) -> None:
-        async with entries:
-            await self._prepare()
-            opts = self.opts
-            helpers = [] if opts.dry_run or not opts.rename else [partial(meta.writeback, self.ctx)]
-            await with_helpers(partial(self._copy_tree, entries), helpers)
+        """Survey and probe, then copy what the walk sends into ``entries``."""
+        await self._prepare()
+        opts = self.opts
+        helpers = [] if opts.dry_run or not opts.rename else [partial(meta.writeback, self.ctx)]
+        await with_helpers(partial(self._copy_tree, entries), helpers)
 
     async def _prepare(self) -> None:
         """Check (a dry run) or create the destination, list what it holds, probe the tools."""
