@@ -28,12 +28,14 @@ How one :func:`migrate` runs:
 2. Resume: one recursive ``ListDir`` of the destination up front gives what is already there
    (rsync's quick check: same size and same mtime second → not resent). Stale temporary files of
    an earlier interrupted run are deleted.
-3. The walk (:mod:`memoh_trio._walk`) streams entries from a worker thread into a channel; each
-   entry is classified by pure code (:func:`memoh_trio._plan.classify`) and dispatched: small
-   files into tar batches, the others into a bounded queue of file streams. A
-   ``CapacityLimiter`` bounds the streams and batches in flight; a feeder task waits for a slot
-   before starting the next stream, so neither tasks nor memory grow with the tree, and the walk
-   is never held up by large files while small ones could already be batched.
+3. The walk (:mod:`memoh_trio._walk`) streams entries from a worker thread into a channel (it
+   starts with the run: the source is listed while step 2 and the probe of the container's
+   tools run, and waits in the channel until they are done); each entry is classified by pure
+   code (:func:`memoh_trio._plan.classify`) and dispatched: small files into tar batches, the
+   others into a bounded queue of file streams. A ``CapacityLimiter`` bounds the streams and
+   batches in flight; a feeder task waits for a slot before starting the next stream, so
+   neither tasks nor memory grow with the tree, and the walk is never held up by large files
+   while small ones could already be batched.
 4. Each file is opened safely (:mod:`memoh_trio._source`: no symlink followed, no FIFO waited
    for, the inode the walk saw), goes to a temporary sibling name through ``WriteRaw`` (size
    pinned to the size seen at ``lstat`` time; optional SHA-256 computed while reading), is
