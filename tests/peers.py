@@ -116,11 +116,15 @@ async def _drain(proc: trio.Process) -> None:
 
 
 @contextlib.asynccontextmanager
-async def memoh_go_server(root: Path) -> AsyncIterator[Peer]:
-    """Memoh's real ContainerService (grpc-go) over ``root`` on 127.0.0.1."""
+async def memoh_go_server(root: Path, *, kind: str | None = None) -> AsyncIterator[Peer]:
+    """Memoh's real ContainerService (grpc-go) over ``root`` on 127.0.0.1, its Exec inside
+    ``kind``'s userland when given (``busybox-python`` is Memoh's own bot image)."""
     need_memoh_go()
-    async with peer_process([str(MEMOH_GO_SERVER), "--root", str(root),
-                             "--listen", "127.0.0.1:0"], root) as peer:
+    cmd = [str(MEMOH_GO_SERVER), "--root", str(root), "--listen", "127.0.0.1:0"]
+    if kind is not None:
+        need_container(kind)
+        cmd = ["bash", str(RUN_IN), kind, *cmd]
+    async with peer_process(cmd, root) as peer:
         yield peer
 
 

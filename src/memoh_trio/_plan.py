@@ -10,7 +10,7 @@ files are never opened, because nothing here looks further than ``lstat``.
 entry                  action                          effect on the rename
 =====================  ==============================  =====================================
 regular file, size>0   ``COPY`` (temp name + Rename)   must be copied and verified
-regular file, size 0   ``CREATE`` (empty WriteRaw)     must be created
+regular file, size 0   ``CREATE`` (as ``COPY``)        must be created
 directory, empty (*)   ``MKDIR``                       must be created
 directory, non-empty   ``DIR`` (created by its files)  none (mode/mtime preserved at the end)
 symlink                ``SYMLINK`` (Exec ``ln -s``)    must be recreated, never followed

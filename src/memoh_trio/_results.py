@@ -18,6 +18,14 @@ class FileEntry:
     mode: str
     mod_time: str
 
+    @property
+    def is_regular(self) -> bool:
+        """Whether it is a regular file: Go's FileMode string has no type letter (a symlink
+        ``L``, device ``D``/``c``, FIFO ``p``, socket ``S``, directory ``d``, irregular ``?``)
+        before its nine permission characters, only the set-id and sticky bits may be there."""
+        head = self.mode[:-9]
+        return not self.is_dir and len(self.mode) >= 9 and set(head) <= set("-ugt")
+
 
 @dataclass(frozen=True)
 class ReadFileResult:

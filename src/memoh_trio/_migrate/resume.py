@@ -101,9 +101,11 @@ def mtime_seconds(mod_time: str) -> int | None:
 
 
 def unchanged(existing: Mapping[str, FileEntry], action: Action) -> bool:
-    """Whether the destination already has this file (same size, same mtime second)."""
+    """Whether the destination already has this file: a regular file (a symlink whose text
+    has the same length, a FIFO or a device where an empty file goes are not it) of the same
+    size and mtime second."""
     e = existing.get(action.rel)
-    if e is None or e.is_dir or e.size != action.size:
+    if e is None or not e.is_regular or e.size != action.size:
         return False
     return mtime_seconds(e.mod_time) == action.mtime_ns // 1_000_000_000
 

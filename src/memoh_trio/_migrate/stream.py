@@ -33,7 +33,7 @@ from .._errors import (
     Unavailable,
     Unimplemented,
 )
-from .._plan import Action, Kind
+from .._plan import Action
 from .context import EXEC_TIMEOUT, PART_PREFIX, Context
 
 
@@ -73,7 +73,7 @@ async def copy_file(ctx: Context, action: Action, *,
                     park: Callable[[Action, str], bool] | None = None) -> str | None:
     """Copy one regular file; ``None`` when it is in place and verified, else why not.
 
-    ``park``: a non-empty file sent whole and checked on this side is offered to it with its
+    ``park``: a file sent whole and checked on this side is offered to it with its
     temporary path (relative to the destination); taken (``True``), it is not checked in the
     container nor renamed here: the caller places it (:mod:`.place`), and ``None`` is
     returned.
@@ -81,17 +81,12 @@ async def copy_file(ctx: Context, action: Action, *,
     Raises:
         MemohError / OSError: the call failed (the caller records it, or stops on a fatal one).
     """
+    # An empty file takes the same way as any other (temporary name, checks, Rename): written
+    # in place, a symlink, FIFO or device node standing at its final name in the container
+    # would be opened through (Memoh's server ``os.Create``s the path: a symlink's target
+    # outside the tree was emptied), and a FIFO or device would stay where the file goes.
+    # ``Rename`` replaces whatever stands there with the regular file.
     final = ctx.path(action.rel)
-    if action.kind is Kind.CREATE:
-        # Nothing can be partial in an empty file: write it in place (nothing is read).
-        why = _source.check_path(action)
-        if why is not None:
-            return why
-        result = await ctx.client.write_raw(final, b"", expected_size=0)
-        why = _source.check_path(action, when="while it was copied")
-        if why is None and result.bytes_written != 0:
-            why = f"the server wrote {result.bytes_written} bytes for an empty file"
-        return why
     try:
         fd = await open_source(action)
     except _source.SourceChanged as exc:

@@ -8,8 +8,11 @@ from .shell import shell_path
 
 
 def sha256_command(path: str) -> str:
-    """Hash one container file (relative to the server's working directory)."""
-    return f"sha256sum -- {shell_path(path)}"
+    """Hash one container file (relative to the server's working directory); exit 3, nothing
+    opened, unless it is a regular file (not a symlink: ``sha256sum`` would block opening a
+    FIFO, or read a device, or follow a link out of the tree)."""
+    p = shell_path(path)
+    return f"[ -f {p} ] && [ ! -h {p} ] || exit 3; exec sha256sum -- {p}"
 
 
 def parse_sha256(output: bytes) -> str | None:
@@ -19,9 +22,10 @@ def parse_sha256(output: bytes) -> str | None:
 
 
 #: Reads ``./rel`` paths from stdin, one a line, and hashes them all with one ``sha256sum``
-#: (missing or unreadable files are simply absent from the output).
+#: (missing or unreadable files are simply absent from the output; so is anything but a regular
+#: file, never opened: see :func:`sha256_command`).
 SHA256_MANY_SCRIPT = (
-    'set --\nwhile IFS= read -r p; do set -- "$@" "$p"; done\n'
+    'set --\nwhile IFS= read -r p; do [ -f "$p" ] && [ ! -h "$p" ] && set -- "$@" "$p"; done\n'
     '[ "$#" -eq 0 ] || sha256sum -- "$@" 2>/dev/null\nexit 0'
 )
 
