@@ -19,7 +19,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   walk entries), ``_finalize`` (the rename decision, the report status), ``_units`` (sizes and
   targets), ``_tarbatch`` (tar batches), ``_wire`` (the two bulk messages, by hand),
   ``_errors`` (the exception hierarchy), ``_report`` (the report and its JSON), ``_defaults``
-  (defaults shared with the CLI's help), ``_results`` (what the client's calls return), and
+  (defaults shared with the CLI's help), ``_results`` (what the client's calls return),
+  ``_dirindex`` (a large listing kept compact, resume's quick check), and
   ``_scripts/``, every container-side script and the parser of its output: ``shell`` (quoting,
   the prelude), ``probe`` (capabilities), ``records`` (``O``/``F`` records), ``tar``, ``links``,
   ``meta`` (modes, mtimes, sync), ``sha256``;

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from . import _errors, _streaming, _wire
 from ._bridge import asyncio_loop
 from ._bridge import client as bridge
+from ._dirindex import DirIndex
 from ._proto import mcpcontainer as pb
 from ._results import ExecResult as ExecResult
 from ._results import FileEntry as FileEntry
@@ -160,6 +161,15 @@ class Client:
             "ListDir", pb.ListDirRequest(path=path, recursive=recursive), _wire.ListDirEntries
         )
         return [FileEntry(*e) for e in rep.entries]
+
+    async def list_dir_index(self, path: str = "", *, recursive: bool = True) -> DirIndex:
+        """:meth:`list_dir` kept compact for a large tree, decoded straight from the reply:
+        about 107 bytes a file plus its name's length, against ~350 bytes a file as
+        :class:`FileEntry` objects (see :class:`memoh_trio._dirindex.DirIndex`)."""
+        rep = await self._unary(
+            "ListDir", pb.ListDirRequest(path=path, recursive=recursive), _wire.ListDirIndex
+        )
+        return rep.index
 
     async def stat(self, path: str) -> FileEntry:
         """Raises NotFound if ``path`` does not exist."""

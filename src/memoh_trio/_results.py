@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._dirindex import mode_is_regular
+
 
 @dataclass(frozen=True)
 class FileEntry:
@@ -22,9 +24,8 @@ class FileEntry:
     def is_regular(self) -> bool:
         """Whether it is a regular file: Go's FileMode string has no type letter (a symlink
         ``L``, device ``D``/``c``, FIFO ``p``, socket ``S``, directory ``d``, irregular ``?``)
-        before its nine permission characters, only the set-id and sticky bits may be there."""
-        head = self.mode[:-9]
-        return not self.is_dir and len(self.mode) >= 9 and set(head) <= set("-ugt")
+        before its nine permission characters; only the set-id and sticky bits may be there."""
+        return not self.is_dir and mode_is_regular(self.mode)
 
 
 @dataclass(frozen=True)

@@ -18,11 +18,15 @@ them on random messages. Pure functions, no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+
+from ._dirindex import DirIndex, Entry
 
 __all__ = [
     "DecodedWriteRawChunk",
     "ListDirEntries",
+    "ListDirIndex",
     "WireError",
     "decode_data_chunk",
     "decode_list_dir",
@@ -31,6 +35,7 @@ __all__ = [
     "encode_exec_stdin",
     "encode_exec_stdin_head",
     "encode_write_raw_chunk",
+    "iter_list_dir",
 ]
 
 _WIRE_VARINT = 0
@@ -217,10 +222,6 @@ def encode_exec_stdin(data: bytes | memoryview) -> bytes:
 # FileEntry { string path = 1; bool is_dir = 2; int64 size = 3; string mode = 4;
 #             string mod_time = 5; }
 
-#: One decoded ``FileEntry``: ``(path, is_dir, size, mode, mod_time)``.
-Entry = tuple[str, bool, int, str, str]
-
-
 class ListDirEntries:
     """A ListDir reply type that parses itself with :func:`decode_list_dir` (grpclib's codec
     calls ``FromString``): the client asks for this instead of the generated
@@ -236,22 +237,39 @@ class ListDirEntries:
         return cls(decode_list_dir(data))
 
 
+class ListDirIndex:
+    """A ListDir reply decoded straight into a compact :class:`memoh_trio._dirindex.DirIndex`
+    (no object per entry: a large destination's listing for resume)."""
+
+    __slots__ = ("index",)
+
+    def __init__(self, index: DirIndex) -> None:
+        self.index = index
+
+    @classmethod
+    def FromString(cls, data: bytes) -> ListDirIndex:
+        return cls(DirIndex.from_entries(iter_list_dir(data)))
+
+
 def decode_list_dir(message: bytes | bytearray | memoryview) -> list[Entry]:
     """The entries of a ListDirResponse, in order; raises WireError (or UnicodeDecodeError
     for a string that is not UTF-8, as betterproto2 does)."""
+    return list(iter_list_dir(message))
+
+
+def iter_list_dir(message: bytes | bytearray | memoryview) -> Iterator[Entry]:
+    """:func:`decode_list_dir` one entry at a time."""
     buf = memoryview(message).cast("B")
     pos, end = 0, len(buf)
-    entries: list[Entry] = []
     while pos < end:
         key, pos = _read_varint(buf, pos)
         length, pos = _value(buf, pos, key)
         if key == 0x0A:  # entries, length-delimited
-            entries.append(_file_entry(buf[pos : pos + length]))
+            yield _file_entry(buf[pos : pos + length])
         elif key == 0x08:  # entries as a varint (fixed-width: skipped, as in _fields)
             raise WireError("field entries of ListDirResponse has the wrong wire type")
         if key & 7 == _WIRE_LEN:
             pos += length
-    return entries
 
 
 def _file_entry(buf: memoryview) -> Entry:

@@ -10,16 +10,14 @@ compares the container's SHA-256 with the source's, and a file that differs is s
 from __future__ import annotations
 
 import contextlib
-import math
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import TYPE_CHECKING
 
 import trio
 
 from .. import _scripts, _source
+from .._dirindex import DirIndex, Listed
 from .._errors import ConfigError, FailedPrecondition, MemohError, NotFound, RPCError, Status
 from .._plan import Action, Kind, display_path
 from .._tarbatch import TAR_PREFIX
@@ -33,15 +31,12 @@ from .context import (
     plain,
 )
 
-if TYPE_CHECKING:
-    from .._client import FileEntry
-
 
 @dataclass
 class Survey:
     """What the destination holds before the copy."""
 
-    existing: dict[str, FileEntry]  # its files by path: resume's quick check
+    existing: DirIndex  # what it holds by path: resume's quick check
     links: set[str]  # its symlinks: what the WriteRaw path must never write through
 
 
@@ -92,22 +87,10 @@ async def check_dest(ctx: Context) -> None:
                           "a directory: choose another --dest")
 
 
-def mtime_seconds(mod_time: str) -> int | None:
-    """Whole seconds of a ListDir ``mod_time`` (RFC 3339), ``None`` if unparsable."""
-    try:
-        return math.floor(datetime.fromisoformat(mod_time.replace("Z", "+00:00")).timestamp())
-    except ValueError:
-        return None
-
-
-def unchanged(existing: Mapping[str, FileEntry], action: Action) -> bool:
-    """Whether the destination already has this file: a regular file (a symlink whose text
-    has the same length, a FIFO or a device where an empty file goes are not it) of the same
-    size and mtime second."""
-    e = existing.get(action.rel)
-    if e is None or not e.is_regular or e.size != action.size:
-        return False
-    return mtime_seconds(e.mod_time) == action.mtime_ns // 1_000_000_000
+def unchanged(existing: DirIndex, action: Action) -> bool:
+    """Whether the destination already has this file: a regular file of the same size and
+    mtime second (:meth:`DirIndex.unchanged`)."""
+    return existing.unchanged(action.rel, action.size, action.mtime_ns)
 
 
 async def load_existing(ctx: Context, *, clean: bool = True) -> Survey:
@@ -121,28 +104,27 @@ async def load_existing(ctx: Context, *, clean: bool = True) -> Survey:
     found in the container (:func:`find_links`); a dry run writes nothing and asks nothing more.
     """
     try:
-        entries = await ctx.client.list_dir(ctx.opts.dest, recursive=True)
+        existing = await ctx.client.list_dir_index(ctx.opts.dest, recursive=True)
     except FATAL_ERRORS:
         raise
     except NotFound:  # nothing there yet
-        return Survey({}, set())
+        return Survey(DirIndex(), set())
     except RPCError as exc:
-        return Survey({}, await find_links(ctx, exc) if clean else set())
-    existing: dict[str, FileEntry] = {}
-    links: set[str] = set()
+        return Survey(DirIndex(), await find_links(ctx, exc) if clean else set())
     stale: list[str] = []
     staging: set[str] = set()
-    for e in entries:
-        rel = e.path.lstrip("/")
-        top = rel.split("/", 1)[0]
+    ours: list[str] = []  # not the tree's: out of the index
+    for rel in existing:
+        top = rel.partition("/")[0]
         if top.startswith(TAR_PREFIX):  # staging dir of an interrupted tar batch
             staging.add(top)
+            ours.append(rel)
         elif posixpath.basename(rel).startswith((PART_PREFIX, SERVER_TEMP_PREFIX)):
             stale.append(rel)
-        elif not e.is_dir:
-            existing[rel] = e
-            if e.mode.startswith("L"):
-                links.add(rel)
+            ours.append(rel)
+    for rel in ours:
+        existing.discard(rel)
+    links = existing.links()
     for rel in (stale + sorted(staging)) if clean else []:
         with trio.move_on_after(CLEANUP_TIMEOUT):
             with contextlib.suppress(MemohError):
@@ -242,7 +224,7 @@ async def local_hashes(batch: Sequence[Action]) -> dict[str, str]:
         raise
 
 
-def itemize_line(action: Action, existing: FileEntry | None) -> str:
+def itemize_line(action: Action, existing: Listed | None) -> str:
     """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
     name = display_path(action.rel)
     if action.kind in (Kind.DIR, Kind.MKDIR):
@@ -252,5 +234,5 @@ def itemize_line(action: Action, existing: FileEntry | None) -> str:
     if existing is None or existing.is_dir:
         return f">f+++++++++ {name}"
     size = "." if existing.size == action.size else "s"
-    when = "." if mtime_seconds(existing.mod_time) == action.mtime_ns // 10**9 else "t"
+    when = "." if existing.mtime_seconds == action.mtime_ns // 10**9 else "t"
     return f">f.{size}{when}...... {name}"

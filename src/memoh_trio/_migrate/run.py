@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, cast
 
 import trio
 
+from .._dirindex import DirIndex
 from .._errors import MemohError, RPCError
 from .._finalize import decide, stopped_error
 from .._lock import single_flight
@@ -39,7 +40,7 @@ from .ledger import Ledger
 from .resume import itemize_line
 
 if TYPE_CHECKING:
-    from .._client import Client, FileEntry
+    from .._client import Client
 
 #: Walk entries buffered between the walk thread and the dispatcher, in lists of WALK_BATCH.
 WALK_BUFFER = 1024
@@ -69,7 +70,7 @@ class _Run:
         self.ledger = Ledger(MigrationReport(source=src, dest=opts.dest), progress)
         self.ctx = Context(client, opts, self.ledger, trio.CapacityLimiter(opts.concurrency))
         self.report = self.ledger.report
-        self.existing: dict[str, FileEntry] = {}
+        self.existing = DirIndex()
         self.dest_links: set[str] = set()  # symlinks at the destination (resume.survey)
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
         self.tar_files = 0  # files routed to tar batches so far
@@ -129,7 +130,7 @@ class _Run:
         # A dry run asks the container as the real run would (a wrong token fails here too),
         # and counts what resume would not resend; it deletes nothing.
         found = await resume.survey(self.ctx)
-        self.existing = found.existing if opts.resume else {}
+        self.existing = found.existing if opts.resume else DirIndex()
         if not opts.dry_run:
             self.dest_links = found.links
             await self.tools.probe(self.ctx)
