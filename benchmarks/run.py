@@ -5,10 +5,13 @@
     python benchmarks/run.py --scenarios a,b --repeat 5
     python benchmarks/run.py --repeat-for d=1,e=1 # fewer repetitions for the big scenarios
     python benchmarks/run.py --profile DIR        # cProfile memoh-trio's client and server
+    python benchmarks/run.py --replot benchmarks/results/latest.md   # redraw its chart only
 
-Writes ``benchmarks/results/latest.md`` (tables and the targets of issue 5 as PASS/MISS) and
-``benchmarks/results/latest.png`` (throughput per scenario and contender); ``--smoke`` writes to a
-temporary directory unless ``--out`` says where.
+Writes ``latest.md`` (tables, the headline and the targets as PASS/MISS) and ``latest.png`` (the
+chart, ``benchmarks/_chart.py``). Only a full run (every scenario and contender) writes them into
+``benchmarks/results/``, the published figures; a subset (``--scenarios``, ``--contenders``) or
+a smoke run writes into a new temporary directory and says where, unless ``--publish`` (publish
+it anyway) or ``--out DIR`` says otherwise (:func:`results_dir`).
 
 Every contender is a separate client process and, where there is one, a separate server process
 started fresh for each run on a fresh, empty root, so CPU seconds and peak RSS are measured for
@@ -44,7 +47,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _conditions, scenarios, startup  # noqa: E402
+from benchmarks import _chart, _conditions, scenarios, startup  # noqa: E402
 from benchmarks._measure import CONTAINER_PATH, parse_result  # noqa: E402
 
 PY = sys.executable
@@ -606,11 +609,11 @@ def evaluate_targets(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[Tar
 
     for s, goal in GO_TARGETS.items():
         if s in cells:
-            add(f"({s}) issue 12: Memoh Go migrator / memoh-trio CLI, whole process, "
+            add(f"({s}) operator's view: Memoh Go migrator / memoh-trio CLI, whole process, "
                 "Memoh Go server", ratio(s, "cli@go", "go-seed"), goal)
     e_go = cells.get("e", {}).get("cli@go")
     rss_go = e_go.peak("client_rss") if e_go is not None else None
-    add(f"(e) issue 12: memoh-trio CLI peak RSS into Memoh Go server, {size}",
+    add(f"(e) memory: memoh-trio CLI peak RSS into Memoh Go server, {size}",
         rss_go / MiB if rss_go else None, GO_RSS_MIB, "MiB", at_most=True)
 
     pa, pd = per_file("a"), per_file("d")
@@ -619,15 +622,15 @@ def evaluate_targets(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[Tar
     return out
 
 
-#: Issue 12's targets: Memoh's Go migrator's whole-process time / memoh-trio CLI's, both into
-#: Memoh's Go server, per scenario.
+#: The operator's targets: Memoh's Go migrator's whole-process time / memoh-trio CLI's, both
+#: into Memoh's Go server, per scenario.
 GO_TARGETS = {"a": 2.0, "b": 1.0, "c": 1.5, "d": 3.0}
 #: (e): memoh-trio's client peak RSS moving 4 GiB into Memoh's Go server, at most this.
 GO_RSS_MIB = 100
 
 
 def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]:
-    """Issue 12's headline: Memoh's own Go migrator vs memoh-trio, into Memoh's own Go server."""
+    """The headline: Memoh's own Go migrator vs memoh-trio, into Memoh's own Go server."""
     def cell(s: str, c: str) -> Cell | None:
         found = cells.get(s, {}).get(c)
         return found if found is not None and found.runs else None
@@ -643,7 +646,7 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
         return found.errors[0].splitlines()[0][:100] if found.errors else "no runs"
 
     lines = [
-        "## Headline (issue 12): Memoh's Go migrator vs memoh-trio, both into Memoh's Go server",
+        "## Headline: Memoh's Go migrator vs memoh-trio, both into Memoh's Go server",
         "",
         "Whole-process wall time (interpreter/program start included), medians of this run; "
         "ratio = Go time / memoh-trio time (above 1: memoh-trio is faster). In-process: "
@@ -764,7 +767,7 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
               f"| {_fmt(cell.median('server_cpu'), 2)} | {_mib(cell.peak('client_rss'))} "
               f"| {_mib(cell.peak('server_rss'))} |")
         w("")
-    w("## Targets (issues 5 and 12): ratios of medians within this run")
+    w("## Targets: ratios of medians within this run")
     w("")
     w("| target | measured | goal | result |")
     w("|---|---:|---:|---|")
@@ -793,48 +796,55 @@ def _versions() -> str:
     return ", ".join(parts)
 
 
-def render_chart(cells: dict[str, dict[str, Cell]], contenders: Sequence[Contender],
-                 smoke: bool, path: Path) -> None:
-    import matplotlib
+def chart_series(contenders: Sequence[Contender]) -> list[_chart.Series]:
+    """The contenders as the chart names them."""
+    return [_chart.Series(c.key, c.label, c.server, SERVER_LABELS[c.server],
+                          c.key in WHOLE_PROCESS) for c in contenders]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    keys = list(cells)
-    fig, axes = plt.subplots(len(keys), 1, figsize=(10, 2.2 + 0.45 * len(contenders) * len(keys)),
-                             squeeze=False)
-    colors = {"memoh": "#1f77b4", "grpcio": "#ff7f0e", "raw": "#2ca02c", "none": "#7f7f7f",
-              "go": "#9467bd"}
-    for ax, key in zip(axes[:, 0], keys, strict=True):
-        labels: list[str] = []
-        values: list[float] = []
-        bar_colors: list[str] = []
-        notes: list[str] = []
+def chart_data(cells: dict[str, dict[str, Cell]], contenders: Sequence[Contender],
+               smoke: bool) -> _chart.ChartData:
+    """The chart's data from this run's cells: medians, or why a cell has none."""
+    data = _chart.ChartData(smoke=smoke, series=chart_series(contenders))
+    for key, row in cells.items():
+        data.titles[key] = scenarios.title(key, smoke)
+        points = data.points.setdefault(key, {})
         for c in contenders:
-            cell = cells[key].get(c.key)
+            cell = row.get(c.key)
             if cell is None:
                 continue
             tp = throughput(cell)
-            labels.append(f"{c.label} @ {SERVER_LABELS[c.server]}")
-            values.append(tp[0] if tp else 0.0)
-            bar_colors.append(colors[c.server])
-            skipped = bool(cell.errors) and cell.errors[0].startswith("skipped")
-            notes.append(f"{tp[0]:,.1f} MB/s, {tp[1]:,.{0 if tp[1] >= 10 else 2}f} files/s" if tp
-                         else ("skipped" if skipped else "failed"))
-        ypos = list(range(len(labels)))[::-1]
-        ax.barh(ypos, values, color=bar_colors)
-        ax.set_yticks(ypos, labels, fontsize=8)
-        for y, v, n in zip(ypos, values, notes, strict=True):
-            ax.text(v, y, " " + n, va="center", fontsize=7)
-        ax.set_xlim(0, max([*values, 1.0]) * 1.45)
-        ax.set_title(f"({key}) {scenarios.title(key, smoke)}", fontsize=10, loc="left")
-        ax.set_xlabel("MB/s (median)", fontsize=8)
-        ax.tick_params(axis="x", labelsize=8)
-    fig.suptitle("memoh-trio benchmarks: throughput on 127.0.0.1"
-                 + (" (smoke)" if smoke else ""), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1, 0.98))  # leave room for the suptitle
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            if tp is None:
+                skipped = bool(cell.errors) and cell.errors[0].startswith("skipped")
+                points[c.key] = _chart.Point(why="skipped" if skipped else "failed")
+            else:
+                points[c.key] = _chart.Point(cell.median("seconds"), tp[0], tp[1])
+    return data
+
+
+def render_chart(cells: dict[str, dict[str, Cell]], contenders: Sequence[Contender],
+                 smoke: bool, path: Path) -> None:
+    _chart.render(chart_data(cells, contenders, smoke), GO_TARGETS, path)
+
+
+def replot(report: Path, out: Path | None) -> Path:
+    """Redraw the chart of a report ``run.py`` wrote (no benchmark runs): ``latest.png``
+    beside it, or in ``out``."""
+    data = _chart.read_report(report.read_text(), chart_series(CONTENDERS))
+    path = (out or report.parent) / report.with_suffix(".png").name
+    _chart.render(data, GO_TARGETS, path)
+    return path
+
+
+def results_dir(*, publish: bool, out: Path | None, smoke: bool, subset: bool) -> Path | None:
+    """Where a run writes ``latest.md`` and ``latest.png``: ``out`` if given; the published
+    ``benchmarks/results/`` for a full run or when asked (``--publish``); else None, a new
+    temporary directory, so a subset or smoke run never replaces the published figures."""
+    if out is not None:
+        return out
+    if publish or not (smoke or subset):
+        return RESULTS
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -935,7 +945,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="per-scenario repetitions, e.g. d=1,e=1")
     ap.add_argument("--skip", default="",
                     help="cells to leave out, e.g. d:memoh-c1,e:memoh-c1 (shown as skipped)")
-    ap.add_argument("--out", type=Path, help="directory for latest.md and latest.png")
+    ap.add_argument("--out", type=Path, help="directory for latest.md and latest.png "
+                    "(default: benchmarks/results for a full run, a new temporary directory "
+                    "for a subset or a smoke run)")
+    ap.add_argument("--publish", action="store_true",
+                    help="write a subset's report into benchmarks/results (the published "
+                         "figures) all the same")
+    ap.add_argument("--replot", type=Path, metavar="REPORT.md",
+                    help="run nothing: redraw the chart of a report run.py wrote, beside it "
+                         "(or in --out)")
     ap.add_argument("--settle", type=float, default=360.0, metavar="SECONDS",
                     help="wait at most this long for file creation to settle after recent "
                          "deletions before measuring (default 360; smoke runs: 0)")
@@ -948,6 +966,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="instead of benchmarking, cProfile memoh-trio's client and server")
     args = ap.parse_args(argv)
+    if args.publish and (args.out is not None or args.smoke):
+        ap.error("--publish writes benchmarks/results: not with --out, nor with --smoke "
+                 "(tiny trees, not a measurement)")
+    if args.replot is not None:
+        print(f"wrote {replot(args.replot, args.out)}")
+        return 0
 
     keys = [k.strip() for k in args.scenarios.split(",") if k.strip()]
     unknown = [k for k in keys if k not in scenarios.SCENARIOS]
@@ -965,12 +989,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     repeat = args.repeat if args.repeat is not None else (1 if args.smoke else 3)
     repeats = {k: args.repeat_for.get(k, repeat) for k in keys}
-    if args.out is not None:
-        out: Path = args.out
-    elif args.smoke:  # kept, so the table can be read afterwards
-        out = Path(tempfile.mkdtemp(prefix="memoh-trio-bench-smoke-"))
-    else:
-        out = RESULTS
+    subset = (set(keys) != set(scenarios.SCENARIOS)
+              or {c.key for c in contenders} != {c.key for c in CONTENDERS})
+    chosen = results_dir(publish=args.publish, out=args.out, smoke=args.smoke, subset=subset)
+    # A temporary directory is kept, so the table can be read afterwards.
+    out = chosen or Path(tempfile.mkdtemp(prefix="memoh-trio-bench-"
+                                          + ("smoke-" if args.smoke else "subset-")))
     out.mkdir(parents=True, exist_ok=True)
 
     no_room = check_disk(disk_needed(keys, contenders, skip, repeats, cache, args.smoke), cache)
@@ -1011,6 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     render_chart(cells, contenders, args.smoke, out / "latest.png")
     print(md)
     print(f"\nwrote {out / 'latest.md'} and {out / 'latest.png'}")
+    if chosen is None:
+        print(f"(not {RESULTS}: a {'smoke' if args.smoke else 'subset'} run; "
+              "--publish writes there)")
     return 1 if failed else 0
 
 

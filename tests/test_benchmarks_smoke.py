@@ -8,10 +8,14 @@ exits non-zero if any run failed) and that the report has a row for each of them
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from benchmarks import _chart, run
 from benchmarks.run import CONTENDERS, MEMOH_GO_SEED, MEMOH_GO_SERVER, SERVER_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,8 +47,11 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
         else:
             assert all("skipped" not in r for r in matching), table
     assert "## Failed runs" not in table
-    # Issue 12's headline: Go time / memoh-trio time for (a) and (d), (e)'s CLI peak RSS.
-    headline = table.split("## Headline (issue 12)")[1].split("\n## ")[0]
+    # The headline: Go time / memoh-trio time for (a) and (d), (e)'s CLI peak RSS. It and the
+    # targets say what they measure, not which issue asked for them.
+    headline = table.split("## Headline: ")[1].split("\n## ")[0]
+    targets = table.split("## Targets")[1].split("\n## ")[0]
+    assert "issue" not in headline.lower() and "issue" not in targets.lower(), table
     for key in ("(a)", "(d)", "(e)"):
         line = next(r for r in headline.splitlines() if r.startswith(f"| {key}"))
         assert ("x |" in line) == go_built, line  # a ratio where both ran, else the reason
@@ -104,3 +111,79 @@ def test_bench_direct_io_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "page cache  median" in proc.stdout and "O_DIRECT    median" in proc.stdout
     assert not list(tmp_path.glob("direct-io-*"))  # its temporary directory is gone
+
+
+def test_publish_rule() -> None:
+    # Only a full run, --publish or --out writes where the published figures are.
+    def where(publish: bool = False, out: Path | None = None, smoke: bool = False,
+              subset: bool = False) -> Path | None:
+        return run.results_dir(publish=publish, out=out, smoke=smoke, subset=subset)
+
+    assert where() == run.RESULTS
+    assert where(subset=True) is None and where(smoke=True) is None
+    assert where(subset=True, publish=True) == run.RESULTS
+    assert where(subset=True, out=Path("/x")) == Path("/x") == where(out=Path("/x"))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke",
+                           "--publish"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--publish" in proc.stderr, proc.stderr
+
+
+def test_subset_run_leaves_published_results_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    # A real (not smoke) run of one scenario and one contender, twice: without --publish its
+    # report goes to a new temporary directory, with --publish to the published directory
+    # (here a stand-in, so a broken rule cannot overwrite the committed figures).
+    published = tmp_path / "published"
+    monkeypatch.setattr(run, "RESULTS", published)
+    argv = ["--scenarios", "b", "--contenders", "cp", "--repeat", "1", "--settle", "0",
+            "--no-startup", "--cache-dir", str(tmp_path / "cache")]
+    assert run.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert not published.exists(), printed
+    wrote = printed.split("\nwrote ")[1].split(" and ")[0]
+    try:
+        assert Path(wrote).name == "latest.md" and "subset-" in Path(wrote).parent.name
+        assert "| cp -r | - |" in Path(wrote).read_text()
+        assert "--publish writes there" in printed
+    finally:
+        shutil.rmtree(Path(wrote).parent)
+    assert run.main([*argv, "--publish"]) == 0
+    assert "| cp -r | - |" in (published / "latest.md").read_text()
+    assert (published / "latest.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_chart_of_the_published_report(tmp_path: Path) -> None:
+    # The committed report read back and redrawn (no benchmark runs): the headline has its own
+    # panel, cp -r and raw TCP are reference marks and never bars, every bar says how its time
+    # was taken, one legend explains it all, and nothing is named after an issue number.
+    report = REPO / "benchmarks" / "results" / "latest.md"
+    data = _chart.read_report(report.read_text(), run.chart_series(CONTENDERS))
+    assert list(data.titles) == ["a", "b", "c", "d", "e"]
+    assert data.point("a", "go-seed") is not None and data.point("a", "cli@go") is not None
+    assert data.points["d"]["seed"].why == "skipped"
+    fig = _chart.build_figure(data, run.GO_TARGETS)
+    headline, *panels = [ax for ax in fig.axes if ax.axison]
+    assert "Memoh's Go migrator" in headline.get_title(loc="left")
+    assert len(panels) == 5
+    for ax in (headline, *panels):
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels and all(label.endswith(("(whole process)", "(in process)"))
+                              for label in labels), labels
+        assert not any(label.startswith(("cp -r", "raw TCP")) for label in labels), labels
+    assert {t.get_text().split(" (")[0].split(": ")[0] for t in headline.get_yticklabels()} \
+        == set(_chart.HEADLINE_NAMES.values())
+    legend = [t.get_text() for lg in fig.legends for t in lg.get_texts()]
+    for wanted in ("whole process", "in process", "reference: cp -r", "reference: raw TCP",
+                   "target"):
+        assert any(text.startswith(wanted) for text in legend), legend
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts] + legend + [
+        ax.get_title(loc=loc) for ax in fig.axes for loc in ("left", "right")]
+    assert not any("issue" in t.lower() for t in texts)
+    out = tmp_path / "redrawn"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--replot",
+                           str(report), "--out", str(out)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
