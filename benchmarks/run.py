@@ -6,6 +6,7 @@
     python benchmarks/run.py --repeat-for d=1,e=1 # fewer repetitions for the big scenarios
     python benchmarks/run.py --profile DIR        # cProfile memoh-trio's client and server
     python benchmarks/run.py --replot benchmarks/results/latest.md   # redraw its chart only
+    python benchmarks/run.py --fleet              # also the fleet of issue 25 (benchmarks/fleet.py)
 
 Writes ``latest.md`` (tables, the headline and the targets as PASS/MISS) and ``latest.png`` (the
 chart, ``benchmarks/_chart.py``). Only a full run (every scenario and contender) writes them into
@@ -47,7 +48,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` importable
     sys.path.insert(0, str(REPO))
 
-from benchmarks import _chart, _conditions, scenarios, startup  # noqa: E402
+from benchmarks import _chart, _conditions, fleet, scenarios, startup  # noqa: E402
 from benchmarks._measure import CONTAINER_PATH, parse_result  # noqa: E402
 
 PY = sys.executable
@@ -963,6 +964,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="where generated trees are kept between runs")
     ap.add_argument("--no-startup", dest="startup", action="store_false",
                     help="leave out the startup table (benchmarks/startup.py)")
+    ap.add_argument("--fleet", action="store_true",
+                    help="also run the fleet scenario (issue 25, benchmarks/fleet.py): "
+                         f"{fleet.FLEET_BOTS} bots at once ({fleet.SMOKE_BOTS} with --smoke), "
+                         "--repeat rounds")
     ap.add_argument("--profile", type=Path, metavar="DIR",
                     help="instead of benchmarking, cProfile memoh-trio's client and server")
     args = ap.parse_args(argv)
@@ -1018,6 +1023,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         failed = _run_all(keys, contenders, skip, repeats, cache, cells, manifests, servers,
                           trash, smoke=args.smoke)
+        fleet_lines: list[str] = []
+        if args.fleet:
+            fleet_lines, fleet_failed = fleet.section(cache, smoke=args.smoke, rounds=repeat)
+            failed = failed or fleet_failed
     finally:
         if trash.count:
             print(f"removing the {trash.count} run outputs kept aside (untimed)", flush=True)
@@ -1031,6 +1040,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                          started, time.perf_counter() - t_start, found.describe())
     if startup_rows:
         md += "\n" + "\n".join(startup.render(startup_rows, startup_repeat))
+    if fleet_lines:
+        md += "\n" + "\n".join(fleet_lines)
     (out / "latest.md").write_text(md + "\n")
     render_chart(cells, contenders, args.smoke, out / "latest.png")
     print(md)

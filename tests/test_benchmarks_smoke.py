@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import _chart, run
+from benchmarks import _chart, fleet, run
 from benchmarks.run import CONTENDERS, MEMOH_GO_SEED, MEMOH_GO_SERVER, SERVER_LABELS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -25,11 +25,15 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
     out = tmp_path / "results"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "run.py"), "--smoke", "--scenarios", "a,d,e",
-         "--out", str(out), "--cache-dir", str(tmp_path / "cache")],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+         "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--fleet"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = (out / "latest.md").read_text()
+    # The fleet (issue 25) is a section of the same report (benchmarks/fleet.py's own test
+    # checks its rows).
+    fleet_part = table.split("## Fleet (issue 25)")[1].split("\n## ")[0]
+    assert "FAILED" not in fleet_part, fleet_part
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
     for section in ("## (a)", "## (d)", "## (e)", "## Targets"):
         assert section in table
@@ -190,3 +194,33 @@ def test_chart_of_the_published_report(tmp_path: Path) -> None:
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
+def test_fleet_smoke(tmp_path: Path) -> None:
+    # Issue 25's fleet, 3 bots of 12 files: every contender migrated every bot (renamed, every
+    # file identical: fleet.py checks the content and fails the run otherwise), each bot into
+    # its own Memoh Go server under busybox+python3 on 127.0.0.N with one port.
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.fleet", "--smoke", "--cache-dir",
+         str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    why = fleet.missing()
+    if why is not None:  # says why, fails nothing
+        assert f"Not run: {why}" in proc.stdout
+        return
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    for c in fleet.CONTENDERS:
+        main_row = next(r for r in rows if r.startswith(f"| {c.label} | "))
+        assert main_row.endswith(f"| {fleet.SMOKE_BOTS}/{fleet.SMOKE_BOTS} |"), main_row
+        cells = [x.strip() for x in main_row.strip("|").split("|")]
+        assert all(float(x.replace(",", "")) >= 0 for x in cells[1:8]), main_row
+        per_bot = [r for r in rows if r.startswith(f"| {c.label} | ") and r != main_row]
+        assert len(per_bot) == 1, rows  # where the CPU goes, per bot
+    # the three targets, measured (not judged: a smoke run)
+    for name in ("fleet wall", "fleet total CPU", "migrate-all peak RSS"):
+        line = next(r for r in rows if name in r)
+        assert "not measured" not in line and "(smoke)" in line, line
+    # one bot's phases: its RPCs, the probe and the tar batch among them
+    phases = proc.stdout.split("One bot's phases")[1]
+    assert "| exec:probe | 1 |" in phases and "exec:tar-extract" in phases, phases
+    assert not (tmp_path / "cache" / "fleet-v1" / "3-smoke" / "bots" / "bot-000.migrated").exists()
