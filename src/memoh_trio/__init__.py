@@ -40,6 +40,10 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   ``resume``, ``preflight``, ``bots``;
 * the ``memoh-trio`` command line: ``_cli/`` (``args``: the parser; ``commands``; ``exits``:
   exit codes; ``main``), ``_display``, ``_diagnose`` (connection hints), ``_demo``, ``__main__``;
+* the container agent (issue 25; standalone, not yet used by the migrator): ``_agent/``:
+  ``agent`` (the stdlib-only program shipped to the container through Exec, and the frame
+  codec both sides use), ``driver`` (the client's side of its protocol, pure), ``session``
+  (:func:`open_agent` over a client's Exec stream, in Trio);
 * ``testing`` (public, imported on its own) — an in-process server for tests of embedders.
 """
 

@@ -1,0 +1,524 @@
+"""The container agent: one python3 process per migration, spoken to over one Exec stream.
+
+This file is the program itself. It is shipped to the container as the source of
+``python3 -S -c SOURCE DEST`` (:func:`memoh_trio._agent.command`) and runs there on the standard
+library alone (Memoh's bot image is alpine + python3, nothing installed). The client imports the
+same file for the frame codec and the protocol constants, so the wire format is written once.
+
+Wire format (both directions), :func:`encode_frame` / :class:`FrameDecoder`::
+
+    frame = u32 header length | u32 data length | header (JSON object, UTF-8) | data
+
+Every request header has ``op`` and ``id`` (increasing); the agent answers each request with
+exactly one reply, in order, with the same ``id``, ``ok`` and, for per-entry operations,
+``records``: one ``{"path", "ok", "error"?, ...}`` per entry. The first exchange is ``hello``:
+the client sends its :data:`PROTOCOL_VERSION`, the agent answers with its own; on a mismatch it
+answers ``ok: false`` and exits :data:`EXIT_VERSION`.
+
+Operations (every path is relative to DEST, ``/``-separated, no ``.``/``..``/empty components):
+
+``hello`` ``{version}``; ``mkdir`` ``{entries: [{path, mode?}]}`` (missing components created one
+at a time); ``write`` ``{path, first, last}`` + bytes (a file, in one or more frames; the caller
+names a temporary); ``files`` ``{entries: [{path, size, final?, mode?, mtime_ns?, atime_ns?}]}`` +
+the entries' bytes back to back (a batch of small files, each written to ``path`` and, with
+``final``, placed); ``place`` ``{entries: [{tmp, path, size, mode?, mtime_ns?, atime_ns?}]}`` (size
+checked, mode and times set on the open file, renamed into place); ``symlink`` ``{entries: [{path,
+target, tmp, mtime_ns?, atime_ns?}]}``; ``meta`` ``{entries: [{path, mode?, mtime_ns?,
+atime_ns?}]}`` (directories and files; symlinks get times only); ``delete`` ``{paths}`` (files and
+links, never directories); ``flush`` ``{how: "syncfs"|"fsync"}``: ``syncfs(2)`` of DEST's file
+system, or ``fsync`` of every file this agent wrote and of their directories; ``bye``.
+
+Security (issue 25): no path is ever resolved by name from DEST. Each component is opened
+relative to its parent's descriptor with ``O_NOFOLLOW``, directories with ``O_DIRECTORY``;
+files are created with ``O_NOFOLLOW``; renames, links, deletions and times go through the parent
+descriptors (``src_dir_fd``/``dst_dir_fd``/``dir_fd``). A symlink or a non-directory on the way
+fails that entry. After a rename, the parent directory is looked up again from DEST: if the
+directory the file went into is no longer at its path (swapped for a symlink or moved while it
+was being placed), the entry fails. Nothing is written outside DEST by a process that changes
+the tree meanwhile: the worst it can do is move a directory (with what was placed in it) aside.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import struct
+import sys
+from typing import Any
+
+#: Version of the protocol this file speaks (both sides): bumped on any incompatible change.
+PROTOCOL_VERSION = 1
+#: ``u32 header length | u32 data length``.
+PREFIX = struct.Struct(">II")
+#: Largest header and data a frame may carry (a bigger prefix is a broken stream).
+MAX_HEADER = 1 << 20
+MAX_DATA = 64 << 20
+#: Exit codes of the agent: done (``bye``), the client's version is not ours, the stream broke,
+EXIT_OK = 0
+EXIT_VERSION = 3
+EXIT_PROTOCOL = 4
+EXIT_DEST = 5  # the destination directory cannot be opened (or made) without a symlink
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_CHUNK = 1 << 20
+
+
+class FrameError(Exception):
+    """The byte stream is not a sequence of frames (a bad prefix or header)."""
+
+
+def encode_frame(header: dict[str, Any], data: bytes = b"") -> bytes:
+    """One frame: the prefix, ``header`` as compact JSON, ``data``."""
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if len(head) > MAX_HEADER or len(data) > MAX_DATA:
+        raise FrameError(f"frame too large ({len(head)} B header, {len(data)} B data)")
+    return PREFIX.pack(len(head), len(data)) + head + data
+
+
+class FrameDecoder:
+    """Frames from a byte stream fed in any pieces: ``feed(data)``, then ``next()`` until it
+    gives None (a whole frame is not there yet). No I/O."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> None:
+        self._buf += data
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as a frame."""
+        return len(self._buf)
+
+    def next(self) -> tuple[dict[str, Any], bytes] | None:
+        if len(self._buf) < PREFIX.size:
+            return None
+        hlen, dlen = PREFIX.unpack_from(self._buf)
+        if hlen > MAX_HEADER or dlen > MAX_DATA:
+            raise FrameError(f"bad frame prefix ({hlen} B header, {dlen} B data): not a frame")
+        end = PREFIX.size + hlen + dlen
+        if len(self._buf) < end:
+            return None
+        try:
+            header = json.loads(bytes(self._buf[PREFIX.size:PREFIX.size + hlen]))
+        except ValueError as exc:
+            raise FrameError(f"bad frame header: {exc}") from None
+        if not isinstance(header, dict):
+            raise FrameError("bad frame header: not a JSON object")
+        data = bytes(self._buf[PREFIX.size + hlen:end])
+        del self._buf[:end]
+        return header, data
+
+
+# ----------------------------------------------------------------------------------------------
+# The container side
+
+
+class EntryError(Exception):
+    """One entry failed; the message says why (and nothing was written through a link)."""
+
+
+def _why(exc: OSError, where: str) -> str:
+    if exc.errno == errno.ELOOP:
+        return f"a symlink is in the way at {where!r}"
+    if exc.errno == errno.ENOTDIR:
+        return f"not a directory on the way at {where!r}"
+    return f"{where!r}: {exc.strerror or exc} ({errno.errorcode.get(exc.errno or 0, exc.errno)})"
+
+
+def _in_the_way(exc: OSError, name: str, dir_fd: int) -> OSError:
+    """``exc`` of opening directory ``name``, told apart: ELOOP for a symlink (Linux answers
+    ENOTDIR when ``O_DIRECTORY`` and ``O_NOFOLLOW`` meet one), ENOTDIR for anything else."""
+    if exc.errno in (errno.ENOTDIR, errno.ELOOP):
+        try:
+            is_link = stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+        except OSError:
+            return exc
+        return OSError(errno.ELOOP if is_link else errno.ENOTDIR, exc.strerror)
+    return exc
+
+
+def split_path(path: str) -> list[str]:
+    """The components of a relative path; EntryError for anything else."""
+    if not isinstance(path, str) or not path or path.startswith("/") or "\x00" in path:
+        raise EntryError(f"bad path {path!r}: must be relative and non-empty")
+    parts = path.split("/")
+    if any(p in ("", ".", "..") for p in parts):
+        raise EntryError(f"bad path {path!r}: empty, '.' or '..' component")
+    return parts
+
+
+class Tree:
+    """DEST, reached only through directory descriptors (see the module doc)."""
+
+    def __init__(self, root_fd: int) -> None:
+        self.root_fd = root_fd
+        self.written: dict[str, None] = {}  # files this agent wrote and placed, in order
+        self.dirs: dict[str, None] = {}  # their directories ("" = DEST)
+
+    def open_dir(self, parts: list[str], create: bool, mode: int = 0o755) -> int:
+        """A new descriptor of the directory ``parts`` (created component by component when
+        ``create``); EntryError when a component is a symlink or not a directory."""
+        fd = os.dup(self.root_fd)
+        try:
+            for i, name in enumerate(parts):
+                try:
+                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:  # noqa: SIM105  (no contextlib: the agent starts lean)
+                        os.mkdir(name, mode, dir_fd=fd)
+                    except FileExistsError:
+                        pass  # made meanwhile: opened below like any other
+                    nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
+                except OSError as exc:
+                    raise EntryError(_why(_in_the_way(exc, name, fd),
+                                          "/".join(parts[:i + 1]))) from None
+                os.close(fd)
+                fd = nfd
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def parent(self, path: str, create: bool = True) -> tuple[int, str, list[str]]:
+        """``(descriptor of the parent directory, last component, parent's components)``."""
+        parts = split_path(path)
+        try:
+            return self.open_dir(parts[:-1], create), parts[-1], parts[:-1]
+        except FileNotFoundError as exc:
+            raise EntryError(_why(exc, "/".join(parts[:-1]))) from None
+
+    def still_there(self, fd: int, parts: list[str]) -> None:
+        """EntryError unless directory ``parts`` is still the one ``fd`` refers to."""
+        mine = os.fstat(fd)
+        try:
+            again = self.open_dir(parts, create=False)
+        except (EntryError, OSError) as exc:
+            raise EntryError(f"the directory {'/'.join(parts)!r} was replaced while the entry "
+                             f"was placed ({exc})") from None
+        try:
+            now = os.fstat(again)
+        finally:
+            os.close(again)
+        if (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino):
+            raise EntryError(f"the directory {'/'.join(parts)!r} was replaced while the entry "
+                             "was placed")
+
+
+def _set_times(entry: dict[str, Any], fd: int | None = None, name: str | None = None,
+               dir_fd: int | None = None) -> None:
+    mtime = entry.get("mtime_ns")
+    if mtime is None:
+        return
+    times = (int(entry.get("atime_ns", mtime)), int(mtime))
+    if fd is not None:
+        os.utime(fd, ns=times)
+    else:
+        os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
+
+
+class Agent:
+    """Carries out requests on a :class:`Tree`; ``handle`` gives the reply header."""
+
+    def __init__(self, tree: Tree) -> None:
+        self.tree = tree
+        self.open_writes: dict[str, int] = {}
+        self.failed_writes: dict[str, str] = {}
+
+    # Each per-entry operation returns a record; EntryError/OSError become failed records.
+    def each(self, entries: list[Any], step: Any) -> list[dict[str, Any]]:
+        records = []
+        for entry in entries:
+            path = entry if isinstance(entry, str) else entry.get("path")
+            try:
+                extra = step(entry) or {}
+                records.append({"path": path, "ok": True, **extra})
+            except EntryError as exc:
+                records.append({"path": path, "ok": False, "error": str(exc)})
+            except OSError as exc:
+                records.append({"path": path, "ok": False, "error": _why(exc, str(path))})
+        return records
+
+    def mkdir(self, entry: dict[str, Any]) -> None:
+        parts = split_path(entry["path"])
+        fd = self.tree.open_dir(parts, create=True, mode=int(entry.get("mode", 0o755)))
+        os.close(fd)
+
+    def _create(self, path: str) -> int:
+        pfd, name, _ = self.tree.parent(path)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise EntryError(f"{path!r} is not a regular file")
+            return fd
+        except OSError as exc:
+            raise EntryError(_why(exc, path)) from None
+        finally:
+            os.close(pfd)
+
+    def write(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
+        path = header["path"]
+        if header.get("first"):
+            self.failed_writes.pop(path, None)
+            old = self.open_writes.pop(path, None)
+            if old is not None:
+                os.close(old)
+            try:
+                self.open_writes[path] = self._create(path)
+            except (EntryError, OSError) as exc:
+                self.failed_writes[path] = str(exc)
+        if path in self.failed_writes:
+            return {"ok": False, "error": self.failed_writes[path]}
+        fd = self.open_writes.get(path)
+        if fd is None:
+            return {"ok": False, "error": f"{path!r}: no write in progress (first frame missing)"}
+        try:
+            _write_all(fd, data)
+        except OSError as exc:
+            os.close(self.open_writes.pop(path))
+            self.failed_writes[path] = _why(exc, path)
+            return {"ok": False, "error": self.failed_writes[path]}
+        if header.get("last"):
+            size = os.fstat(fd).st_size
+            os.close(self.open_writes.pop(path))
+            return {"ok": True, "size": size}
+        return {"ok": True}
+
+    def files(self, header: dict[str, Any], data: bytes) -> list[dict[str, Any]]:
+        view = memoryview(data)
+        offset = 0
+        records = []
+        for entry in header["entries"]:
+            size = int(entry["size"])
+            chunk, offset = view[offset:offset + size], offset + size
+            record = self.each([entry], lambda e, c=chunk: self._one_file(e, c))[0]
+            record["path"] = entry.get("final") or entry["path"]
+            records.append(record)
+        return records
+
+    def _one_file(self, entry: dict[str, Any], chunk: memoryview) -> dict[str, Any]:
+        if len(chunk) != int(entry["size"]):
+            raise EntryError(f"{entry['path']!r}: {len(chunk)} bytes arrived, not {entry['size']}")
+        fd = self._create(entry["path"])
+        try:
+            _write_all(fd, chunk)
+        finally:
+            os.close(fd)
+        if entry.get("final"):
+            return self.place({**entry, "tmp": entry["path"], "path": entry["final"]})
+        return {"size": len(chunk)}
+
+    def place(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Check the temporary's size, give it its mode and times, rename it to ``path``."""
+        tree = self.tree
+        spfd, sname, _ = tree.parent(entry["tmp"], create=False)
+        try:
+            dpfd, dname, dparts = tree.parent(entry["path"], create=True)
+            try:
+                try:
+                    fd = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=spfd)
+                except OSError as exc:
+                    raise EntryError(_why(exc, entry["tmp"])) from None
+                try:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise EntryError(f"{entry['tmp']!r} is not a regular file")
+                    if "size" in entry and st.st_size != int(entry["size"]):
+                        raise EntryError(f"{entry['tmp']!r} has {st.st_size} bytes, not "
+                                         f"{entry['size']}")
+                    if "mode" in entry:
+                        os.fchmod(fd, int(entry["mode"]) & 0o7777)
+                    _set_times(entry, fd=fd)
+                    os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
+                    placed = os.stat(dname, dir_fd=dpfd, follow_symlinks=False)
+                    if (placed.st_dev, placed.st_ino) != (st.st_dev, st.st_ino):
+                        raise EntryError(f"{entry['path']!r} changed while it was placed")
+                    tree.still_there(dpfd, dparts)
+                    tree.written[entry["path"]] = None
+                    tree.dirs["/".join(dparts)] = None
+                    return {"size": placed.st_size, "mode": stat.S_IMODE(placed.st_mode),
+                            "mtime_ns": placed.st_mtime_ns}
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(dpfd)
+        finally:
+            os.close(spfd)
+
+    def symlink(self, entry: dict[str, Any]) -> None:
+        pfd, name, parts = self.tree.parent(entry["path"])
+        try:
+            tmp = entry.get("tmp") or f".memoh-link-{os.getpid()}-{name}"
+            if "/" in tmp:
+                raise EntryError(f"bad temporary name {tmp!r}")
+            try:  # noqa: SIM105
+                os.unlink(tmp, dir_fd=pfd)
+            except FileNotFoundError:
+                pass
+            os.symlink(entry["target"], tmp, dir_fd=pfd)
+            _set_times(entry, name=tmp, dir_fd=pfd)
+            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            self.tree.still_there(pfd, parts)
+            self.tree.dirs["/".join(parts)] = None
+        finally:
+            os.close(pfd)
+
+    def meta(self, entry: dict[str, Any]) -> None:
+        pfd, name, _ = self.tree.parent(entry["path"], create=False)
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if stat.S_ISLNK(st.st_mode):
+                _set_times(entry, name=name, dir_fd=pfd)
+                return
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            if stat.S_ISDIR(st.st_mode):
+                flags |= os.O_DIRECTORY
+            fd = os.open(name, flags, dir_fd=pfd)
+            try:
+                if "mode" in entry:
+                    os.fchmod(fd, int(entry["mode"]) & 0o7777)
+                _set_times(entry, fd=fd)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(pfd)
+
+    def delete(self, path: str) -> dict[str, Any] | None:
+        pfd, name, _ = self.tree.parent(path, create=False)
+        try:
+            os.unlink(name, dir_fd=pfd)
+        except FileNotFoundError:
+            return {"absent": True}
+        except IsADirectoryError:
+            raise EntryError(f"{path!r} is a directory (never deleted)") from None
+        finally:
+            os.close(pfd)
+        return None
+
+    def flush(self, how: str) -> dict[str, Any]:
+        if how == "syncfs" and _syncfs(self.tree.root_fd):
+            return {"ok": True, "how": "syncfs"}
+        records = self.each(list(self.tree.written), self._fsync_file)
+        dirs = self.each([{"path": d} for d in self.tree.dirs if d], self._fsync_dir)
+        os.fsync(self.tree.root_fd)
+        failed = [r for r in records + dirs if not r["ok"]]
+        return {"ok": not failed, "how": "fsync", "files": len(records), "dirs": len(dirs) + 1,
+                "records": failed}
+
+    def _fsync_file(self, path: str) -> None:
+        pfd, name, _ = self.tree.parent(path, create=False)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_dir(self, entry: dict[str, Any]) -> None:
+        fd = self.tree.open_dir(split_path(entry["path"]), create=False)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def handle(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
+        op = header.get("op")
+        reply: dict[str, Any]
+        if op == "write":
+            reply = self.write(header, data)
+        elif op == "files":
+            reply = {"records": self.files(header, data)}
+        elif op == "flush":
+            reply = self.flush(str(header.get("how", "syncfs")))
+        elif op in ("mkdir", "place", "symlink", "meta", "delete"):
+            step = getattr(self, op)
+            entries = header.get("paths" if op == "delete" else "entries", [])
+            reply = {"records": self.each(entries, step)}
+        else:
+            reply = {"ok": False, "error": f"unknown operation {op!r}"}
+        if "records" in reply and "ok" not in reply:
+            reply["ok"] = all(r["ok"] for r in reply["records"])
+        reply.update(op=op, id=header.get("id"))
+        return reply
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _syncfs(fd: int) -> bool:
+    """``syncfs(2)`` of ``fd``'s file system through libc (ctypes); False where it cannot."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.syncfs(fd) == 0)
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+def serve(dest: str, stdin: int = 0, stdout: int = 1) -> int:
+    """The agent's loop: the handshake, then one reply per request until ``bye`` or EOF."""
+    decoder = FrameDecoder()
+
+    def send(header: dict[str, Any]) -> None:
+        _write_all(stdout, encode_frame(header))
+
+    def frames() -> Any:
+        while True:
+            try:
+                frame = decoder.next()
+            except FrameError as exc:
+                sys.stderr.write(f"memoh-trio agent: {exc}\n")
+                raise SystemExit(EXIT_PROTOCOL) from None
+            if frame is not None:
+                yield frame
+                continue
+            data = os.read(stdin, _READ_CHUNK)
+            if not data:
+                if decoder.buffered:
+                    sys.stderr.write("memoh-trio agent: the stream ended inside a frame\n")
+                    raise SystemExit(EXIT_PROTOCOL)
+                return
+            decoder.feed(data)
+
+    it = frames()
+    first = next(it, None)
+    if first is None:
+        return EXIT_PROTOCOL
+    hello = first[0]
+    if hello.get("op") != "hello" or hello.get("version") != PROTOCOL_VERSION:
+        send({"op": "hello", "id": hello.get("id"), "ok": False, "version": PROTOCOL_VERSION,
+              "error": f"the agent speaks protocol version {PROTOCOL_VERSION}, the client "
+                       f"{hello.get('version')!r}"})
+        return EXIT_VERSION
+    try:
+        parts = split_path(dest) if dest not in ("", ".") else []
+        root = Tree(os.open(".", _DIR_FLAGS)).open_dir(parts, create=True)
+    except (EntryError, OSError) as exc:
+        send({"op": "hello", "id": hello.get("id"), "ok": False, "version": PROTOCOL_VERSION,
+              "error": f"cannot open the destination {dest!r}: {exc}"})
+        return EXIT_DEST
+    agent = Agent(Tree(root))
+    send({"op": "hello", "id": hello.get("id"), "ok": True, "version": PROTOCOL_VERSION,
+          "pid": os.getpid(), "python": sys.version.split()[0]})
+    for header, data in it:
+        if header.get("op") == "bye":
+            send({"op": "bye", "id": header.get("id"), "ok": True})
+            return EXIT_OK
+        send(agent.handle(header, data))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(serve(sys.argv[1] if len(sys.argv) > 1 else ""))

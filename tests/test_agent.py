@@ -1,0 +1,256 @@
+"""The container agent's operations, against a real python3 process over pipes (no sockets):
+placement, modes and nanosecond mtimes, links, and what it refuses (issue 25's security rule:
+every component opened relative to its parent without following links)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from memoh_trio._agent import command
+from memoh_trio._agent.agent import EXIT_PROTOCOL, EXIT_VERSION, encode_frame
+from memoh_trio._agent.driver import AgentVersionMismatch, Driver, Record, Reply
+
+T0 = 1_577_836_800_123_456_789  # 2020-01-01 plus some nanoseconds
+
+
+class LocalAgent:
+    """The agent as a child process in ``cwd``, spoken to through a :class:`Driver`."""
+
+    def __init__(self, cwd: Path, dest: str = "dest", version: int | None = None) -> None:
+        self.proc = subprocess.Popen(["sh", "-c", command(dest, python=sys.executable)],
+                                     cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.driver = Driver() if version is None else Driver(version=version)
+        self._write(self.driver.hello()[1])
+        self.hello = self._reply()
+
+    def _write(self, frame: bytes) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(frame)
+        self.proc.stdin.flush()
+
+    def _reply(self) -> Reply:
+        assert self.proc.stdout is not None
+        while (reply := self.driver.next_reply()) is None:
+            data = os.read(self.proc.stdout.fileno(), 65536)
+            assert data, self.proc.stderr.read() if self.proc.stderr else "eof"
+            self.driver.receive_data(data)
+        return reply
+
+    def call(self, op: str, fields: dict[str, Any] | None = None, data: bytes = b"") -> Reply:
+        self._write(self.driver.send(op, fields, data)[1])
+        return self._reply()
+
+    def records(self, op: str, entries: list[Any], data: bytes = b"") -> list[Record]:
+        key = "paths" if op == "delete" else "entries"
+        return list(self.call(op, {key: entries}, data).records)
+
+    def close(self) -> int:
+        if self.proc.poll() is None and self.driver.state.value in ("ready",):
+            self._write(self.driver.bye()[1])
+            self._reply()
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        code = self.proc.wait(10)
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f is not None:
+                f.close()
+        return code
+
+
+@pytest.fixture
+def agent(tmp_path: Path) -> Iterator[LocalAgent]:
+    a = LocalAgent(tmp_path)
+    yield a
+    assert a.close() == 0
+
+
+def outside_untouched(outside: Path, before: dict[str, bytes]) -> None:
+    now = {p.relative_to(outside).as_posix(): p.read_bytes()
+           for p in outside.rglob("*") if p.is_file()}
+    assert now == before
+
+
+def test_places_files_dirs_and_links_with_modes_and_ns_mtimes(agent: LocalAgent,
+                                                              tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    assert agent.hello.ok and agent.hello.header["pid"] == agent.proc.pid  # python3 itself
+    recs = agent.records("mkdir", [{"path": "a/b/c", "mode": 0o700}, {"path": "a/b"}])
+    assert all(r.ok for r in recs)
+    big = os.urandom(2 * 1024 * 1024 + 3)
+    recs = agent.records("files", [
+        {"path": "a/.t1", "size": 3, "final": "a/one", "mode": 0o640, "mtime_ns": T0},
+        {"path": "a/b/.t2", "size": 0, "final": "a/b/empty", "mode": 0o600, "mtime_ns": T0 + 1},
+        {"path": "new/deep/.t3", "size": 2, "final": "new/deep/two"},
+    ], b"abc" + b"" + b"xy")
+    assert [(r.path, r.ok) for r in recs] == [("a/one", True), ("a/b/empty", True),
+                                             ("new/deep/two", True)]
+    assert recs[0].extra == {"size": 3, "mode": 0o640, "mtime_ns": T0}
+    assert agent.call("write", {"path": "a/.big", "first": True, "last": False},
+                      big[:1000]).ok
+    last = agent.call("write", {"path": "a/.big", "first": False, "last": True}, big[1000:])
+    assert last.ok and last.header["size"] == len(big)
+    recs = agent.records("place", [{"tmp": "a/.big", "path": "a/b/c/big", "size": len(big),
+                                    "mode": 0o755, "mtime_ns": T0 + 2, "atime_ns": T0}])
+    assert recs[0].ok, recs
+    recs = agent.records("symlink", [{"path": "a/link", "target": "../../etc/passwd",
+                                      "mtime_ns": T0 + 3}])
+    assert recs[0].ok, recs
+    recs = agent.records("meta", [{"path": "a/b", "mode": 0o711, "mtime_ns": T0 + 4},
+                                  {"path": "a/link", "mtime_ns": T0 + 5}])
+    assert all(r.ok for r in recs), recs
+    st = (dest / "a/b/c/big").stat()  # before reading it (relatime)
+    assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns, st.st_atime_ns) == (0o755, T0 + 2, T0)
+    assert (dest / "a/one").read_bytes() == b"abc"
+    assert (dest / "a/b/c/big").read_bytes() == big
+    assert stat.S_IMODE((dest / "a/b/c").stat().st_mode) == 0o700
+    assert (stat.S_IMODE((dest / "a/b").stat().st_mode), (dest / "a/b").stat().st_mtime_ns) \
+        == (0o711, T0 + 4)
+    assert os.readlink(dest / "a/link") == "../../etc/passwd"
+    assert (dest / "a/link").lstat().st_mtime_ns == T0 + 5
+    assert (dest / "a/b/empty").read_bytes() == b""
+    assert sorted(p.name for p in dest.rglob(".*")) == []  # every temporary renamed
+    for how in ("syncfs", "fsync"):
+        reply = agent.call("flush", {"how": how})
+        assert reply.ok and reply.header["how"] == how, reply
+    assert agent.call("flush", {"how": "fsync"}).header["files"] == 4
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    out = tmp_path / "outside"
+    out.mkdir()
+    (out / "victim").write_bytes(b"mine")
+    return out
+
+
+def test_a_symlink_on_the_way_fails_every_entry_and_nothing_lands_outside(
+        agent: LocalAgent, tmp_path: Path, outside: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / "d").symlink_to(outside)
+    (dest / "real").mkdir()
+    (dest / "real" / ".t").write_bytes(b"12")
+    checks = {
+        "mkdir": agent.records("mkdir", [{"path": "d/sub"}]),
+        "files": agent.records("files", [{"path": "d/.t", "size": 2, "final": "d/f"},
+                                         {"path": "real/.u", "size": 2, "final": "d/g"}],
+                               b"abcd"),
+        "place": agent.records("place", [{"tmp": "real/.t", "path": "d/x/y", "size": 2}]),
+        "symlink": agent.records("symlink", [{"path": "d/l", "target": "/"}]),
+        "meta": agent.records("meta", [{"path": "d/victim", "mode": 0o777, "mtime_ns": T0}]),
+        "delete": agent.records("delete", ["d/victim"]),
+    }
+    for op, recs in checks.items():
+        assert recs and all(not r.ok for r in recs), (op, recs)
+        assert all("a symlink is in the way at 'd'" in (r.error or "") for r in recs), (op, recs)
+    outside_untouched(outside, {"victim": b"mine"})
+    assert stat.S_IMODE((outside / "victim").stat().st_mode) != 0o777
+    assert (dest / "real" / ".t").read_bytes() == b"12"  # a failed place leaves its temporary
+
+
+def test_a_file_where_a_directory_must_be(agent: LocalAgent, tmp_path: Path) -> None:
+    (tmp_path / "dest" / "f").write_bytes(b"x")
+    recs = agent.records("files", [{"path": "f/.t", "size": 1, "final": "f/g"}], b"y")
+    assert not recs[0].ok and "not a directory on the way at 'f'" in (recs[0].error or "")
+
+
+def test_links_at_the_last_component_are_never_followed(agent: LocalAgent, tmp_path: Path,
+                                                        outside: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / ".t").symlink_to(outside / "victim")  # a temporary name that is a link
+    (dest / "final").symlink_to(outside / "victim")  # a final name that is a link
+    recs = agent.records("files", [{"path": ".t", "size": 3, "final": "x"}], b"new")
+    assert not recs[0].ok and "symlink" in (recs[0].error or ""), recs
+    recs = agent.records("files", [{"path": ".u", "size": 3, "final": "final"}], b"new")
+    assert recs[0].ok, recs  # the link itself is replaced, not its target
+    assert not (dest / "final").is_symlink() and (dest / "final").read_bytes() == b"new"
+    recs = agent.records("meta", [{"path": "x2", "mode": 0o777}])
+    assert not recs[0].ok
+    outside_untouched(outside, {"victim": b"mine"})
+
+
+def test_a_directory_swapped_for_a_symlink_before_placement(agent: LocalAgent, tmp_path: Path,
+                                                           outside: Path) -> None:
+    # The temporaries are written; then a process in the container moves the directory aside
+    # and puts a symlink to elsewhere in its place; then the files are placed.
+    dest = tmp_path / "dest"
+    recs = agent.records("files", [{"path": f"d/.t{i}", "size": 1} for i in range(5)],
+                         b"01234")
+    assert all(r.ok for r in recs)
+    (dest / "d").rename(dest / "d.aside")
+    (dest / "d").symlink_to(outside)
+    (outside / ".t0").write_bytes(b"X")  # a temporary of the same name outside
+    recs = agent.records("place", [{"tmp": f"d/.t{i}", "path": f"d/f{i}", "size": 1}
+                                   for i in range(5)])
+    assert all(not r.ok and "symlink" in (r.error or "") for r in recs), recs
+    outside_untouched(outside, {"victim": b"mine", ".t0": b"X"})
+    assert sorted(p.name for p in (dest / "d.aside").iterdir()) == [f".t{i}" for i in range(5)]
+
+
+def test_bad_paths_are_refused(agent: LocalAgent) -> None:
+    bad = ["../x", "/etc/passwd", "a//b", "", "a/./b", "a/..", "x\x00y"]
+    recs = agent.records("mkdir", [{"path": p} for p in bad])
+    assert [r.ok for r in recs] == [False] * len(bad)
+    assert all("bad path" in (r.error or "") for r in recs)
+
+
+def test_a_temporary_of_the_wrong_size_is_not_placed(agent: LocalAgent, tmp_path: Path) -> None:
+    assert agent.records("files", [{"path": ".t", "size": 3}], b"abc")[0].ok
+    recs = agent.records("place", [{"tmp": ".t", "path": "f", "size": 4}])
+    assert not recs[0].ok and "has 3 bytes, not 4" in (recs[0].error or "")
+    assert not (tmp_path / "dest" / "f").exists() and (tmp_path / "dest" / ".t").exists()
+    recs = agent.records("files", [{"path": ".u", "size": 9}], b"abc")  # fewer bytes came
+    assert not recs[0].ok and "3 bytes arrived, not 9" in (recs[0].error or "")
+
+
+def test_delete_removes_files_and_links_never_directories(agent: LocalAgent,
+                                                          tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    (dest / "dir").mkdir()
+    (dest / "f").write_bytes(b"")
+    (dest / "l").symlink_to("dir")
+    recs = agent.records("delete", ["f", "l", "dir", "gone"])
+    assert [(r.ok, r.extra) for r in recs[:2]] == [(True, {}), (True, {})]
+    assert not recs[2].ok and "is a directory" in (recs[2].error or "")
+    assert recs[3].ok and recs[3].extra == {"absent": True}
+    assert sorted(p.name for p in dest.iterdir()) == ["dir"]
+
+
+def test_an_unknown_operation_is_answered_and_the_agent_goes_on(agent: LocalAgent) -> None:
+    reply = agent.call("frobnicate")
+    assert not reply.ok and "unknown operation" in (reply.error or "")
+    assert agent.records("mkdir", [{"path": "x"}])[0].ok
+
+
+def test_another_protocol_version_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(AgentVersionMismatch):
+        LocalAgent(tmp_path, version=99)
+    # (the process, refused, exits EXIT_VERSION: see the next test, with the raw stream)
+
+
+@pytest.mark.parametrize(("stream", "code", "message"), [
+    (encode_frame({"op": "hello", "id": 0, "version": 99}), EXIT_VERSION, b""),
+    (b"GET / HTTP/1.1\r\n\r\n", EXIT_PROTOCOL, b"bad frame prefix"),
+    (encode_frame({"op": "hello", "id": 0, "version": 1})
+     + encode_frame({"op": "mkdir", "id": 1})[:-2], EXIT_PROTOCOL, b"ended inside a frame"),
+])
+def test_a_broken_stream_ends_the_agent_with_a_distinct_code(tmp_path: Path, stream: bytes,
+                                                             code: int, message: bytes) -> None:
+    done = subprocess.run(["sh", "-c", command("dest", python=sys.executable)], cwd=tmp_path,
+                          input=stream, capture_output=True, timeout=30)
+    assert done.returncode == code, done.stderr
+    assert message in done.stderr
+
+
+def test_a_destination_behind_a_symlink_is_refused(tmp_path: Path, outside: Path) -> None:
+    (tmp_path / "dest").symlink_to(outside)
+    with pytest.raises(Exception, match=r"refused to start.*cannot open the destination"):
+        LocalAgent(tmp_path)

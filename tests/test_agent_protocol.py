@@ -1,0 +1,234 @@
+"""The agent's frame codec and the client's driver, without I/O (issue 25)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import struct
+from typing import Any
+
+import pytest
+
+from memoh_trio._agent import PROTOCOL_VERSION, command, source
+from memoh_trio._agent.agent import MAX_DATA, FrameDecoder, FrameError, encode_frame
+from memoh_trio._agent.driver import (
+    AgentCrashed,
+    AgentError,
+    AgentProtocolError,
+    AgentVersionMismatch,
+    Driver,
+    State,
+)
+
+
+def frames_of(stream: bytes) -> list[tuple[dict[str, Any], bytes]]:
+    decoder = FrameDecoder()
+    decoder.feed(stream)
+    out = []
+    while (frame := decoder.next()) is not None:
+        out.append(frame)
+    assert decoder.buffered == 0
+    return out
+
+
+def test_frames_round_trip_fed_one_byte_at_a_time() -> None:
+    sent = [({"op": "files", "id": 1, "entries": [{"path": "a", "size": 3}]}, b"abc"),
+            ({"op": "mkdir", "id": 2, "ünï": "cödé"}, b""),
+            ({"op": "write", "id": 3}, bytes(range(256)) * 300)]
+    stream = b"".join(encode_frame(h, d) for h, d in sent)
+    decoder = FrameDecoder()
+    got = []
+    for i in range(len(stream)):
+        decoder.feed(stream[i:i + 1])
+        while (frame := decoder.next()) is not None:
+            got.append(frame)
+    assert got == sent and decoder.buffered == 0
+
+
+def test_frame_layout_is_two_lengths_then_json_then_data() -> None:
+    frame = encode_frame({"op": "x"}, b"DATA")
+    head = b'{"op":"x"}'
+    assert frame == struct.pack(">II", len(head), 4) + head + b"DATA"
+
+
+@pytest.mark.parametrize("bad", [
+    struct.pack(">II", 1 << 30, 0),  # a prefix no frame has: not the protocol
+    struct.pack(">II", 0, MAX_DATA + 1),
+    struct.pack(">II", 3, 0) + b"{{{",  # broken JSON
+    struct.pack(">II", 2, 0) + b"[]",  # not an object
+])
+def test_broken_frames_are_refused(bad: bytes) -> None:
+    decoder = FrameDecoder()
+    decoder.feed(bad)
+    with pytest.raises(FrameError):
+        decoder.next()
+
+
+def test_a_frame_too_large_is_not_encoded() -> None:
+    with pytest.raises(FrameError):
+        encode_frame({"op": "x"}, b"\0" * (MAX_DATA + 1))
+
+
+def agent_reply(header: dict[str, Any]) -> bytes:
+    return encode_frame(header)
+
+
+def ready_driver() -> Driver:
+    d = Driver()
+    rid, frame = d.hello()
+    assert frames_of(frame) == [({"op": "hello", "version": PROTOCOL_VERSION, "id": rid}, b"")]
+    d.receive_data(agent_reply({"op": "hello", "id": rid, "ok": True,
+                                "version": PROTOCOL_VERSION, "pid": 7}))
+    reply = d.next_reply()
+    assert reply is not None and reply.ok and d.state is State.READY
+    assert d.agent["pid"] == 7
+    return d
+
+
+def test_handshake_then_pipelined_requests_answered_in_order() -> None:
+    d = ready_driver()
+    a, fa = d.send("mkdir", {"entries": [{"path": "x"}]})
+    b, fb = d.send("files", {"entries": [{"path": "x/.t", "size": 2, "final": "x/f"}]}, b"hi")
+    assert frames_of(fa + fb)[1] == ({"entries": [{"path": "x/.t", "size": 2, "final": "x/f"}],
+                                      "op": "files", "id": b}, b"hi")
+    assert d.pending == 2
+    both = agent_reply({"op": "mkdir", "id": a, "ok": True,
+                        "records": [{"path": "x", "ok": True}]}) + \
+        agent_reply({"op": "files", "id": b, "ok": False, "records": [
+            {"path": "x/f", "ok": False, "error": "a symlink is in the way at 'x'"}]})
+    d.receive_data(both[:5])
+    assert d.next_reply() is None  # not a whole frame yet
+    d.receive_data(both[5:])
+    first, second = d.next_reply(), d.next_reply()
+    assert first is not None and first.records[0].ok
+    assert second is not None and not second.ok
+    assert second.records[0].error == "a symlink is in the way at 'x'"
+    assert d.next_reply() is None and d.pending == 0
+    rid, _ = d.bye()
+    assert d.state is State.CLOSING
+    d.receive_data(agent_reply({"op": "bye", "id": rid, "ok": True}))
+    assert d.next_reply() is not None
+    assert d.state.value == "done"
+    d.output_ended(0, b"")  # a clean end raises nothing
+
+
+def test_requests_may_follow_the_hello_before_its_answer() -> None:
+    d = Driver()
+    d.hello()
+    rid, _ = d.send("mkdir", {"entries": []})
+    assert rid == 1 and d.pending == 2
+
+
+@pytest.mark.parametrize("theirs", [PROTOCOL_VERSION + 1, None, "1"])
+def test_another_version_is_a_clear_error(theirs: object) -> None:
+    d = Driver()
+    rid, _ = d.hello()
+    d.receive_data(agent_reply({"op": "hello", "id": rid, "ok": theirs is None,
+                                "version": theirs}))
+    with pytest.raises(AgentVersionMismatch, match="protocol version"):
+        d.next_reply()
+    assert d.state is State.BROKEN
+    with pytest.raises(AgentError, match="cannot send"):
+        d.send("mkdir")
+
+
+def test_the_agent_refusing_our_version_is_a_mismatch() -> None:
+    d = Driver(version=PROTOCOL_VERSION + 5)
+    rid, _ = d.hello()
+    # the real agent answers with its own version and ok false
+    d.receive_data(agent_reply({"op": "hello", "id": rid, "ok": False,
+                                "version": PROTOCOL_VERSION, "error": "the agent speaks ..."}))
+    with pytest.raises(AgentVersionMismatch, match=f"version {PROTOCOL_VERSION}, this"):
+        d.next_reply()
+
+
+@pytest.mark.parametrize("reply", [
+    {"op": "mkdir", "id": 5, "ok": True},  # an id nobody sent
+    {"op": "files", "id": 1, "ok": True},  # the right id, another operation
+    {"op": "mkdir", "id": 1, "ok": True, "records": [{"ok": True}]},  # a record without a path
+])
+def test_replies_out_of_order_or_malformed_break_the_conversation(reply: dict[str, Any]) -> None:
+    d = ready_driver()
+    d.send("mkdir", {"entries": []})
+    d.receive_data(agent_reply(reply))
+    with pytest.raises(AgentProtocolError):
+        d.next_reply()
+    assert d.state is State.BROKEN
+
+
+def test_a_reply_nobody_asked_for() -> None:
+    d = ready_driver()
+    d.receive_data(agent_reply({"op": "mkdir", "id": 1, "ok": True}))
+    with pytest.raises(AgentProtocolError, match="nobody sent"):
+        d.next_reply()
+
+
+def test_garbage_on_stdout_is_a_protocol_error() -> None:
+    d = Driver()
+    d.hello()
+    d.receive_data(b"Traceback (most recent call last):\n" * 3)
+    with pytest.raises(AgentProtocolError, match="not the protocol"):
+        d.next_reply()
+
+
+def test_a_rejected_step_changes_nothing() -> None:
+    d = Driver()
+    with pytest.raises(AgentError, match="state: start"):
+        d.send("mkdir")
+    assert d.state is State.START and d.pending == 0
+    with pytest.raises(AgentError, match="own method"):
+        d.send("hello")
+    rid, _ = d.hello()
+    assert rid == 0  # no id was used by the refused requests
+    with pytest.raises(AgentError, match="state: hello sent"):
+        d.hello()
+    assert d.pending == 1 and d.state.value == "hello sent"
+
+
+@pytest.mark.parametrize(("code", "stderr", "match"), [
+    (1, b"Traceback ...\nZeroDivisionError: division by zero\n",
+     "exit 1 .*1 request\\(s\\) unanswered.*ZeroDivisionError"),
+    (137, b"", "exit 137.*no message"),
+    (None, b"", "stream to the container's agent was cut"),
+])
+def test_an_agent_that_ends_early(code: int | None, stderr: bytes, match: str) -> None:
+    d = ready_driver()
+    d.send("mkdir", {"entries": []})
+    with pytest.raises(AgentCrashed, match=match):
+        d.output_ended(code, stderr)
+    assert d.state is State.BROKEN
+
+
+def test_no_python3_in_the_container() -> None:
+    d = Driver()
+    d.hello()
+    with pytest.raises(AgentCrashed, match=r"no python3 .*exit 127"):
+        d.output_ended(127, b"sh: exec: line 0: python3: not found\n")
+
+
+def test_a_cut_frame_is_reported() -> None:
+    d = ready_driver()
+    d.send("mkdir", {"entries": []})
+    d.receive_data(agent_reply({"op": "mkdir", "id": 1, "ok": True})[:7])
+    assert d.next_reply() is None
+    with pytest.raises(AgentCrashed, match="7 bytes of a cut frame"):
+        d.output_ended(0, b"")
+
+
+def test_ending_with_exit_0_but_without_bye_is_a_crash() -> None:
+    d = ready_driver()
+    with pytest.raises(AgentCrashed, match="exit 0"):
+        d.output_ended(0, b"")
+
+
+def test_the_command_runs_the_shipped_source_as_python3_itself() -> None:
+    words = shlex.split(command("bots/x y"))
+    assert words == ["exec", "python3", "-S", "-c", source(), "bots/x y"]
+    assert shlex.split(command("", python="/usr/bin/python3.12"))[1] == "/usr/bin/python3.12"
+    # the source is the module itself: stdlib imports only
+    imports = [line.split()[1] for line in source().splitlines()
+               if line.startswith(("import ", "from "))]
+    assert set(imports) <= {"__future__", "errno", "json", "os", "stat", "struct", "sys",
+                            "typing"}, imports
+    assert len(command("d").encode()) < 128 * 1024  # one argv string (MAX_ARG_STRLEN)
+    json.dumps(imports)
