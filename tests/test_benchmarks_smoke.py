@@ -224,3 +224,24 @@ def test_fleet_smoke(tmp_path: Path) -> None:
     phases = proc.stdout.split("One bot's phases")[1]
     assert "| exec:probe | 1 |" in phases and "exec:tar-extract" in phases, phases
     assert not (tmp_path / "cache" / "fleet-v1" / "3-smoke" / "bots" / "bot-000.migrated").exists()
+
+
+def test_agent_count_smoke(tmp_path: Path) -> None:
+    # Issue 25's count: one bot migrated today and by the agent, each into Memoh's Go server
+    # under busybox+python3 traced with strace; the agent starts one process (sh exec'ing
+    # python3: two execve), and both leave the destination identical to the source.
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.agent_count", "--smoke", "--cache-dir",
+         str(tmp_path / "cache")],
+        cwd=REPO, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    if fleet.missing() is not None:
+        assert proc.stdout.startswith("skipped"), proc.stdout
+        return
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in proc.stdout.splitlines()
+            if line.startswith("| ")}
+    agent = rows["the agent doing the same work (one Exec)"]
+    assert agent.endswith("| 1 | 2 | sh 1, python3 1 | identical (content, modes, ns mtimes) |")
+    today = rows["memoh-trio today (migrate_bot)"].split(" | ")
+    assert int(today[1]) > 1 and "identical" in today[4], today

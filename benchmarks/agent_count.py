@@ -1,0 +1,247 @@
+"""How many processes one bot's migration starts in the container (issue 25): a count, not a time.
+
+    python -m benchmarks.agent_count [--smoke] [--cache-dir DIR]
+
+One bot of the fleet scenario (``benchmarks/fleet.py``: 356 files, ~12 MB; ``--smoke``: 12) is
+migrated three ways into Memoh's Go server under ``run-in.sh busybox-python``, the server run
+under ``strace -f -e trace=execve``: memoh-trio today (``memoh_trio.migrate_bot``, in process),
+the container agent doing the same work (:func:`push_tree`: one Exec, every file, mode, mtime,
+link and the flush through ``memoh_trio._agent``), and Memoh's Go migrator (WriteRaw only) for
+reference. Prints, for each: the processes started in the container (PIDs other than the
+server's), the successful ``execve`` calls by program, and whether the destination equals the
+source (content, modes, mtimes to the ns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import fleet  # noqa: E402
+
+STRACE = shutil.which("strace") or "/usr/bin/strace"
+#: Files up to this size go in ``files`` batches; larger ones are written in frames and placed.
+SMALL = 256 * 1024
+#: Most bytes and entries in one ``files`` batch.
+BATCH_BYTES = 2 * 1024 * 1024
+BATCH_ENTRIES = 500
+_EXECVE = re.compile(r'^(\d+)\s+execve\("([^"]*)".*= 0$')
+
+
+def walk(src: Path) -> tuple[list[tuple[str, str, os.stat_result]],
+                             list[tuple[str, os.stat_result]]]:
+    """``(files and links as (relative path, path, lstat), directories)`` under ``src``."""
+    entries: list[tuple[str, str, os.stat_result]] = []
+    dirs: list[tuple[str, os.stat_result]] = []
+    for top, dirnames, filenames in os.walk(src):
+        rel_top = os.path.relpath(top, src)
+        prefix = "" if rel_top == "." else rel_top + "/"
+        for name in dirnames + filenames:
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode):
+                dirs.append((prefix + name, st))
+            else:
+                entries.append((prefix + name, path, st))
+    return entries, dirs
+
+
+async def push_tree(agent: Any, src: Path) -> list[str]:
+    """Copy ``src`` through a running agent: files (batched when small), modes, mtimes to the
+    ns, symlinks, then directories' modes and mtimes deepest first, then ``flush``. Returns the
+    failed paths. A prototype of what the lifecycle would ask of the agent, for counting."""
+    failed: list[str] = []
+    batch: list[dict[str, Any]] = []
+    data: list[bytes] = []
+
+    async def send_batch() -> None:
+        if batch:
+            failed.extend(r.path for r in await agent.files(list(batch), b"".join(data))
+                          if not r.ok)
+            batch.clear()
+            data.clear()
+
+    entries, dirs = await trio.to_thread.run_sync(walk, src)
+    for n, (rel, path, st) in enumerate(entries):
+        tmp = f"{rel.rpartition('/')[0]}/.memoh-agent-{n}".lstrip("/")
+        meta = {"mode": stat.S_IMODE(st.st_mode), "mtime_ns": st.st_mtime_ns,
+                "atime_ns": st.st_atime_ns}
+        if stat.S_ISLNK(st.st_mode):
+            recs = await agent.symlink([{"path": rel, "target": os.readlink(path),
+                                         "mtime_ns": st.st_mtime_ns}])
+            failed += [r.path for r in recs if not r.ok]
+            continue
+        content = await trio.Path(path).read_bytes()
+        if st.st_size <= SMALL:
+            batch.append({"path": tmp, "size": len(content), "final": rel, **meta})
+            data.append(content)
+            if sum(map(len, data)) >= BATCH_BYTES or len(batch) >= BATCH_ENTRIES:
+                await send_batch()
+            continue
+        rec = await agent.write(tmp, content)
+        if not rec.ok:
+            failed.append(rel)
+            continue
+        recs = await agent.place([{"tmp": tmp, "path": rel, "size": len(content), **meta}])
+        failed += [r.path for r in recs if not r.ok]
+    await send_batch()
+    dirs.sort(key=lambda d: -d[0].count("/"))
+    recs = await agent.meta([{"path": p, "mode": stat.S_IMODE(st.st_mode),
+                              "mtime_ns": st.st_mtime_ns} for p, st in dirs])
+    failed += [r.path for r in recs if not r.ok]
+    await agent.flush("syncfs")
+    return failed
+
+
+def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
+    out: dict[str, tuple[Any, ...]] = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        rel = p.relative_to(root).as_posix()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_mtime_ns)
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_mtime_ns, p.read_bytes())
+    return out
+
+
+def _server_pid(trace: Path) -> int:
+    """The server's PID: the process of the trace's first ``execve`` of the server binary."""
+    for line in trace.read_text().splitlines():
+        if "execve(" in line and "memoh-go-server" in line:
+            return int(line.split()[0])
+    raise ValueError("no server in the trace")
+
+
+def count_execs(trace: Path, server_pid: int) -> tuple[int, collections.Counter[str]]:
+    """(processes other than the server's, successful execve calls by program) in a trace."""
+    pids: set[int] = set()
+    programs: collections.Counter[str] = collections.Counter()
+    for line in trace.read_text().splitlines():
+        pid = line.split(None, 1)[0]
+        if pid.isdigit():
+            pids.add(int(pid))
+        m = _EXECVE.match(line)
+        if m and int(m.group(1)) != server_pid:
+            programs[os.path.basename(m.group(2))] += 1
+    return len(pids - {server_pid}), programs
+
+
+async def _migrate_today(bot: str, data_root: Path, target: str) -> None:
+    import memoh_trio
+
+    async with memoh_trio.connect(target) as client:
+        report = await memoh_trio.migrate_bot(bot, data_root, client)
+    assert report.ok and report.renamed_to, (report.status, report.failures[:3], report.error)
+
+
+async def _migrate_agent(src: Path, target: str) -> None:
+    import memoh_trio
+    from memoh_trio._agent.session import open_agent
+
+    async with memoh_trio.connect(target) as client, open_agent(client, "") as agent:
+        failed = await push_tree(agent, src)
+    assert not failed, failed[:5]
+
+
+def traced(way: str, src_tree: Path, work: Path) -> dict[str, Any]:
+    """One way of migrating one bot, its server under strace; the counts."""
+    data_root = work / way / "data"
+    shutil.copytree(src_tree.parent.parent, data_root, symlinks=True)
+    bot = src_tree.name
+    src = data_root / "bots" / bot
+    root = work / way / "root"
+    root.mkdir(parents=True)
+    trace = work / way / "trace"
+    # strace runs inside run-in.sh's namespace; its -o file is outside the tree it watches.
+    argv = fleet.container_argv(fleet.CONTAINER_KIND, [
+        STRACE, "-f", "-qq", "-e", "trace=execve", "-e", "signal=none", "-o", str(trace),
+        str(fleet.MEMOH_GO_SERVER), "--root", str(root), "--listen", "127.0.0.1:0"])
+    with tempfile.TemporaryFile() as log:
+        server = fleet.Server(argv, log)
+        try:
+            server.await_listening(time.monotonic() + fleet.LISTEN_TIMEOUT)
+            if way == "today":
+                trio.run(_migrate_today, bot, data_root, server.target)
+            elif way == "agent":
+                trio.run(_migrate_agent, src, server.target)
+            else:
+                subprocess.run([str(fleet.MEMOH_GO_DIR / "memoh-go-seed"), str(src),
+                                server.target], check=True, capture_output=True)
+        finally:
+            # SIGTERM to the server itself (strace would detach and leave it running), then
+            # strace ends with it.
+            with contextlib.suppress(StopIteration, ValueError, OSError):
+                os.kill(_server_pid(trace), signal.SIGTERM)
+            server.stop()
+    migrated = src.with_name(bot + ".migrated")
+    original = migrated if migrated.exists() else src
+    server_pid = _server_pid(trace)
+    migrated = src.with_name(bot + ".migrated")
+    original = migrated if migrated.exists() else src
+    processes, programs = count_execs(trace, server_pid)
+    same = snapshot(original) == snapshot(root)
+    same_content = {k: v[-1] for k, v in snapshot(original).items() if v[0] == "file"} == \
+        {k: v[-1] for k, v in snapshot(root).items() if v[0] == "file"}
+    return {"way": way, "processes": processes, "execve": sum(programs.values()),
+            "programs": dict(programs.most_common()), "identical": same,
+            "same_content": same_content}
+
+
+WAYS = {"today": "memoh-trio today (migrate_bot)",
+        "agent": "the agent doing the same work (one Exec)",
+        "go-seed": "Memoh's Go migrator (WriteRaw only)"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--cache-dir", type=Path,
+                    default=Path(os.environ.get("MEMOH_BENCH_CACHE",
+                                                Path.home() / ".cache" / "memoh-trio-bench")))
+    args = ap.parse_args(argv)
+    why = fleet.missing()
+    if why is not None:
+        print(why)
+        return 0
+    args.cache_dir.mkdir(parents=True, exist_ok=True)
+    one = fleet.ensure_fleet(args.cache_dir, 1, args.smoke)
+    src = one.src(next(iter(one.bots)))
+    files, nbytes = one.bots[src.name]
+    print(f"one bot: {files} files, {nbytes / 1e6:.1f} MB; server: memoh-go-server under "
+          f"run-in.sh {fleet.CONTAINER_KIND}, traced with strace -f -e trace=execve")
+    print("| way | processes in the container | execve | by program | destination = source |")
+    print("|---|---:|---:|---|---|")
+    with tempfile.TemporaryDirectory(dir=args.cache_dir) as tmp:
+        for way, label in WAYS.items():
+            r = traced(way, src, Path(tmp))
+            progs = ", ".join(f"{k} {v}" for k, v in r["programs"].items()) or "-"
+            verdict = ("identical (content, modes, ns mtimes)" if r["identical"]
+                       else "same content" if r["same_content"] else "DIFFERENT")
+            print(f"| {label} | {r['processes']} | {r['execve']} | {progs} | {verdict} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
