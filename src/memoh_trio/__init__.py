@@ -23,7 +23,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   ``_dirindex`` (a large listing kept compact, resume's quick check), and
   ``_scripts/``, every container-side script and the parser of its output: ``shell`` (quoting,
   the prelude), ``probe`` (capabilities), ``records`` (``O``/``F`` records), ``tar``, ``links``,
-  ``meta`` (modes, mtimes, sync), ``sha256``;
+  ``meta`` (modes, mtimes, sync), ``sha256``, ``flush`` (``sync -f`` of the destination
+  instead of a global ``sync``; standalone, issue 25);
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib: ``channel``,
   ``client``, ``upload``, ``execute``, ``download``, ``reader``, ``pipe``, ``errors`` (the client
   side);

@@ -35,7 +35,9 @@ callers read ``_scripts.NAME``):
 * ``tar``: a tar batch's extract command, listing and its parser, moves (shell or python3);
 * ``links``: the destination's symlinks (``find``), the source's recreated (shell or python3);
 * ``meta``: modes and mtimes (shell or python3), the final ``sync``;
-* ``sha256``: hashes of one file or many.
+* ``sha256``: hashes of one file or many;
+* ``flush``: ``sync -f`` (``syncfs``) of the destination instead of a global ``sync``
+  (standalone: not used by the migrator yet).
 """
 
 from __future__ import annotations
