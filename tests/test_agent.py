@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from memoh_trio._agent import command
-from memoh_trio._agent.agent import EXIT_PROTOCOL, EXIT_VERSION, encode_frame
+from memoh_trio._agent.agent import EXIT_PROTOCOL, EXIT_VERSION, encode_request
 from memoh_trio._agent.driver import AgentVersionMismatch, Driver, Record, Reply
 
 T0 = 1_577_836_800_123_456_789  # 2020-01-01 plus some nanoseconds
@@ -237,10 +237,10 @@ def test_another_protocol_version_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("stream", "code", "message"), [
-    (encode_frame({"op": "hello", "id": 0, "version": 99}), EXIT_VERSION, b""),
+    (encode_request({"op": "hello", "id": 0, "version": 99}), EXIT_VERSION, b""),
     (b"GET / HTTP/1.1\r\n\r\n", EXIT_PROTOCOL, b"bad frame prefix"),
-    (encode_frame({"op": "hello", "id": 0, "version": 1})
-     + encode_frame({"op": "mkdir", "id": 1})[:-2], EXIT_PROTOCOL, b"ended inside a frame"),
+    (encode_request({"op": "hello", "id": 0, "version": 1})
+     + encode_request({"op": "mkdir", "id": 1})[:-2], EXIT_PROTOCOL, b"ended inside a frame"),
 ])
 def test_a_broken_stream_ends_the_agent_with_a_distinct_code(tmp_path: Path, stream: bytes,
                                                              code: int, message: bytes) -> None:

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
+import marshal
 import shlex
 import struct
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memoh_trio._agent import PROTOCOL_VERSION, command, source
-from memoh_trio._agent.agent import MAX_DATA, FrameDecoder, FrameError, encode_frame
+from memoh_trio._agent.agent import (
+    MAX_DATA,
+    FrameDecoder,
+    FrameError,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    to_json,
+)
 from memoh_trio._agent.driver import (
     AgentCrashed,
     AgentError,
@@ -22,7 +34,8 @@ from memoh_trio._agent.driver import (
 
 
 def frames_of(stream: bytes) -> list[tuple[dict[str, Any], bytes]]:
-    decoder = FrameDecoder()
+    """The requests in what a client sent."""
+    decoder = FrameDecoder(decode_request)
     decoder.feed(stream)
     out = []
     while (frame := decoder.next()) is not None:
@@ -35,8 +48,8 @@ def test_frames_round_trip_fed_one_byte_at_a_time() -> None:
     sent = [({"op": "files", "id": 1, "entries": [{"path": "a", "size": 3}]}, b"abc"),
             ({"op": "mkdir", "id": 2, "ünï": "cödé"}, b""),
             ({"op": "write", "id": 3}, bytes(range(256)) * 300)]
-    stream = b"".join(encode_frame(h, d) for h, d in sent)
-    decoder = FrameDecoder()
+    stream = b"".join(encode_request(h, d) for h, d in sent)
+    decoder = FrameDecoder(decode_request)
     got = []
     for i in range(len(stream)):
         decoder.feed(stream[i:i + 1])
@@ -45,20 +58,40 @@ def test_frames_round_trip_fed_one_byte_at_a_time() -> None:
     assert got == sent and decoder.buffered == 0
 
 
-def test_frame_layout_is_two_lengths_then_json_then_data() -> None:
-    frame = encode_frame({"op": "x"}, b"DATA")
-    head = b'{"op":"x"}'
+def test_frame_layout_is_two_lengths_then_the_header_then_data() -> None:
+    frame = encode_request({"op": "x"}, b"DATA")
+    head = marshal.dumps({"op": "x"}, 2)
     assert frame == struct.pack(">II", len(head), 4) + head + b"DATA"
+    frame = encode_reply({"op": "x", "ok": True, "records": [{"path": "a\"b", "n": None}]})
+    head = b'{"op":"x","ok":true,"records":[{"path":"a\\"b","n":null}]}'
+    assert frame == struct.pack(">II", len(head), 0) + head
 
 
-@pytest.mark.parametrize("bad", [
-    struct.pack(">II", 1 << 30, 0),  # a prefix no frame has: not the protocol
-    struct.pack(">II", 0, MAX_DATA + 1),
-    struct.pack(">II", 3, 0) + b"{{{",  # broken JSON
-    struct.pack(">II", 2, 0) + b"[]",  # not an object
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=6))
+def test_the_agents_json_is_json(header: dict[str, Any]) -> None:
+    assert json.loads(to_json(header)) == header
+    decoder = FrameDecoder(decode_reply)
+    decoder.feed(encode_reply(header))
+    assert decoder.next() == (header, b"")
+
+
+@pytest.mark.parametrize(("decode", "bad"), [
+    (decode_reply, struct.pack(">II", 1 << 30, 0)),  # a prefix no frame has: not the protocol
+    (decode_reply, struct.pack(">II", 0, MAX_DATA + 1)),
+    (decode_reply, struct.pack(">II", 3, 0) + b"{{{"),  # broken JSON
+    (decode_reply, struct.pack(">II", 2, 0) + b"[]"),  # not an object
+    (decode_request, struct.pack(">II", 3, 0) + b"\xff\x00\x01"),  # broken marshal
+    (decode_request, struct.pack(">II", 1, 0) + b"{"),  # a cut dict
+    (decode_request, struct.pack(">II", 5, 0) + marshal.dumps(1234, 2)),  # not a dict
 ])
-def test_broken_frames_are_refused(bad: bytes) -> None:
-    decoder = FrameDecoder()
+def test_broken_frames_are_refused(decode: Any, bad: bytes) -> None:
+    decoder = FrameDecoder(decode)
     decoder.feed(bad)
     with pytest.raises(FrameError):
         decoder.next()
@@ -66,11 +99,11 @@ def test_broken_frames_are_refused(bad: bytes) -> None:
 
 def test_a_frame_too_large_is_not_encoded() -> None:
     with pytest.raises(FrameError):
-        encode_frame({"op": "x"}, b"\0" * (MAX_DATA + 1))
+        encode_request({"op": "x"}, b"\0" * (MAX_DATA + 1))
 
 
 def agent_reply(header: dict[str, Any]) -> bytes:
-    return encode_frame(header)
+    return encode_reply(header)
 
 
 def ready_driver() -> Driver:
@@ -228,7 +261,7 @@ def test_the_command_runs_the_shipped_source_as_python3_itself() -> None:
     # the source is the module itself: stdlib imports only
     imports = [line.split()[1] for line in source().splitlines()
                if line.startswith(("import ", "from "))]
-    assert set(imports) <= {"__future__", "errno", "json", "os", "stat", "struct", "sys",
-                            "typing"}, imports
+    assert set(imports) <= {"__future__", "errno", "marshal", "os", "stat", "struct",
+                            "sys"}, imports  # and nothing heavy: not json, not typing
     assert len(command("d").encode()) < 128 * 1024  # one argv string (MAX_ARG_STRLEN)
     json.dumps(imports)

@@ -5,9 +5,14 @@ This file is the program itself. It is shipped to the container as the source of
 library alone (Memoh's bot image is alpine + python3, nothing installed). The client imports the
 same file for the frame codec and the protocol constants, so the wire format is written once.
 
-Wire format (both directions), :func:`encode_frame` / :class:`FrameDecoder`::
+Wire format, :func:`encode_request` / :func:`encode_reply` / :class:`FrameDecoder`::
 
-    frame = u32 header length | u32 data length | header (JSON object, UTF-8) | data
+    frame = u32 header length | u32 data length | header | data
+
+A request's header is a dict in ``marshal`` format version 2 (builtin: the agent starts without
+importing ``json``, which costs python3 ~13 ms of CPU, twice its other imports); a reply's header
+is a JSON object (UTF-8), written by a small encoder here: the client never unmarshals what the
+container sends (``marshal`` is not safe against crafted input).
 
 Every request header has ``op`` and ``id`` (increasing); the agent answers each request with
 exactly one reply, in order, with the same ``id``, ``ok`` and, for per-entry operations,
@@ -41,12 +46,16 @@ the tree meanwhile: the worst it can do is move a directory (with what was place
 from __future__ import annotations
 
 import errno
-import json
+import marshal
 import os
 import stat
 import struct
 import sys
-from typing import Any
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # the agent starts without typing (4 ms of CPU)
+    from collections.abc import Callable
+    from typing import Any
 
 #: Version of the protocol this file speaks (both sides): bumped on any incompatible change.
 PROTOCOL_VERSION = 1
@@ -68,20 +77,61 @@ class FrameError(Exception):
     """The byte stream is not a sequence of frames (a bad prefix or header)."""
 
 
-def encode_frame(header: dict[str, Any], data: bytes = b"") -> bytes:
-    """One frame: the prefix, ``header`` as compact JSON, ``data``."""
-    head = json.dumps(header, separators=(",", ":")).encode()
+#: ``marshal`` format of request headers (dicts, lists, str, int, bool, None; any Python 3).
+MARSHAL_VERSION = 2
+
+
+def _frame(head: bytes, data: bytes | memoryview) -> bytes:
     if len(head) > MAX_HEADER or len(data) > MAX_DATA:
         raise FrameError(f"frame too large ({len(head)} B header, {len(data)} B data)")
-    return PREFIX.pack(len(head), len(data)) + head + data
+    return PREFIX.pack(len(head), len(data)) + head + bytes(data)
+
+
+def encode_request(header: dict[str, Any], data: bytes = b"") -> bytes:
+    """A request frame (client to agent): the header in ``marshal`` format."""
+    return _frame(marshal.dumps(header, MARSHAL_VERSION), data)
+
+
+_JSON_ESCAPES = {i: f"\\u{i:04x}" for i in range(32)}
+_JSON_ESCAPES.update({ord('"'): '\\"', ord("\\"): "\\\\"})
+
+
+def to_json(value: Any) -> str:
+    """JSON of the values replies hold (dict, list, str, int, bool, None), without ``json``."""
+    if value is None or value is True or value is False:
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{to_json(str(k))}:{to_json(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(to_json(v) for v in value) + "]"
+    return '"' + str(value).translate(_JSON_ESCAPES) + '"'
+
+
+def encode_reply(header: dict[str, Any]) -> bytes:
+    """A reply frame (agent to client): the header as JSON."""
+    return _frame(to_json(header).encode("utf-8", "backslashreplace"), b"")
+
+
+def decode_request(head: bytes) -> Any:
+    return marshal.loads(head)
+
+
+def decode_reply(head: bytes) -> Any:
+    import json  # the client's side only
+
+    return json.loads(head)
 
 
 class FrameDecoder:
     """Frames from a byte stream fed in any pieces: ``feed(data)``, then ``next()`` until it
-    gives None (a whole frame is not there yet). No I/O."""
+    gives None (a whole frame is not there yet). ``decode`` reads a header (:func:`decode_request`
+    in the agent, :func:`decode_reply` in the client). No I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, decode: Callable[[bytes], Any]) -> None:
         self._buf = bytearray()
+        self._decode = decode
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -101,11 +151,11 @@ class FrameDecoder:
         if len(self._buf) < end:
             return None
         try:
-            header = json.loads(bytes(self._buf[PREFIX.size:PREFIX.size + hlen]))
-        except ValueError as exc:
+            header = self._decode(bytes(self._buf[PREFIX.size:PREFIX.size + hlen]))
+        except (ValueError, EOFError, TypeError) as exc:
             raise FrameError(f"bad frame header: {exc}") from None
         if not isinstance(header, dict):
-            raise FrameError("bad frame header: not a JSON object")
+            raise FrameError("bad frame header: not an object")
         data = bytes(self._buf[PREFIX.size + hlen:end])
         del self._buf[:end]
         return header, data
@@ -469,10 +519,10 @@ def _syncfs(fd: int) -> bool:
 
 def serve(dest: str, stdin: int = 0, stdout: int = 1) -> int:
     """The agent's loop: the handshake, then one reply per request until ``bye`` or EOF."""
-    decoder = FrameDecoder()
+    decoder = FrameDecoder(decode_request)
 
     def send(header: dict[str, Any]) -> None:
-        _write_all(stdout, encode_frame(header))
+        _write_all(stdout, encode_reply(header))
 
     def frames() -> Any:
         while True:

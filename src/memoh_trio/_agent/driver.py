@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._errors import MemohError
-from .agent import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_frame
+from .agent import PROTOCOL_VERSION, FrameDecoder, FrameError, decode_reply, encode_request
 
 #: Bytes of the agent's stderr kept for an error message.
 STDERR_TAIL = 2000
@@ -94,7 +94,7 @@ class Driver:
         self.version = version
         self.state = State.START
         self.agent: dict[str, Any] = {}  # the agent's hello (pid, python)
-        self._decoder = FrameDecoder()
+        self._decoder = FrameDecoder(decode_reply)
         self._pending: deque[tuple[int, str]] = deque()
         self._next_id = 0
 
@@ -109,7 +109,7 @@ class Driver:
             raise AgentError(f"cannot send {header.get('op')!r} to the agent now "
                              f"(state: {self.state.value})")
         rid = self._next_id
-        frame = encode_frame({**header, "id": rid}, data)
+        frame = encode_request({**header, "id": rid}, data)
         self._next_id += 1
         self._pending.append((rid, str(header["op"])))
         return rid, frame
