@@ -21,7 +21,10 @@ Contenders, interleaved round by round, each on fresh roots:
 - ``cli``: ``memoh-trio migrate-all --data-root DATA_ROOT --targets TARGETS.json`` (whole process,
   defaults);
 - ``lib``: the library's ``migrate_all`` in process (``benchmarks/fleet_client.py``; imports and
-  interpreter start excluded).
+  interpreter start excluded);
+- ``agent-proto``: a prototype, not a migrator: each bot copied through the container agent
+  (``memoh_trio._agent``, one Exec per bot; ``benchmarks.agent_count.push_tree``) and renamed,
+  in process: what one process in the container would buy before the lifecycle uses it.
 
 Measured per run: wall time; client CPU (``wait4``; the in-process contender its timed region);
 each server's own CPU and its reaped children's (the commands its Exec ran in the container) from
@@ -306,9 +309,9 @@ class FleetContender:
             launcher = [str(script)] if script.exists() else [PY, "-m", "memoh_trio"]
             return [*launcher, "migrate-all", "--data-root", str(data_root),
                     "--targets", str(targets), "--json"]
-        if self.key == "lib":
+        if self.key in ("lib", "agent-proto"):
             return [PY, "-m", "benchmarks.fleet_client", "--data-root", str(data_root),
-                    "--targets", str(targets)]
+                    "--targets", str(targets), *(["--agent"] if self.key != "lib" else [])]
         raise ValueError(self.key)
 
 
@@ -317,6 +320,9 @@ CONTENDERS: tuple[FleetContender, ...] = (
     FleetContender("go-fleet+sync", "Memoh Go fleet migrator, then sync", then_sync=True),
     FleetContender("cli", "memoh-trio migrate-all (whole process)"),
     FleetContender("lib", "memoh-trio migrate_all (in process)"),
+    # Not a migrator: what the container agent alone would buy (issue 25's lead), for the
+    # lead's run; no target is taken from it.
+    FleetContender("agent-proto", "prototype: container agent, push_tree (in process)"),
 )
 #: Contenders timed as whole processes (the others report their timed region).
 WHOLE_PROCESS = {"go-fleet", "go-fleet+sync", "cli"}
@@ -368,13 +374,14 @@ def check_fleet(fleet: Fleet, roots: dict[str, Path]) -> list[str]:
     return problems
 
 
-def run_fleet_once(c: FleetContender, fleet: Fleet, work: Path, timeout: float) -> FleetRun:
-    """One contender over the whole fleet, on fresh roots and fresh servers."""
+def run_fleet_once(c: FleetContender, fleet: Fleet, work: Path, timeout: float,
+                   dest: Path) -> FleetRun:
+    """One contender over the whole fleet, on fresh roots under ``dest`` and fresh servers.
+
+    ``dest`` is left for the caller to delete after every run (see ``benchmarks.run.Trash``:
+    deleting ~14,000 files slows the file creation of the runs that follow)."""
     from benchmarks.run import run_client  # the harness's client runner (wait4, RSS polling)
 
-    dest = work / f"dest-{c.key}"
-    if dest.exists():
-        shutil.rmtree(dest)
     roots = {bot: dest / bot for bot in fleet.bots}
     for root in roots.values():
         root.mkdir(parents=True)
@@ -406,7 +413,6 @@ def run_fleet_once(c: FleetContender, fleet: Fleet, work: Path, timeout: float) 
         renamed = sum(fleet.src(b).with_name(b + ".migrated").is_dir() for b in fleet.bots)
     finally:
         fleet.restore()
-        shutil.rmtree(dest, ignore_errors=True)
     wall = outcome.wall + sync_wall
     return FleetRun(
         wall=wall if c.key in WHOLE_PROCESS else float(result.get("seconds", wall)),
@@ -470,18 +476,29 @@ def run_rounds(cache: Path, *, bots: int, smoke: bool, rounds: int,
         for cell in cells.values():
             cell.errors.append(why)
         return None, cells, None, why
+    from benchmarks.run import _warm, check_disk
+
+    per_copy = sum(scenarios.layout_disk_size(bot_layout(n, smoke))[1] for n in range(bots))
+    generated = (fleet_dir(cache, bots, smoke) / "manifest.json").exists()
+    no_room = check_disk(per_copy * (rounds * len(contenders) + 1 + (not generated)), cache)
+    if no_room is not None:
+        for cell in cells.values():
+            cell.errors.append(no_room)
+        return None, cells, None, no_room
     fleet = ensure_fleet(cache, bots, smoke)
+    _warm(fleet.data_root)  # untimed: no contender pays for a cold page cache
     print(f"fleet: {len(fleet.bots)} bots, {fleet.files:,} files, {fleet.bytes / 1e6:,.1f} MB",
           flush=True)
     timeout = 300.0 + fleet.bytes / 2e6
     order = list(contenders)
     phase: dict[str, Any] | None = None
+    # Every run's output stays in ``work`` until the end (deleted with it, untimed).
     with tempfile.TemporaryDirectory(prefix="fleet-", dir=cache) as tmp:
         work = Path(tmp)
         for r in range(rounds):
             for c in order[r % len(order):] + order[:r % len(order)]:
                 try:
-                    run = run_fleet_once(c, fleet, work, timeout)
+                    run = run_fleet_once(c, fleet, work, timeout, work / f"dest-{c.key}-{r}")
                 except Exception as exc:  # one broken contender must not hide the others
                     cells[c.key].errors.append(f"{type(exc).__name__}: {exc}")
                     print(f"  fleet {c.key:<14} run {r + 1}: FAILED {exc}", flush=True)

@@ -25,7 +25,7 @@ import json
 import os
 import random
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,9 +155,15 @@ def title(key: str, smoke: bool) -> str:
 def disk_size(key: str, smoke: bool, block: int = 4 * KiB) -> tuple[int, int]:
     """``(files, bytes on disk)`` of one copy of scenario ``key``'s tree: each file and
     directory rounded up to whole ``block``s (pure; what the file system will need)."""
+    return layout_disk_size(SCENARIOS[key].layout(smoke), block)
+
+
+def layout_disk_size(layout: Iterable[tuple[str, int]],
+                     block: int = 4 * KiB) -> tuple[int, int]:
+    """:func:`disk_size` of any layout of ``(relative path, size)``."""
     files = used = 0
     dirs: set[str] = set()
-    for rel, size in SCENARIOS[key].layout(smoke):
+    for rel, size in layout:
         files += 1
         used += -(-size // block) * block
         parent = rel.rpartition("/")[0]
