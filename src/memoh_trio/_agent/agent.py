@@ -204,8 +204,10 @@ class Tree:
 
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
-        self.written: dict[str, None] = {}  # files this agent wrote and placed, in order
-        self.dirs: dict[str, None] = {}  # their directories ("" = DEST)
+        # What ``flush`` fsyncs: files this agent placed or changed, and directories whose
+        # entries or inode it changed ("" = DEST), in order.
+        self.written: dict[str, None] = {}
+        self.dirs: dict[str, None] = {}
 
     def open_dir(self, parts: list[str], create: bool, mode: int = 0o755) -> int:
         """A new descriptor of the directory ``parts`` (created component by component when
@@ -218,8 +220,9 @@ class Tree:
                 except FileNotFoundError:
                     if not create:
                         raise
-                    try:  # noqa: SIM105  (no contextlib: the agent starts lean)
+                    try:
                         os.mkdir(name, mode, dir_fd=fd)
+                        self.dirs["/".join(parts[:i])] = None  # its entry is in the parent
                     except FileExistsError:
                         pass  # made meanwhile: opened below like any other
                     nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
@@ -419,15 +422,19 @@ class Agent:
             os.close(pfd)
 
     def meta(self, entry: dict[str, Any]) -> None:
-        pfd, name, _ = self.tree.parent(entry["path"], create=False)
+        pfd, name, parts = self.tree.parent(entry["path"], create=False)
         try:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
             if stat.S_ISLNK(st.st_mode):
                 _set_times(entry, name=name, dir_fd=pfd)
+                self.tree.dirs["/".join(parts)] = None
                 return
             flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
             if stat.S_ISDIR(st.st_mode):
                 flags |= os.O_DIRECTORY
+                self.tree.dirs[entry["path"]] = None  # its own inode changed
+            else:
+                self.tree.written[entry["path"]] = None
             fd = os.open(name, flags, dir_fd=pfd)
             try:
                 if "mode" in entry:
