@@ -27,6 +27,7 @@ from memoh_trio._agent.driver import (
     AgentCrashed,
     AgentError,
     AgentProtocolError,
+    AgentUnavailable,
     AgentVersionMismatch,
     Driver,
     State,
@@ -235,7 +236,7 @@ def test_an_agent_that_ends_early(code: int | None, stderr: bytes, match: str) -
 def test_no_python3_in_the_container() -> None:
     d = Driver()
     d.hello()
-    with pytest.raises(AgentCrashed, match=r"no python3 .*exit 127"):
+    with pytest.raises(AgentUnavailable, match=r"no python3 .*exit 127"):
         d.output_ended(127, b"sh: exec: line 0: python3: not found\n")
 
 

@@ -37,6 +37,11 @@ class AgentCrashed(AgentError):
     """The agent's process ended (or its stream was cut) before it answered every request."""
 
 
+class AgentUnavailable(AgentCrashed):
+    """The container cannot run the agent at all (no python3: the shell's exit 127 before the
+    hello). The caller carries on without it, as for a container without python3 today."""
+
+
 class AgentProtocolError(AgentError):
     """The agent's output is not the protocol (a broken frame, a reply out of order)."""
 
@@ -202,7 +207,7 @@ class Driver:
         if exit_code is None:
             raise AgentCrashed(f"the stream to the container's agent was cut ({waiting})")
         if was is State.HELLO_SENT and exit_code == 127:
-            raise AgentCrashed("the container has no python3 for the agent (exit 127: "
-                               f"{last}); hint: the shell steps are used without it")
+            raise AgentUnavailable("the container has no python3 for the agent (exit 127: "
+                                   f"{last}); hint: the shell steps are used without it")
         raise AgentCrashed(f"the container's agent ended with exit {exit_code} ({waiting}): "
                            f"{last}")
