@@ -22,6 +22,7 @@ import re
 import shutil
 import signal
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -208,6 +209,83 @@ def traced(way: str, src_tree: Path, work: Path) -> dict[str, Any]:
             "same_content": same_content}
 
 
+class Recorder:
+    """Stands in for an agent while :func:`push_tree` runs, to record the frames it would send
+    (every entry answered ok); :func:`replay_cpu` then feeds them to a real agent."""
+
+    def __init__(self) -> None:
+        from memoh_trio._agent.driver import Driver
+
+        self.driver = Driver()
+        self.frames = [self.driver.hello()[1]]
+
+    def _send(self, op: str, fields: dict[str, Any], data: bytes = b"") -> list[Any]:
+        from memoh_trio._agent.driver import Record
+
+        self.frames.append(self.driver.send(op, fields, data)[1])
+        return [Record(e["path"] if isinstance(e, dict) else e, True)
+                for e in fields.get("entries", fields.get("paths", []))]
+
+    async def files(self, entries: list[dict[str, Any]], data: bytes) -> list[Any]:
+        return self._send("files", {"entries": entries}, data)
+
+    async def write(self, path: str, content: bytes) -> Any:
+        from memoh_trio._agent.driver import Record
+        from memoh_trio._agent.session import WRITE_CHUNK
+
+        chunks = max(1, -(-len(content) // WRITE_CHUNK))
+        for i in range(chunks):
+            self._send("write", {"path": path, "first": i == 0, "last": i == chunks - 1},
+                       content[i * WRITE_CHUNK:(i + 1) * WRITE_CHUNK])
+        return Record(path, True)
+
+    async def place(self, entries: list[dict[str, Any]]) -> list[Any]:
+        return self._send("place", {"entries": entries})
+
+    async def symlink(self, entries: list[dict[str, Any]]) -> list[Any]:
+        return self._send("symlink", {"entries": entries})
+
+    async def meta(self, entries: list[dict[str, Any]]) -> list[Any]:
+        return self._send("meta", {"entries": entries})
+
+    async def flush(self, how: str = "syncfs") -> None:
+        self._send("flush", {"how": how})
+
+
+def replay_cpu(src: Path, work: Path, rounds: int,
+               python: str = "/usr/bin/python3") -> list[tuple[str, float, float]]:
+    """CPU (user, system seconds) of the agent doing one bot's work with no server between:
+    the frames :func:`push_tree` sends, recorded, replayed into ``python3 -S -c AGENT`` from a
+    file; beside ``cp -a`` of the same tree (what writing these bytes costs here at least)
+    and the agent started and ended at once. Rounds interleaved; ``os.sync()`` before each."""
+    from memoh_trio._agent import command
+
+    recorder = Recorder()
+    trio.run(push_tree, recorder, src)
+    stream = work / "frames"
+    stream.write_bytes(b"".join(recorder.frames) + recorder.driver.bye()[1])
+    hello_only = work / "hello"
+    bare = Recorder()
+    hello_only.write_bytes(bare.frames[0] + bare.driver.bye()[1])
+    rows: list[tuple[str, float, float]] = []
+    agent = ["sh", "-c", command("out", python=python)]
+    for r in range(rounds):
+        for label, argv, feed in (("agent, one bot's frames", agent, stream),
+                                  ("agent, hello and bye only", agent, hello_only),
+                                  ("cp -a of the tree", ["cp", "-a", str(src), "out"], None)):
+            cwd = work / f"{r}-{len(rows)}"
+            cwd.mkdir()
+            os.sync()
+            before = os.times()
+            with open(feed or os.devnull, "rb") as stdin:
+                subprocess.run(argv, cwd=cwd, stdin=stdin, stdout=subprocess.DEVNULL,
+                               check=True)
+            after = os.times()
+            rows.append((label, after.children_user - before.children_user,
+                         after.children_system - before.children_system))
+    return rows
+
+
 WAYS = {"today": "memoh-trio today (migrate_bot)",
         "agent": "the agent doing the same work (one Exec)",
         "go-seed": "Memoh's Go migrator (WriteRaw only)"}
@@ -220,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path,
                     default=Path(os.environ.get("MEMOH_BENCH_CACHE",
                                                 Path.home() / ".cache" / "memoh-trio-bench")))
+    ap.add_argument("--replay", type=int, default=0, metavar="ROUNDS",
+                    help="also: the agent's CPU for one bot's frames with no server between, "
+                         "beside cp -a (medians of ROUNDS)")
     args = ap.parse_args(argv)
     why = fleet.missing()
     if why is not None:
@@ -240,6 +321,15 @@ def main(argv: list[str] | None = None) -> int:
             verdict = ("identical (content, modes, ns mtimes)" if r["identical"]
                        else "same content" if r["same_content"] else "DIFFERENT")
             print(f"| {label} | {r['processes']} | {r['execve']} | {progs} | {verdict} |")
+        if args.replay:
+            rows = replay_cpu(src, Path(tmp), args.replay)
+            print(f"\nCPU with no server between (medians of {args.replay}; noisy machine):")
+            print("| what | user ms | system ms |")
+            print("|---|---:|---:|")
+            for label in dict.fromkeys(label for label, _, _ in rows):
+                user = statistics.median(u for k, u, _ in rows if k == label)
+                system = statistics.median(s for k, _, s in rows if k == label)
+                print(f"| {label} | {1000 * user:.0f} | {1000 * system:.0f} |")
     return 0
 
 

@@ -231,8 +231,8 @@ def test_agent_count_smoke(tmp_path: Path) -> None:
     # under busybox+python3 traced with strace; the agent starts one process (sh exec'ing
     # python3: two execve), and both leave the destination identical to the source.
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.agent_count", "--smoke", "--cache-dir",
-         str(tmp_path / "cache")],
+        [sys.executable, "-m", "benchmarks.agent_count", "--smoke", "--replay", "1",
+         "--cache-dir", str(tmp_path / "cache")],
         cwd=REPO, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
@@ -245,3 +245,6 @@ def test_agent_count_smoke(tmp_path: Path) -> None:
     assert agent.endswith("| 1 | 2 | sh 1, python3 1 | identical (content, modes, ns mtimes) |")
     today = rows["memoh-trio today (migrate_bot)"].split(" | ")
     assert int(today[1]) > 1 and "identical" in today[4], today
+    # --replay: the agent's CPU for the bot's recorded frames, with no server between
+    for label in ("agent, one bot's frames", "agent, hello and bye only", "cp -a of the tree"):
+        assert rows[label].count("|") == 4, rows[label]
