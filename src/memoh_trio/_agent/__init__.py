@@ -9,6 +9,23 @@
 
 Pure parts (``agent``'s codec, ``driver``, :func:`command`) are tested without sockets; the
 agent's operations against real python3 processes and through Memoh's Go server.
+
+How the lifecycle (issue 24's table) can use it; none of this is wired yet:
+
+* one :func:`~.session.open_agent` per bot where today's probe would run: its hello replaces the
+  python3 probe (``AgentUnavailable``, exit 127: no python3, the shell rows of the table as
+  today; ``AgentVersionMismatch``/``AgentCrashed``: a capability lost, the entries without a
+  record go back to the table, never counted done);
+* small files: ``files`` batches with ``final`` (written, checked, given mode and times and
+  renamed in one request) instead of tar + the python3 mover + the metadata Exec;
+* large files: WriteRaw keeps the bytes, to temporaries in the destination's *top* directory
+  (no directory on their way a process could swap), then ``place`` moves each into its
+  directory through descriptors; bytes by ``write`` over Exec's stdin where WriteRaw is not
+  there. A WriteRaw to a temporary beside its final name goes by path in Memoh's server and can
+  be redirected, so it cannot keep the guarantee;
+* symlinks by ``symlink``, directories' modes and times by ``meta`` deepest first, leftovers by
+  ``delete``; one ``flush`` (``syncfs``) where the final ``sync`` is; a record is the only
+  evidence an entry was done, a reply's ``ok`` alone is not.
 """
 
 from __future__ import annotations
