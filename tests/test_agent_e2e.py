@@ -233,3 +233,26 @@ async def test_no_python3_in_the_container(name: str, tmp_path: Path) -> None:
         with trio.fail_after(30), pytest.raises(AgentUnavailable, match="no python3"):
             async with open_agent(client, "x"):
                 pytest.fail("the block must not run")
+
+
+@pytest.mark.parametrize("name", SERVERS)
+async def test_a_cancelled_caller_leaves_no_agent_behind(name: str, tmp_path: Path) -> None:
+    # Cancelled while it writes 4 MiB files one after another: the block ends within its own
+    # deadline, the agent's stdin is closed, and its process is gone.
+    pid = 0
+    async with server(name, tmp_path) as (client, _):
+        with trio.move_on_after(5) as outer:  # well under ENDING_TIMEOUT (10 s)
+            with trio.move_on_after(0.5) as inner:
+                async with open_agent(client, "x") as agent:
+                    pid = agent.info["pid"]
+                    data = os.urandom(4 * 1024 * 1024)
+                    for i in range(10**6):
+                        assert (await agent.write(f"f{i}", data)).ok
+        assert inner.cancelled_caught and not outer.cancelled_caught
+        with trio.fail_after(10):
+            while True:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                await trio.sleep(0.05)

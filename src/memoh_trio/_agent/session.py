@@ -82,8 +82,12 @@ class Agent:
         self._send.close()
 
     def _ended(self, result: ExecResult | None, error: BaseException | None) -> None:
-        """The Exec call ended: check the conversation ended well; fail the waiting."""
+        """The Exec call ended (``result``), failed (``error``) or was cancelled (neither):
+        check the conversation ended well; fail the waiting."""
         try:
+            if result is None and error is None:
+                raise AgentCrashed("the Exec call of the container's agent was cancelled "
+                                   "(the server ends its process)")
             if error is not None:
                 raise AgentCrashed(f"the stream to the container's agent was cut "
                                    f"({self._driver.pending} request(s) unanswered): "
@@ -219,7 +223,8 @@ async def open_agent(client: ExecClient, dest: str = "", *, python: str = "pytho
                                        on_output=agent._on_output)
         except MemohError as exc:
             error = exc
-        agent._ended(result, error)
+        finally:  # cancelled too: nobody may wait for an end that will not come
+            agent._ended(result, error)
 
     error: Exception | None = None
     async with trio.open_nursery() as nursery:
