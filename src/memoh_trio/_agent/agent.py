@@ -70,6 +70,9 @@ EXIT_VERSION = 3
 EXIT_PROTOCOL = 4
 EXIT_DEST = 5  # the destination directory cannot be opened (or made) without a symlink
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Opening what should be a regular file: never through a link, and never blocking on a FIFO
+#: a process put there (``O_NONBLOCK`` changes nothing for a regular file's reads and writes).
+_FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_CHUNK = 1 << 20
 
 
@@ -301,14 +304,18 @@ class Agent:
         os.close(fd)
 
     def _create(self, path: str) -> int:
+        """A new regular file at ``path`` (a temporary name), created by us: whatever stood
+        there (a file, a link, a FIFO) is unlinked first and the file made with ``O_EXCL``."""
         pfd, name, _ = self.tree.parent(path)
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.close(fd)
-                raise EntryError(f"{path!r} is not a regular file")
-            return fd
+            try:
+                os.unlink(name, dir_fd=pfd)
+            except FileNotFoundError:
+                pass
+            except IsADirectoryError:
+                raise EntryError(f"{path!r} is a directory") from None
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                           | os.O_CLOEXEC, 0o600, dir_fd=pfd)
         except OSError as exc:
             raise EntryError(_why(exc, path)) from None
         finally:
@@ -374,7 +381,7 @@ class Agent:
             dpfd, dname, dparts = tree.parent(entry["path"], create=True)
             try:
                 try:
-                    fd = os.open(sname, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=spfd)
+                    fd = os.open(sname, _FILE_READ, dir_fd=spfd)
                 except OSError as exc:
                     raise EntryError(_why(exc, entry["tmp"])) from None
                 try:
@@ -429,7 +436,7 @@ class Agent:
                 _set_times(entry, name=name, dir_fd=pfd)
                 self.tree.dirs["/".join(parts)] = None
                 return
-            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            flags = _FILE_READ
             if stat.S_ISDIR(st.st_mode):
                 flags |= os.O_DIRECTORY
                 self.tree.dirs[entry["path"]] = None  # its own inode changed
@@ -437,6 +444,8 @@ class Agent:
                 self.tree.written[entry["path"]] = None
             fd = os.open(name, flags, dir_fd=pfd)
             try:
+                if stat.S_IFMT(os.fstat(fd).st_mode) != stat.S_IFMT(st.st_mode):
+                    raise EntryError(f"{entry['path']!r} changed while its metadata was set")
                 if "mode" in entry:
                     os.fchmod(fd, int(entry["mode"]) & 0o7777)
                 _set_times(entry, fd=fd)
@@ -470,7 +479,7 @@ class Agent:
     def _fsync_file(self, path: str) -> None:
         pfd, name, _ = self.tree.parent(path, create=False)
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            fd = os.open(name, _FILE_READ, dir_fd=pfd)
         finally:
             os.close(pfd)
         try:
