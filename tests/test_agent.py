@@ -218,6 +218,27 @@ def test_a_directory_swapped_for_a_symlink_before_placement(agent: LocalAgent, t
     assert sorted(p.name for p in (dest / "d.aside").iterdir()) == [f".t{i}" for i in range(5)]
 
 
+def test_a_temporary_replaced_before_placement_is_refused(agent: LocalAgent,
+                                                         tmp_path: Path) -> None:
+    # Between the write and the place, a process swaps the temporary for its own file of the
+    # same size (moving ours aside, or deleting it: the new file may get its inode number):
+    # the agent places only the file it wrote.
+    dest = tmp_path / "dest"
+    for i, swap in enumerate(("rename", "unlink")):
+        assert agent.call("write", {"path": f".t{i}", "first": True, "last": True}, b"real").ok
+        if swap == "rename":
+            (dest / f".t{i}").rename(dest / "aside")
+        else:
+            (dest / f".t{i}").unlink()
+        (dest / f".t{i}").write_bytes(b"fake")
+        recs = agent.records("place", [{"tmp": f".t{i}", "path": "f", "size": 4}])
+        assert not recs[0].ok and "replaced meanwhile" in (recs[0].error or ""), recs
+        assert not (dest / "f").exists()
+    # a temporary the agent did not write (WriteRaw's) is placed on its size alone
+    (dest / ".w").write_bytes(b"server")
+    assert agent.records("place", [{"tmp": ".w", "path": "g", "size": 6}])[0].ok
+
+
 def test_bad_paths_are_refused(agent: LocalAgent) -> None:
     bad = ["../x", "/etc/passwd", "a//b", "", "a/./b", "a/..", "x\x00y"]
     recs = agent.records("mkdir", [{"path": p} for p in bad])

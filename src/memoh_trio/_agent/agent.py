@@ -283,6 +283,15 @@ class Agent:
         self.tree = tree
         self.open_writes: dict[str, int] = {}
         self.failed_writes: dict[str, str] = {}
+        # Temporaries this agent wrote, by name: their identity when written, checked when
+        # placed (the ctime too: a file made after ours was unlinked may get its inode number).
+        self.created: dict[str, tuple[int, int, int]] = {}
+
+    def _written(self, path: str, fd: int) -> int:
+        """Remember ``fd`` as the file written at ``path``; its size."""
+        st = os.fstat(fd)
+        self.created[path] = (st.st_dev, st.st_ino, st.st_ctime_ns)
+        return st.st_size
 
     # Each per-entry operation returns a record; EntryError/OSError become failed records.
     def each(self, entries: list[Any], step: Any) -> list[dict[str, Any]]:
@@ -314,8 +323,9 @@ class Agent:
                 pass
             except IsADirectoryError:
                 raise EntryError(f"{path!r} is a directory") from None
-            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                           | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
+            return fd
         except OSError as exc:
             raise EntryError(_why(exc, path)) from None
         finally:
@@ -344,7 +354,7 @@ class Agent:
             self.failed_writes[path] = _why(exc, path)
             return {"ok": False, "error": self.failed_writes[path]}
         if header.get("last"):
-            size = os.fstat(fd).st_size
+            size = self._written(path, fd)
             os.close(self.open_writes.pop(path))
             return {"ok": True, "size": size}
         return {"ok": True}
@@ -367,6 +377,7 @@ class Agent:
         fd = self._create(entry["path"])
         try:
             _write_all(fd, chunk)
+            self._written(entry["path"], fd)
         finally:
             os.close(fd)
         if entry.get("final"):
@@ -388,6 +399,10 @@ class Agent:
                     st = os.fstat(fd)
                     if not stat.S_ISREG(st.st_mode):
                         raise EntryError(f"{entry['tmp']!r} is not a regular file")
+                    made = self.created.pop(entry["tmp"], None)
+                    if made is not None and made != (st.st_dev, st.st_ino, st.st_ctime_ns):
+                        raise EntryError(f"{entry['tmp']!r} is not the file this agent wrote "
+                                         "(replaced meanwhile)")
                     if "size" in entry and st.st_size != int(entry["size"]):
                         raise EntryError(f"{entry['tmp']!r} has {st.st_size} bytes, not "
                                          f"{entry['size']}")
