@@ -265,4 +265,3 @@ def test_the_command_runs_the_shipped_source_as_python3_itself() -> None:
     assert set(imports) <= {"__future__", "errno", "marshal", "os", "stat", "struct",
                             "sys"}, imports  # and nothing heavy: not json, not typing
     assert len(command("d").encode()) < 128 * 1024  # one argv string (MAX_ARG_STRLEN)
-    json.dumps(imports)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import trio
@@ -33,8 +33,8 @@ class ExecClient(Protocol):
     """What the agent needs of a client: :meth:`memoh_trio.Client.exec`."""
 
     async def exec(self, command: str, *, work_dir: str = ..., env: Sequence[str] = ...,
-                   timeout_seconds: int = ..., stdin: Any = ...,
-                   on_output: Any = ...) -> ExecResult: ...
+                   timeout_seconds: int = ..., stdin: bytes | AsyncIterable[bytes] = ...,
+                   on_output: Callable[[str, bytes], None] | None = ...) -> ExecResult: ...
 
 
 class Agent:
