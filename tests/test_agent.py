@@ -57,16 +57,21 @@ class LocalAgent:
         return list(self.call(op, {key: entries}, data).records)
 
     def close(self) -> int:
-        if self.proc.poll() is None and self.driver.state.value in ("ready",):
-            self._write(self.driver.bye()[1])
-            self._reply()
-        assert self.proc.stdin is not None
-        self.proc.stdin.close()
-        code = self.proc.wait(10)
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f is not None:
-                f.close()
-        return code
+        """Say bye and wait for the exit code; an agent that does not end is killed (-9)."""
+        try:
+            if self.proc.poll() is None and self.driver.state.value == "ready":
+                self._write(self.driver.bye()[1])
+                self._reply()
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            return self.proc.wait(10)
+        except (AssertionError, subprocess.TimeoutExpired, BrokenPipeError):
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            for f in (self.proc.stdout, self.proc.stderr):
+                if f is not None:
+                    f.close()
 
 
 @pytest.fixture
