@@ -11,8 +11,10 @@ the remaining work.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import posixpath
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -107,7 +109,9 @@ class Deadlined:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._client, name)
-        if name == "write_raw" or not callable(attr):
+        if name == "read_raw":
+            return self._read_raw
+        if name == "write_raw" or not inspect.iscoroutinefunction(attr):
             return attr
 
         async def call(*args: Any, **kwargs: Any) -> Any:
@@ -120,6 +124,18 @@ class Deadlined:
                     method=name) from None
 
         return call
+
+    @contextlib.asynccontextmanager
+    async def _read_raw(self, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """``Client.read_raw`` (a plain function returning an async context manager, not a
+        coroutine function): the whole read, open to last chunk, within the deadline."""
+        try:
+            with trio.fail_after(self._seconds):
+                async with self._client.read_raw(path) as chunks:
+                    yield chunks
+        except trio.TooSlowError:
+            raise Unavailable(f"no answer from the container within {self._seconds:g} s",
+                              method="read_raw") from None
 
 
 @dataclass

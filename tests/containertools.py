@@ -1,0 +1,151 @@
+"""The container's own tools failing, for end-to-end tests against Memoh's Go server.
+
+A fault is a wrapper script put first on the ``PATH`` that every ``Exec`` of the migration sees
+(:class:`WithPath` adds ``PATH=...`` to each Exec's environment; Memoh's server appends it to its
+own, and the last ``PATH`` wins): ``tar`` cut mid-extract, ``python3`` crashing or its output
+cut, ``sync``, ``mv``, ``touch`` or ``chmod`` failing. The real tool is the container kind's own
+(``run-in.sh``'s applet folder), so everything else behaves as in Memoh's bot image.
+
+Also: :func:`mixed_tree` (a tree that takes every way a file can travel: a tar batch of more
+than :data:`memoh_trio._scripts.SHELL_META_MAX` files, streamed files, symlinks, empty files, an
+empty directory, modes and nanosecond mtimes) and the invariants of a run (:func:`check_run`).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from memoh_trio import MigrationReport
+
+APPLETS = Path(os.environ.get("MEMOH_CONTAINERS", "/tmp/memoh-containers"))
+#: 2020-01-01T00:00:00Z plus some nanoseconds.
+OLD = 1_577_836_800_000_000_000
+
+#: What the python3 wrapper answers the probe with: python3 is there, run as the wrapper itself.
+_PY_PROBE = """case "$*" in *"python3 ok"*) echo "python3 ok"; echo "python3 exe $0"; exit 0;; esac
+"""
+
+#: fault name -> (tool, script body after the shebang; ``$REAL`` is the real tool).
+FAULTS: dict[str, tuple[str, str]] = {
+    # tar reads only the first 3,000 bytes of the archive: it unpacks some members and fails.
+    "tar-cut": ("tar", 'head -c 3000 | "$REAL" "$@"\n'),
+    # python3 dies at once (killed), printing nothing.
+    "python-crash": ("python3", _PY_PROBE + "kill -9 $$\n"),
+    # python3 does its work and prints its records, then exits non-zero (killed at exit).
+    "python-crash-late": ("python3", _PY_PROBE + '"$REAL" "$@"\nexit 134\n'),
+    # python3 does its work, but its output is cut after 5 bytes; the exit status is 0.
+    "python-output-cut": ("python3", _PY_PROBE + '"$REAL" "$@" | head -c 5\nexit 0\n'),
+    "sync": ("sync", "echo 'sync: I/O error' >&2\nexit 1\n"),
+    "mv": ("mv", "echo 'mv: refused' >&2\nexit 1\n"),
+    "touch": ("touch", "echo 'touch: refused' >&2\nexit 1\n"),
+    "chmod": ("chmod", "echo 'chmod: refused' >&2\nexit 1\n"),
+}
+
+
+def fault_path(tmp_path: Path, kind: str, fault: str | None) -> str:
+    """The ``PATH`` an Exec of ``kind`` sees with ``fault`` installed (``None``: the kind's own)."""
+    applets = APPLETS / kind
+    if fault is None:
+        return str(applets)
+    tool, body = FAULTS[fault]
+    bin_dir = tmp_path / f"bin-{fault}"
+    bin_dir.mkdir(exist_ok=True)
+    wrapper = bin_dir / tool
+    wrapper.write_text(f"#!/bin/sh\nREAL={applets / tool}\n{body}")
+    wrapper.chmod(0o755)
+    return f"{bin_dir}:{applets}"
+
+
+class WithPath:
+    """A client whose Execs see ``PATH=path``; it records each Exec's command and exit code."""
+
+    def __init__(self, client: Any, path: str) -> None:
+        self._client = client
+        self.path = path
+        self.execs: list[tuple[str, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    async def exec(self, command: str, **kw: Any) -> Any:
+        kw["env"] = [*kw.get("env", []), f"PATH={self.path}"]
+        res = await self._client.exec(command, **kw)
+        self.execs.append((command, res.exit_code))
+        return res
+
+
+def mixed_tree(src: Path, *, small: int = 20, streamed: int = 10, links: int = 10) -> None:
+    """A tree whose files take every way: ``small`` files of a few bytes (a tar batch), ``streamed``
+    files of 300 KiB (WriteRaw), ``links`` symlinks, two empty files, an empty directory,
+    modes and nanosecond mtimes."""
+    for i in range(small):
+        p = src / "notes" / f"d{i % 3}" / f"n{i:03d}.md"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"note %d\n" % i * (i + 1))
+    for i in range(streamed):
+        p = src / "media" / f"m{i:02d}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(bytes([i]) * (300 * 1024 + i))
+        p.chmod(0o600 + i % 8)
+    (src / "links").mkdir()
+    for i in range(links):
+        (src / "links" / f"l{i:02d}").symlink_to(f"../notes/d{i % 3}/n{i:03d}.md")
+    (src / "empty").mkdir()
+    (src / "empty" / "a").write_bytes(b"")
+    (src / "empty" / "b").write_bytes(b"")
+    (src / "emptydir").mkdir()
+    paths = sorted((p for p in src.rglob("*")), key=lambda p: -len(p.parts))
+    for n, p in enumerate(paths):
+        t = OLD + n * 1_000_000_007 + 123_456_789
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+
+
+def snapshot(root: Path, precision: str | None) -> dict[str, tuple[Any, ...]]:
+    """Every entry under ``root`` (not ``root`` itself): type, mode, mtime, bytes or target."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for p in root.rglob("*"):
+        st = p.lstat()
+        rel = p.relative_to(root).as_posix()
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("link", os.readlink(p))
+            continue
+        mtime = st.st_mtime_ns if precision == "ns" else st.st_mtime_ns // 10**9
+        if stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), mtime)
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), mtime, p.read_bytes())
+    return out
+
+
+def temporaries(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in root.rglob(".memoh-*")]
+
+
+def check_run(report: MigrationReport, src: Path, dst: Path) -> None:
+    """The invariants of one run, whatever failed in the container: renamed only when migrated,
+    with an identical tree (contents, modes, mtimes to the precision the report states); else
+    not renamed, and every regular file at a final path holds exactly the source's bytes (no
+    torn file). No temporary file is left behind either way."""
+    migrated = src.with_name(src.name + ".migrated")
+    if report.status == "migrated":
+        assert report.renamed_to == str(migrated) and migrated.is_dir() and not src.exists()
+        want = snapshot(migrated, report.mtime_precision)
+        got = snapshot(dst, report.mtime_precision)
+        assert got.keys() == want.keys(), sorted(got.keys() ^ want.keys())[:5]
+        diff = [k for k in want if got[k] != want[k]]
+        assert diff == [], [(k, want[k][:3], got[k][:3]) for k in diff[:5]]
+    else:
+        assert report.status == "incomplete", report.status
+        assert report.renamed_to is None and src.is_dir() and not migrated.exists()
+        assert report.failures or report.error
+        for p in dst.rglob("*"):
+            rel = p.relative_to(dst)
+            if p.is_symlink() or not p.is_file() or p.name.startswith(".memoh-"):
+                continue
+            source = src / rel
+            assert source.is_file() and not source.is_symlink(), f"{rel}: not in the source"
+            assert p.read_bytes() == source.read_bytes(), f"{rel}: torn at its final path"
+    assert temporaries(dst) == [], temporaries(dst)
