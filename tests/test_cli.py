@@ -116,10 +116,10 @@ def test_console_script_start_up_turns_the_collector_back_on() -> None:
     is for a process's whole life.)"""
     probe = (
         "import gc\n"
-        "from memoh_trio._cli.main import _collector_off, _load\n"
+        "from memoh_trio._cli.main import _collector_off, _console_imports\n"
         "with _collector_off():\n"
         "    during = gc.isenabled()\n"
-        "    _load('migrate')\n"
+        "    _console_imports('migrate')\n"
         "print(during, gc.isenabled(), gc.get_freeze_count() > 10000)\n"
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,

@@ -262,7 +262,9 @@ def test_h2_internals() -> None:
 
 _BP2_PROBE = """
 import sys
-import memoh_trio._client, memoh_trio._migrate, memoh_trio._server
+from memoh_trio._cli.main import _console_imports
+_console_imports("migrate")
+_console_imports("serve")
 import betterproto2
 module = sys.modules["betterproto2._version"]
 print(betterproto2.__version__)
@@ -272,9 +274,9 @@ print(module.check_compiler_version.__code__.co_filename)
 
 
 def test_betterproto2_version_is_read_without_importlib_metadata() -> None:
-    """The client and the server stacks import no ``importlib.metadata`` (its 7-10 ms were all
-    for betterproto2's version), and betterproto2 reports the version the installed
-    distribution declares, with its own compiler check."""
+    """The console script's start (the client and the server stacks) imports no
+    ``importlib.metadata`` (its 7-10 ms were all for betterproto2's version), and betterproto2
+    reports the version the installed distribution declares, with its own compiler check."""
     import importlib.metadata
     import subprocess
     import sys
@@ -288,6 +290,32 @@ def test_betterproto2_version_is_read_without_importlib_metadata() -> None:
     assert metadata_loaded == "False"
     upstream = Path(betterproto2.__file__).parent / "_version.py"
     assert Path(check_file) == upstream
+
+
+_EMBED_PROBE = """
+import sys
+import memoh_trio._client, memoh_trio._migrate, memoh_trio._server
+import betterproto2
+module = sys.modules["betterproto2._version"]
+import builtins
+b = module.__dict__["__builtins__"]
+b = b if isinstance(b, dict) else vars(b)
+print(module.__spec__ is not None, b["__import__"] is builtins.__import__)
+print(module.metadata is sys.modules["importlib.metadata"])
+"""
+
+
+def test_an_embedding_process_imports_betterproto2_unpatched() -> None:
+    """A process that embeds the library (imports the client, the migrator and the server,
+    not the console script) gets betterproto2's ``_version`` imported the normal way: no
+    patched ``__import__`` of ours runs in it (5306aab installed it when the bridge was
+    imported, in every process)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _EMBED_PROBE], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.split() == ["True", "True", "True"], done.stdout
 
 
 def test_betterproto2_version_file_is_as_assumed() -> None:

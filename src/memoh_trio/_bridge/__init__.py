@@ -23,7 +23,8 @@ Modules:
 * ``h2patch``: two measured h2/hyperframe fixes, installed when a channel or server opens;
 * ``threads``: worker threads whose cancellation works from asyncio;
 * ``compat``: every private name of grpclib, h2, hyperframe and asyncio the bridge relies on;
-* ``bp2version``: betterproto2's version read without ``importlib.metadata`` (start-up time).
+* ``bp2version``: betterproto2's version read without ``importlib.metadata``: start-up time of
+  the console script only (:func:`memoh_trio._cli.main.main` installs it before any import).
 """
 
 from __future__ import annotations
@@ -32,10 +33,6 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import trio_asyncio  # first: the package init runs before client.py/server.py import grpclib
-
-from . import bp2version
-
-bp2version.install()  # before the stubs import betterproto2 (see bp2version)
 
 
 @contextlib.asynccontextmanager

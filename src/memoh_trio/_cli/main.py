@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     if argv is None:
         with _collector_off():
             args = build_parser().parse_args()
-            _load(args.command)
+            _console_imports(args.command)
     else:
         args = build_parser().parse_args(argv)
     import trio
@@ -146,8 +146,14 @@ def _collector_off() -> Iterator[None]:
         gc.enable()
 
 
-def _load(command: str) -> None:
-    """Import the modules ``command`` uses (:data:`.commands.MODULES`)."""
+def _console_imports(command: str) -> None:
+    """Import the modules ``command`` uses (:data:`.commands.MODULES`), betterproto2's version
+    read without ``importlib.metadata`` (:mod:`memoh_trio._bridge.bp2version`: 7-10 ms of the
+    console script's start). Only here: a process that embeds the library imports betterproto2
+    the normal way, with no ``__import__`` of ours in between."""
+    from .._bridge import bp2version
+
+    bp2version.install()
     for name in MODULES[command]:
         importlib.import_module(name)
 
