@@ -615,17 +615,16 @@ def test_send_data_same_bytes_fewer_writes(
 
     h2patch.install()
     assert grpclib.protocol.Stream.send_data is h2patch.send_data  # installed
-    # grpclib and h2 as released, against both of our paths: the frame-by-frame loop (an h2
-    # connection of any class) and send_data_run (on our H2Connection).
+    # grpclib and h2 as released, against the patched send_data on an h2 connection that is
+    # not ours (grpclib's own, write for write) and on our H2Connection (send_data_run).
     upstream, n_upstream = _send_with(h2patch._UPSTREAM_SEND_DATA, messages, frame=frame,
                                       window=window, update=update, adopt=False)
-    loop, n_loop = _send_with(h2patch.send_data, messages, frame=frame, window=window,
-                              update=update, adopt=False)
+    other, n_other = _send_with(h2patch.send_data, messages, frame=frame, window=window,
+                                update=update, adopt=False)
     patched, n_patched = _send_with(h2patch.send_data, messages, frame=frame, window=window,
                                     update=update)
-    assert loop == upstream
+    assert other == upstream and n_other == n_upstream
     assert patched == upstream
-    assert n_loop == n_patched
     assert sum(size for size, _ in messages) < len(upstream)
     frames = sum(-(-size // frame) or 1 for size, _ in messages)
     if frames > 8:  # the point: fewer writes; far fewer where the window is open
@@ -849,3 +848,55 @@ def test_send_message_installed_for_client_and_server() -> None:
     assert vars(grpclib.client)["send_message"] is h2patch.send_message
     assert vars(grpclib.server)["send_message"] is h2patch.send_message
     assert grpclib.stream.send_message is h2patch._UPSTREAM_SEND_MESSAGE  # untouched
+
+
+_OTHER_CLIENT = """
+import asyncio, sys
+import grpclib.client, grpclib.protocol, grpclib.server, h2.connection
+from grpclib.health.service import Health
+from grpclib.health.v1.health_pb2 import HealthCheckRequest
+from grpclib.health.v1.health_grpc import HealthStub
+from memoh_trio._bridge import h2patch
+
+h2patch.install()  # as when memoh-trio opened a channel or a server in this process
+assert grpclib.protocol.Stream.send_data is h2patch.send_data
+upstream_calls = []
+upstream = h2patch._UPSTREAM_SEND_DATA
+
+async def counted(stream, data, end_stream=False):
+    upstream_calls.append(type(stream._h2_connection))
+    return await upstream(stream, data, end_stream)
+
+h2patch._UPSTREAM_SEND_DATA = counted
+
+async def main():
+    server = grpclib.server.Server([Health()])
+    await server.start("127.0.0.1", 0)
+    port = server._server.sockets[0].getsockname()[1]
+    channel = grpclib.client.Channel("127.0.0.1", port)
+    try:
+        reply = await HealthStub(channel).Check(HealthCheckRequest())
+    finally:
+        channel.close()
+        server.close()
+        await server.wait_closed()
+    print(reply.status, len(upstream_calls),
+          all(t is h2.connection.H2Connection for t in upstream_calls))
+
+asyncio.run(main())
+"""
+
+
+def test_another_grpclib_client_in_the_process_is_unaffected() -> None:
+    """Another grpclib client and server in a process where memoh-trio installed its patches
+    (plain grpclib, its own protobuf codec, asyncio): every message of theirs goes through
+    grpclib's own ``send_data`` on a plain h2 connection (the patch only changes streams on
+    our connections), and the call works. A subprocess: installing is for a process's life."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _OTHER_CLIENT], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    status, calls, plain = done.stdout.split()
+    assert status == "1" and int(calls) >= 2 and plain == "True", done.stdout

@@ -33,7 +33,10 @@ the upstream behaviour exactly; ``tests/test_h2patch.py`` compares them with the
    transport once per :data:`COALESCE` bytes (or when the flow-control window or the message
    ends); ``write_ready`` is still checked before every run, so asyncio's write buffer stays
    bounded as before. Installed by :func:`install` (like item 1), only while
-   ``Stream.send_data`` is grpclib's own.
+   ``Stream.send_data`` is grpclib's own; it changes only streams on our connections
+   (:func:`adopt`: memoh-trio's channels and servers): on any other grpclib connection in the
+   process it is grpclib's own ``send_data``, call for call
+   (``tests/test_h2patch.py::test_another_grpclib_client_in_the_process_is_unaffected``).
 
 4. **A run of frames goes to the socket as it is.** On our :class:`H2Connection` a run of
    DATA frames is not copied into h2's outbound buffer: :meth:`H2Connection.send_data_run`
@@ -65,7 +68,6 @@ import contextlib
 import os
 import struct
 from collections.abc import Sequence
-from io import BytesIO
 from typing import Any
 
 import grpclib.client
@@ -269,12 +271,12 @@ async def send_data(self: grpclib.protocol.Stream, data: bytes | Pieces,
                     end_stream: bool = False) -> None:
     """grpclib's ``Stream.send_data``, writing to the transport once per run of frames; ``data``
     may also be :class:`Pieces`."""
-    assert self.id is not None
     conn = self._h2_connection
-    if type(conn) is not H2Connection:
-        await _send_data_frames(self, conn, data.join() if isinstance(data, Pieces) else data,
-                                end_stream)
+    if type(conn) is not H2Connection:  # not one of ours: grpclib's own, unchanged
+        await _UPSTREAM_SEND_DATA(self, data.join() if isinstance(data, Pieces) else data,
+                                  end_stream)
         return
+    assert self.id is not None
     pieces: Sequence[Buffer] = data.pieces if isinstance(data, Pieces) else (data,)
     f_pos, f_last = 0, len(data)
     while True:
@@ -297,49 +299,6 @@ async def send_data(self: grpclib.protocol.Stream, data: bytes | Pieces,
         buffers = conn.send_data_run(self.id, pieces, f_pos, run, end_stream and last)
         f_pos += run
         write_buffers(self._transport, buffers)
-        self.data_sent += run
-        self.connection.data_sent += run
-        self.connection.data_send_process()
-        if last:
-            break
-
-
-async def _send_data_frames(self: grpclib.protocol.Stream, conn: h2.connection.H2Connection,
-                            data: bytes, end_stream: bool) -> None:
-    """Upstream's loop for an h2 connection of another class: the same ``send_data`` calls,
-    one transport write per run of them."""
-    assert self.id is not None
-    f = BytesIO(data)
-    f_pos, f_last = 0, len(data)
-
-    while True:
-        await self.connection.write_ready.wait()
-
-        window = conn.local_flow_control_window(self.id)
-        # window can become negative
-        if not window > 0:
-            self.window_updated.clear()
-            await self.window_updated.wait()
-            # during "await" above other streams were able to send data and
-            # decrease current window size, so try from the beginning
-            continue
-
-        max_frame_size = conn.max_outbound_frame_size
-        run = 0
-        while True:  # upstream's loop body, without its awaits and writes: no task runs between
-            f_chunk = f.read(min(window, max_frame_size, f_last - f_pos))
-            f_chunk_len = len(f_chunk)
-            f_pos = f.tell()
-            last = f_pos == f_last
-            if last:
-                conn.send_data(self.id, f_chunk, end_stream=end_stream)
-            else:
-                conn.send_data(self.id, f_chunk)
-            window -= f_chunk_len
-            run += f_chunk_len
-            if last or window <= 0 or run >= COALESCE:
-                break
-        self._transport.write(conn.data_to_send())
         self.data_sent += run
         self.connection.data_sent += run
         self.connection.data_send_process()
