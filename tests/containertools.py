@@ -25,7 +25,7 @@ APPLETS = Path(os.environ.get("MEMOH_CONTAINERS", "/tmp/memoh-containers"))
 OLD = 1_577_836_800_000_000_000
 
 #: What the python3 wrapper answers the probe with: python3 is there, run as the wrapper itself.
-_PY_PROBE = """case "$*" in *"python3 ok"*) echo "python3 ok"; echo "python3 exe $0"; exit 0;; esac
+PY_PROBE = """case "$*" in *"python3 ok"*) echo "python3 ok"; echo "python3 exe $0"; exit 0;; esac
 """
 
 #: fault name -> (tool, script body after the shebang; ``$REAL`` is the real tool).
@@ -33,11 +33,14 @@ FAULTS: dict[str, tuple[str, str]] = {
     # tar reads only the first 3,000 bytes of the archive: it unpacks some members and fails.
     "tar-cut": ("tar", 'head -c 3000 | "$REAL" "$@"\n'),
     # python3 dies at once (killed), printing nothing.
-    "python-crash": ("python3", _PY_PROBE + "kill -9 $$\n"),
+    "python-crash": ("python3", PY_PROBE + "kill -9 $$\n"),
     # python3 does its work and prints its records, then exits non-zero (killed at exit).
-    "python-crash-late": ("python3", _PY_PROBE + '"$REAL" "$@"\nexit 134\n'),
+    "python-crash-late": ("python3", PY_PROBE + '"$REAL" "$@"\nexit 134\n'),
+    # python3 prints a done record for 200 entries without doing anything, then exits 1.
+    "python-lies": ("python3", PY_PROBE + 'cat >/dev/null\ni=0\nwhile [ $i -lt 200 ]; do '
+                    'echo "O $i"; i=$((i+1)); done\nexit 1\n'),
     # python3 does its work, but its output is cut after 5 bytes; the exit status is 0.
-    "python-output-cut": ("python3", _PY_PROBE + '"$REAL" "$@" | head -c 5\nexit 0\n'),
+    "python-output-cut": ("python3", PY_PROBE + '"$REAL" "$@" | head -c 5\nexit 0\n'),
     "sync": ("sync", "echo 'sync: I/O error' >&2\nexit 1\n"),
     "mv": ("mv", "echo 'mv: refused' >&2\nexit 1\n"),
     "touch": ("touch", "echo 'touch: refused' >&2\nexit 1\n"),
@@ -47,15 +50,22 @@ FAULTS: dict[str, tuple[str, str]] = {
 
 def fault_path(tmp_path: Path, kind: str, fault: str | None) -> str:
     """The ``PATH`` an Exec of ``kind`` sees with ``fault`` installed (``None``: the kind's own)."""
-    applets = APPLETS / kind
     if fault is None:
-        return str(applets)
+        return str(APPLETS / kind)
     tool, body = FAULTS[fault]
-    bin_dir = tmp_path / f"bin-{fault}"
+    return tools_path(tmp_path, kind, {tool: body}, name=fault)
+
+
+def tools_path(tmp_path: Path, kind: str, tools: dict[str, str], *, name: str) -> str:
+    """The ``PATH`` an Exec of ``kind`` sees with wrappers ``{tool: script body}`` first (in the
+    body, ``$REAL`` is the kind's own tool)."""
+    applets = APPLETS / kind
+    bin_dir = tmp_path / f"bin-{name}"
     bin_dir.mkdir(exist_ok=True)
-    wrapper = bin_dir / tool
-    wrapper.write_text(f"#!/bin/sh\nREAL={applets / tool}\n{body}")
-    wrapper.chmod(0o755)
+    for tool, body in tools.items():
+        wrapper = bin_dir / tool
+        wrapper.write_text(f"#!/bin/sh\nREAL={applets / tool}\n{body}")
+        wrapper.chmod(0o755)
     return f"{bin_dir}:{applets}"
 
 

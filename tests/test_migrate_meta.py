@@ -167,9 +167,13 @@ async def test_run_meta_reports_the_precision_used() -> None:
     entries = [_file("a"), _file("b")]
     out = await b.run(meta.Batch("meta", entries))
     assert out.precision == "s"
-    assert out.done == [entries[0]]
-    assert out.failed == [(entries[1], "cannot apply permissions/mtime: "
-                                       f"{_scripts.NO_RECORD} (exit code 1)")]
+    # An O record under a non-zero exit is not believed (the shell's script ends "exit 0").
+    assert out.done == []
+    assert out.failed == [
+        (entries[0], "cannot apply permissions/mtime: the step exited with code 1 after "
+                     "reporting it done: not believed"),
+        (entries[1], "cannot apply permissions/mtime: "
+                     f"{_scripts.NO_RECORD} (exit code 1)")]
 
 
 async def test_run_meta_without_exec_fails_every_entry() -> None:

@@ -37,8 +37,9 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   ``resolve`` (the no-follow walk under the root), ``read``, ``modify``, ``raw`` (WriteRaw's
   sink), ``hooks`` (fault injection), ``errors`` (gRPC status codes);
 * the migrator: ``_walk``, ``_source`` (opening source files safely), ``_lock``, ``_progress``,
-  and ``_migrate/``: ``run``, ``context``, ``ledger``, ``stream``, ``place``, ``tar``, ``meta``,
-  ``resume``, ``preflight``, ``bots``;
+  and ``_migrate/``: ``run``, ``lifecycle`` (the per-file table), ``steps`` (its executor),
+  ``context``, ``outcomes``, ``ledger``, ``stream``, ``place``, ``tar``, ``meta``, ``resume``,
+  ``preflight``, ``bots``;
 * the ``memoh-trio`` command line: ``_cli/`` (``args``: the parser; ``commands``; ``exits``:
   exit codes; ``main``), ``_display``, ``_diagnose`` (connection hints), ``_demo``, ``__main__``;
 * the container agent (issue 25; standalone, not yet used by the migrator): ``_agent/``:

@@ -5,7 +5,12 @@ Its parts, each owning one thing and never calling back up:
 * :mod:`.run` -- :func:`migrate`: lock, resume, walk → route (pure, :func:`memoh_trio._plan.route`)
   → dispatch under one nursery and ``CapacityLimiter``, decide (pure,
   :func:`memoh_trio._finalize.decide`), rename;
+* :mod:`.lifecycle` -- every later step of an entry's life, as one table (pure): phases, events
+  (a record, a failure, a capability learned) and the next phase; every choice between ways
+  (hold for python3 or check at once, python3 or the shell) from what is known;
+* :mod:`.steps` -- the executor: carries out the steps the table names, in the copy nursery;
 * :mod:`.context` -- the frozen options, the client with deadlines, shared constants;
+* :mod:`.outcomes` -- what the batch steps return, errors in plain words (a leaf);
 * :mod:`.ledger` -- the counts, failures and fatal error of a run: one method per counting rule;
 * :mod:`.stream` -- one file via WriteRaw → temporary sibling → verify → Rename;
 * :mod:`.tar` -- one tar batch of small files; returns what was copied, failed or changed;

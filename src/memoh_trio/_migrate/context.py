@@ -30,12 +30,12 @@ from .._errors import (
     RPCError,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
 from .._paths import PART_PREFIX as PART_PREFIX
 from .._paths import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
-from .._plan import Action, describe_os_error
+from .._plan import Action
 from .._progress import Progress
+from .outcomes import plain as plain
 
 if TYPE_CHECKING:
     from .._client import Client, ExecResult
@@ -217,18 +217,6 @@ def norm_dest(dest: str) -> str:
 
 def join(dest: str, rel: str) -> str:
     return f"{dest}/{rel}" if dest else rel
-
-
-def plain(exc: BaseException) -> str:
-    """An error in plain words for the report."""
-    if isinstance(exc, RPCError):
-        text = exc.message or exc.status.name.replace("_", " ").lower()
-        if isinstance(exc, Unimplemented):
-            return f"the server does not support this: {text}"
-        return text
-    if isinstance(exc, OSError):
-        return describe_os_error(exc)
-    return str(exc) or type(exc).__name__
 
 
 def source_unchanged(action: Action) -> str | None:

@@ -8,7 +8,6 @@ counting rule, so the report, the progress observer and ``done``/``required`` mo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import trio
 
@@ -18,11 +17,7 @@ from .._plan import REQUIRED_KINDS, Action, Kind, display_path
 from .._progress import Progress
 from .._report import Failure, MigrationReport, Skipped
 from .._scripts import Precision
-from .context import plain
-
-if TYPE_CHECKING:
-    from .meta import BatchResult
-    from .tar import BatchOutcome
+from .outcomes import BatchOutcome, BatchResult, plain
 
 
 class Ledger:

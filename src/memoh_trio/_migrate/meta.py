@@ -13,7 +13,7 @@ batches in its nursery. Nothing here calls back into the run.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import trio
@@ -23,8 +23,11 @@ from .._errors import MemohError, Unimplemented
 from .._plan import Action
 from .._progress import ProgressState
 from .._scripts import Capabilities, Precision
-from . import resume
-from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, plain
+from . import lifecycle, resume
+from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, Verify, plain
+from .lifecycle import Event, Known, Phase, Python, Step
+from .outcomes import BatchResult as BatchResult
+from .outcomes import Job as Job
 
 #: Entries per batched Exec (symlinks, permissions and mtimes). The script or records travel
 #: as stdin (never as one argument, which Linux caps at 128 KiB), so this bounds memory and the
@@ -46,47 +49,12 @@ WRITEBACK_BYTES = 32 * 1024 * 1024
 #: is done (fewer: they join the next metadata batch).
 TAR_META_MIN = 64
 
-#: What one batch does: recreate symlinks, check resume's hashes, or apply modes and mtimes.
-Job = Literal["links", "hash", "meta"]
-
-
 @dataclass(frozen=True)
 class Batch:
     """Entries for one batched Exec."""
 
     job: Job
     actions: list[Action]
-
-
-@dataclass
-class BatchResult:
-    """What became of a batch's entries (each entry in exactly one list).
-
-    Attributes:
-        job: the batch's job.
-        done: symlinks recreated, files whose hashes agree, or modes and mtimes applied.
-        failed: the entries that failed, with why.
-        resend: ``hash`` only: files to send again (their hash differs or cannot be checked).
-        precision: ``meta`` only: the precision the mtimes were applied with.
-    """
-
-    job: Job
-    done: list[Action] = field(default_factory=list)
-    failed: list[tuple[Action, str]] = field(default_factory=list)
-    resend: list[Action] = field(default_factory=list)
-    precision: Precision | None = None
-
-    @classmethod
-    def split(cls, job: Job, batch: Sequence[Action], failed: dict[int, str],
-              what: str) -> BatchResult:
-        """``batch`` divided by ``failed`` (``{index: reason}``); reasons prefixed by ``what``."""
-        out = cls(job)
-        for i, action in enumerate(batch):
-            if i in failed:
-                out.failed.append((action, f"{what}: {failed[i]}"))
-            else:
-                out.done.append(action)
-        return out
 
 
 class Tools:
@@ -98,10 +66,30 @@ class Tools:
     took 0.308 s instead of 0.356 (medians of 13, ``benchmarks/ab_clients.py``). Work that may
     use python3 waits for :meth:`settled`."""
 
-    def __init__(self) -> None:
+    def __init__(self, verify: Verify = "size", preserve: bool = True) -> None:
         self.caps = Capabilities()
         self._python_asked = False
         self._python_known = trio.Event()
+        self._python_lost = False
+        self._verify: Verify = verify
+        self._preserve = preserve
+
+    @property
+    def known(self) -> Known:
+        """What the lifecycle's decisions read (:class:`.lifecycle.Known`)."""
+        if self._python_lost:
+            python = Python.LOST
+        elif not self._python_known.is_set():
+            python = Python.UNKNOWN
+        else:
+            python = Python.YES if self.caps.python3 and USE_PYTHON_META else Python.NO
+        return Known(exec=self.caps.probed, python=python, verify=self._verify,
+                     preserve=self._preserve)
+
+    def lose_python(self) -> None:
+        """A python3 step did not vouch for its entries: the rest of the run does without it
+        (the shell's way, or the per-file way)."""
+        self._python_lost = True
 
     async def probe(self, ctx: Context) -> None:
         """Ask the container for its tools, python3 aside (see :meth:`probe_python`)."""
@@ -140,14 +128,12 @@ class Tools:
         """How to run python3 to check and move a tar batch, or ``None`` (asked before the
         batch is packed: the python3 probe runs beside the reading of its files)."""
         caps = await self.settled()
-        return caps.python_exe if USE_PYTHON_META and caps.python3 else None
+        return caps.python_exe if self.known.python_usable else None
 
     def python_ready(self) -> str | None:
         """How to run python3, if it was asked already and is there (``None`` otherwise:
         nothing is asked or waited for here)."""
-        if USE_PYTHON_META and self._python_known.is_set() and self.caps.python3:
-            return self.caps.python_exe
-        return None
+        return self.caps.python_exe if self.known.python_usable else None
 
     def python_may_serve(self, batch: Batch) -> bool:
         """Whether python3, if the container has it, would carry out ``batch`` (so its answer
@@ -227,17 +213,53 @@ class Batches:
         """
         tools = self._tools
         caps = await tools.settled(self._ctx) if tools.python_may_serve(batch) else tools.caps
+        if not tools.known.python_usable:
+            caps = replace(caps, python3=False)
         actions = batch.actions
         if batch.job == "hash":
+            lifecycle.note([a.rel for a in actions], Step.RESUME_HASH)
             found = await resume.check_hashes(self._ctx, actions)
+            lifecycle.step([a.rel for a in found.same], Phase.HASH, Event.OK)
+            lifecycle.step([a.rel for a in found.resend], Phase.HASH, Event.LOST)
             return BatchResult("hash", done=found.same, resend=found.resend)
-        if batch.job == "links":
-            failed = await recreate_links(self._ctx, caps, actions)
-            return BatchResult.split("links", actions, failed, "cannot recreate the symlink")
-        failed, precision = await apply_meta(self._ctx, caps, actions)
-        result = BatchResult.split("meta", actions, failed, "cannot apply permissions/mtime")
+        job: Literal["links", "meta"] = batch.job
+        first = Phase.LINK if job == "links" else Phase.META
+        failed, precision, events = await _per_entry(self._ctx, job, caps, actions)
+        # LINK/META -> LINK_SHELL/META_SHELL: what python3 did not vouch for, the shell's way.
+        again = [i for i, event in enumerate(events)
+                 if lifecycle.step(actions[i].rel, first, event) in (Phase.LINK_SHELL,
+                                                                      Phase.META_SHELL)]
+        if again:
+            tools.lose_python()
+            shell = replace(caps, python3=False)
+            retried, shell_precision, shell_events = await _per_entry(
+                self._ctx, job, shell, [actions[i] for i in again])
+            second = Phase.LINK_SHELL if job == "links" else Phase.META_SHELL
+            for i, event in zip(again, shell_events, strict=True):
+                lifecycle.step(actions[i].rel, second, event)
+            for k, i in enumerate(again):
+                if k in retried:
+                    failed[i] = retried[k]
+                else:
+                    failed.pop(i, None)
+            if job == "meta" and shell_precision == "s":
+                precision = "s"
+        what = "cannot recreate the symlink" if job == "links" else \
+            "cannot apply permissions/mtime"
+        result = BatchResult.split(job, actions, failed, what)
         result.precision = precision
         return result
+
+
+async def _per_entry(ctx: Context, job: Literal["links", "meta"], caps: Capabilities,
+                     actions: Sequence[Action],
+                     ) -> tuple[dict[int, str], Precision | None, list[Event]]:
+    """One links or meta step: ``({index: why not}, mtime precision, the entries' events)``."""
+    if job == "links":
+        failed, events = await recreate_links(ctx, caps, actions)
+        return failed, None, events
+    failed, precision, events = await apply_meta(ctx, caps, actions)
+    return failed, precision, events
 
 
 async def probe(ctx: Context, *, python: bool = True) -> Capabilities:
@@ -267,33 +289,42 @@ async def probe_python(ctx: Context) -> tuple[bool, str]:
     return caps.python3, caps.python_exe
 
 
-async def recreate_links(ctx: Context, caps: Capabilities,
-                         batch: Sequence[Action]) -> dict[int, str]:
-    """Recreate the symlinks of ``batch`` (never following anything)."""
+async def recreate_links(ctx: Context, caps: Capabilities, batch: Sequence[Action],
+                         ) -> tuple[dict[int, str], list[Event]]:
+    """Recreate the symlinks of ``batch`` (never following anything): the failures and the
+    entries' events (:func:`.lifecycle.events_of`)."""
+    rels = [a.rel for a in batch]
     if USE_PYTHON_META and caps.python3 and len(batch) > SHELL_META_MAX:
+        lifecycle.note(rels, Step.LINK_PYTHON)
         return await _exec_batch(ctx, len(batch),
                                  _scripts.with_python(_scripts.PY_LINKS, caps.python_exe),
-                                 _scripts.py_link_records(batch))
+                                 _scripts.py_link_records(batch), python=True)
+    lifecycle.note(rels, Step.LINK_SHELL)
     return await _exec_batch(ctx, len(batch), _scripts.RUN_STDIN,
-                             _scripts.links_script(batch).encode("utf-8", "surrogateescape"))
+                             _scripts.links_script(batch).encode("utf-8", "surrogateescape"),
+                             python=False)
 
 
-async def apply_meta(ctx: Context, caps: Capabilities,
-                     batch: Sequence[Action]) -> tuple[dict[int, str], Precision]:
-    """Apply permission bits and mtimes to ``batch``; returns the failures and the mtime
-    precision used."""
+async def apply_meta(ctx: Context, caps: Capabilities, batch: Sequence[Action],
+                     ) -> tuple[dict[int, str], Precision, list[Event]]:
+    """Apply permission bits and mtimes to ``batch``; returns the failures, the mtime
+    precision used and the entries' events."""
     method = _scripts.meta_method(caps, len(batch), use_python=USE_PYTHON_META,
                                   shell_max=SHELL_META_MAX)
     precision = _scripts.method_precision(method)
+    rels = [a.rel for a in batch]
     if method == "python":
-        failed = await _exec_batch(ctx, len(batch),
-                                   _scripts.with_python(_scripts.PY_META, caps.python_exe),
-                                   _scripts.py_meta_records(batch))
+        lifecycle.note(rels, Step.META_PYTHON)
+        failed, events = await _exec_batch(
+            ctx, len(batch), _scripts.with_python(_scripts.PY_META, caps.python_exe),
+            _scripts.py_meta_records(batch), python=True)
     else:
+        lifecycle.note(rels, Step.META_SHELL)
         script = _scripts.meta_script(batch, precision)
-        failed = await _exec_batch(ctx, len(batch), _scripts.RUN_STDIN,
-                                   script.encode("utf-8", "surrogateescape"))
-    return failed, precision
+        failed, events = await _exec_batch(ctx, len(batch), _scripts.RUN_STDIN,
+                                           script.encode("utf-8", "surrogateescape"),
+                                           python=False)
+    return failed, precision, events
 
 
 async def flush(ctx: Context) -> str | None:
@@ -345,17 +376,25 @@ async def writeback(ctx: Context) -> None:
         mark = ctx.progress.state.bytes_done + WRITEBACK_BYTES
 
 
-async def _exec_batch(ctx: Context, n: int, command: str, stdin: bytes) -> dict[int, str]:
-    """Run one per-entry step; ``{index: reason}`` for every entry without an ``O`` record."""
+async def _exec_batch(ctx: Context, n: int, command: str, stdin: bytes, *, python: bool,
+                      ) -> tuple[dict[int, str], list[Event]]:
+    """Run one per-entry step: ``{index: reason}`` for every entry not vouched for (no ``O``
+    record, or an ``O`` under a non-zero exit: not believed), and each entry's event."""
     try:
         res = await ctx.exec(command, timeout_seconds=EXEC_TIMEOUT, stdin=stdin)
     except FATAL_ERRORS:
         raise
     except (MemohError, OSError) as exc:
-        return dict.fromkeys(range(n), plain(exc))
+        return dict.fromkeys(range(n), plain(exc)), lifecycle.step_failed(n, python=python)
+    records = _scripts.parse_records(res.stdout, n)
+    events = lifecycle.events_of(records, res.exit_code, n, python=python)
     failed = _scripts.failures(res.stdout, n, res.stderr)
     if res.exit_code != 0:
         for i, why in failed.items():
             if why.startswith(_scripts.NO_RECORD):
                 failed[i] = f"{why} (exit code {res.exit_code})"
-    return failed
+        for i, event in enumerate(events):
+            if i not in failed and event is not Event.OK:
+                failed[i] = (f"the step exited with code {res.exit_code} after reporting it "
+                             "done: not believed")
+    return failed, events

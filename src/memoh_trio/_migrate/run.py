@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
 import trio
 
 from .._dirindex import DirIndex
-from .._errors import MemohError, RPCError
+from .._errors import RPCError
 from .._finalize import decide, stopped_error
 from .._lock import single_flight
 from .._paths import symlink_on_the_way
@@ -22,7 +22,7 @@ from .._report import Failure, MigrationReport
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
 from .._walk import BATCH_SIZE, walk
-from . import meta, place, preflight, resume, stream, tar
+from . import lifecycle, meta, preflight, resume
 from .context import (
     DEFAULT_CONCURRENCY,
     DEFAULT_STALL_TIMEOUT,
@@ -37,7 +37,9 @@ from .context import (
     plain,
 )
 from .ledger import Ledger
+from .lifecycle import Phase
 from .resume import itemize_line
+from .steps import Steps
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -73,14 +75,11 @@ class _Run:
         self.existing = DirIndex()
         self.dest_links: set[str] = set()  # symlinks at the destination (resume.survey)
         self.tar_max_size = 0  # MAX_MEMBER_SIZE once the container was found to take tar
-        self.tar_files = 0  # files routed to tar batches so far
         self.batcher: Batcher[Action] = Batcher()
-        self.tools = meta.Tools()  # probed once at the start of a real run
+        self.tools = meta.Tools(opts.verify, opts.preserve)  # probed once, at the start
         self.batches = meta.Batches(self.ctx, self.tools)
-        self.placer = place.Placer(self.ctx)  # streamed files waiting to be moved into place
-        self._nursery: trio.Nursery | None = None  # the copy nursery, while it runs
-        self._streams_left = 0  # entries handed to the streams and not finished yet
-        self._dispatched = False  # every entry of the walk is handed out
+        self.steps = Steps(self.ctx, self.tools, self.batches)  # carries out the steps
+        self.flow = self.steps.flow
 
     async def run(self) -> MigrationReport:
         ledger, opts = self.ledger, self.opts
@@ -108,7 +107,7 @@ class _Run:
             if ledger.fatal is None:
                 self.report.status = "incomplete"
         finally:
-            await self.placer.discard()  # parked files a stopped run did not place
+            await self.steps.placer.discard(self.flow.take())  # held files a stopped run left
             self.report.seconds = time.monotonic() - start
             ledger.progress.finish()
         if ledger.fatal is not None:
@@ -140,9 +139,9 @@ class _Run:
     async def _finish(self) -> None:
         """After the copy: the parked files still waiting, the modes and mtimes still pending,
         then the container's ``sync`` if the rename may follow."""
-        rest = self.placer.take()
+        rest = self.flow.take()
         if rest:
-            for batch in await self._place(rest):
+            for batch in await self.steps.place(rest):
                 self.ledger.batch_done(await self.batches.run(batch))
         for batch in self.batches.final():
             self.ledger.batch_done(await self.batches.run(batch))
@@ -170,7 +169,7 @@ class _Run:
         streams, stream_queue = trio.open_memory_channel[Action](STREAM_QUEUE)
         try:
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self.steps.nursery = nursery
                 self.ledger.attach(nursery.cancel_scope)
                 nursery.start_soon(self._feed_streams, stream_queue, nursery)
                 async with streams, recv:
@@ -181,15 +180,15 @@ class _Run:
                             await self._dispatch(action, streams, nursery)
                     # Every entry of the walk is counted now: the totals are final.
                     self.ledger.progress.scan_finished()
-                    self._dispatched = True
-                    self._place_rest()
+                    self.flow.routed_all = True
+                    self.steps.place_rest()
                     if not self.opts.dry_run:
-                        self._start(*self.batches.walk_done())
+                        self.steps.start(*self.batches.walk_done())
                         if len(self.batcher):
-                            await self._start_in_slot(nursery,
-                                                      partial(self._tar_task, self.batcher.take()))
+                            await self.steps.start_in_slot(
+                                nursery, partial(self.steps.tar_task, self.batcher.take()))
         finally:
-            self._nursery = None
+            self.steps.nursery = None
             self.ledger.detach()
         if nursery.cancel_scope.cancelled_caught:
             self.ledger.cancelled = self.ledger.fatal is None
@@ -229,7 +228,8 @@ class _Run:
                         open_ = False
                         break
                     pending.push(action, action.size)
-                nursery.start_soon(self._in_slot, token, partial(self._copy_entry, pending.pop()))
+                nursery.start_soon(self.steps.in_slot, token,
+                                   partial(self.steps.copy_entry, pending.pop()))
 
     async def _dispatch(self, action: Action, streams: trio.MemorySendChannel[Action],
                         nursery: trio.Nursery) -> None:
@@ -260,23 +260,23 @@ class _Run:
                 self.batches.add_dir(action)
         elif where is Route.UNCHANGED:
             ledger.unchanged(action)
-            self._start(self.batches.add("meta", action))
+            if lifecycle.step(action.rel, Phase.UNCHANGED, lifecycle.meta_done_event(
+                    self.tools.known)) is Phase.META:
+                self.steps.start(self.batches.add("meta", action))
         elif where in (Route.LINK, Route.HASH):
-            self._start(self.batches.add("links" if where is Route.LINK else "hash", action))
+            self.steps.start(self.batches.add("links" if where is Route.LINK else "hash", action))
         elif where is Route.TAR:
-            self.tar_files += 1
-            if self.tar_files == meta.SHELL_META_MAX + 1:
+            if self.flow.routed_to_tar():
                 # A tar batch the shell does not move is coming: python3 is asked now, beside
                 # the walk, not once the batch is full (on the mixed tree (c) the first one
                 # filled at ~60 ms; files streamed before the answer cannot be parked).
                 self.tools.ask_python(self.ctx, nursery)
             full = self.batcher.add(action, action.size, action.rel)
             if full:
-                await self._start_in_slot(nursery, partial(self._tar_task, full))
+                await self.steps.start_in_slot(nursery, partial(self.steps.tar_task, full))
         else:
             if action.kind is Kind.MKDIR:
                 self.batches.add_dir(action)
-            self._streams_left += 1
             await streams.send(action)
 
     def _itemize(self, action: Action) -> None:
@@ -284,144 +284,6 @@ class _Run:
             self.itemize(itemize_line(action, self.existing.get(action.rel)))
 
     # ------------------------------------------------------------------ tasks
-
-    async def _start_in_slot(self, nursery: trio.Nursery,
-                             task: Callable[[], Awaitable[None]]) -> None:
-        """Start ``task()`` once the limiter has a slot for it (held until it ends)."""
-        token = object()
-        await self.ctx.limiter.acquire_on_behalf_of(token)
-        nursery.start_soon(self._in_slot, token, task)
-
-    async def _in_slot(self, token: object, task: Callable[[], Awaitable[None]]) -> None:
-        try:
-            await task()
-        finally:
-            self.ctx.limiter.release_on_behalf_of(token)
-
-    async def _copy_entry(self, action: Action) -> None:
-        """Mkdir or copy one entry through its own RPCs and record the outcome (a parked file:
-        once it is placed, see :mod:`.place`)."""
-        parked = False
-
-        def park(action: Action, part: str) -> bool:
-            # Once its bytes are sent, with --verify size, where python3 is known to be there
-            # already (a tar batch asked): the question is never asked for this, nor waited for.
-            nonlocal parked
-            if (self.ctx.opts.verify != "size" or self.tools.python_ready() is None
-                    or self._nursery is None):
-                return False
-            parked = True
-            full = self.placer.park(action, part)
-            if full is not None:
-                self._nursery.start_soon(self._place_task, full)
-            return True
-
-        try:
-            if action.kind is Kind.MKDIR:
-                await self.ctx.client.mkdir(self.ctx.path(action.rel))
-                self.ledger.made_dir()
-                return
-            why = await stream.copy_file(self.ctx, action, park=park)
-        except FATAL_ERRORS as exc:
-            self.ledger.lose(exc)
-            return
-        except (MemohError, OSError) as exc:
-            why = plain(exc)
-        except Exception as exc:  # a bug below us fails this entry, not the whole run
-            why = f"unexpected error: {type(exc).__name__}: {exc}"
-        finally:
-            self._streams_left -= 1
-            self._place_rest()
-        if why is not None:
-            self.ledger.fail(action, why)
-            return
-        if not parked:
-            self.ledger.copied(action)
-            self._start(self.batches.add("meta", action))
-
-    def _place_rest(self) -> None:
-        """Once every entry is handed out and the last stream has ended, place the files still
-        parked at once, beside the placement or tar batches still running, not after them."""
-        nursery = self._nursery
-        if (self._dispatched and not self._streams_left and nursery is not None
-                and not nursery.cancel_scope.cancel_called and self.ledger.fatal is None):
-            rest = self.placer.take()
-            if rest:
-                nursery.start_soon(self._place_task, rest)
-
-    async def _place_task(self, batch: list[tuple[Action, str]]) -> None:
-        self._start(*await self._place(batch))
-
-    async def _place(self, batch: list[tuple[Action, str]]) -> list[meta.Batch]:
-        """Place parked files and record the outcome; the metadata batches now due."""
-        exe = self.tools.python_ready()
-        assert exe is not None, "files are parked only where python3 is there"
-        try:
-            async with self.ctx.limiter:
-                outcome = await self.placer.place(batch, exe)
-        except FATAL_ERRORS as exc:
-            self.ledger.lose(exc)
-            return []
-        self.ledger.tar_done(tar.BatchOutcome(copied=outcome.placed, failed=outcome.failed,
-                                              meta_applied=outcome.meta_applied))
-        due: list[meta.Batch | None] = []
-        if not outcome.meta_applied:
-            due += self.batches.tar_copied(outcome.placed)
-        for action, part in outcome.unsure:  # no record: the per-file way decides
-            try:
-                why = await stream.finish_parked(self.ctx, action, part)
-            except FATAL_ERRORS as exc:
-                self.ledger.lose(exc)
-                continue
-            except (MemohError, OSError) as exc:
-                why = plain(exc)
-            if why is not None:
-                self.ledger.fail(action, why)
-            else:
-                self.ledger.copied(action)
-                due.append(self.batches.add("meta", action))
-        return [b for b in due if b is not None]
-
-    async def _tar_task(self, batch: list[Action]) -> None:
-        assert self._nursery is not None, "tar batches run in the copy nursery"
-        if len(batch) > meta.SHELL_META_MAX:  # asked already (_dispatch): never waits for ever
-            self.tools.ask_python(self.ctx, self._nursery)
-        try:
-            outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
-        except FATAL_ERRORS as exc:
-            self.ledger.lose(exc)
-            return
-        except Exception as exc:  # a bug below us fails these entries, not the whole run
-            why = f"unexpected error: {type(exc).__name__}: {exc}"
-            outcome = tar.BatchOutcome(failed=[(action, why) for action in batch])
-        self.ledger.tar_done(outcome)
-        if not outcome.meta_applied:
-            self._start(*self.batches.tar_copied(outcome.copied))
-        # A file that changed while read goes the per-file way (which fails it if it keeps
-        # changing, or copies the new contents).
-        for action in outcome.changed:
-            await self._copy_entry(action)
-
-    def _start(self, *batches: meta.Batch | None) -> None:
-        """Start batched Execs beside the copy (``None``: no batch is due)."""
-        for batch in batches:
-            if batch is not None:
-                assert self._nursery is not None, "batches start only while the copy runs"
-                self._nursery.start_soon(self._batch_task, batch)
-
-    async def _batch_task(self, batch: meta.Batch) -> None:
-        async with self.ctx.limiter:
-            try:
-                result = await self.batches.run(batch)
-            except FATAL_ERRORS as exc:
-                self.ledger.lose(exc)
-                return
-            self.ledger.batch_done(result)
-            if result.job == "hash":  # the files vouched for: their modes and mtimes
-                self._start(*[self.batches.add("meta", action) for action in result.done])
-            for action in result.resend:  # with this task's slot, one after another
-                await self._copy_entry(action)
-
 
 async def migrate(
     src: str | os.PathLike[str],

@@ -34,7 +34,10 @@ from .._errors import (
     Unimplemented,
 )
 from .._plan import Action
+from .._results import FileEntry
+from . import lifecycle
 from .context import EXEC_TIMEOUT, PART_PREFIX, Context
+from .lifecycle import Event, Step
 
 
 def part_name(final: str) -> str:
@@ -114,6 +117,7 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
                               else os.fdopen(os.dup(fd), "rb", buffering=0))
     placed = False
     unanswered = True  # the WriteRaw is on its way: the server may yet create ``part``
+    lifecycle.note(action.rel, Step.STREAM)
     try:
         try:
             result = await ctx.client.write_raw(
@@ -138,9 +142,11 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
             placed = True  # or failed, by whoever places it: the temporary file is theirs
             return None
         if why is None:
+            if ctx.opts.verify == "size":
+                lifecycle.note(action.rel, Step.STAT_RENAME)
             why = await verify_size(ctx, part, result.bytes_read, result.bytes_written)
         if why is None and ctx.opts.verify == "sha256":
-            why = await verify_sha256(ctx, part, result.sha256)
+            why = await verify_sha256(ctx, part, result.sha256, action.rel)
         if why is not None:
             return why
         await ctx.client.rename(part, final)
@@ -152,14 +158,40 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
             await ctx.discard(part, settle=unanswered)
 
 
+def check_event(why: str) -> Event:
+    """The lifecycle event of a failed container check (:func:`verify_size`,
+    :func:`verify_sha256`): its temporary file gone, its bytes not those sent, or refused."""
+    if why.startswith("the temporary file is missing"):
+        return Event.GONE
+    if why.startswith(("the container holds", "SHA-256 mismatch")):
+        return Event.BAD
+    return Event.REFUSED
+
+
+class TemporaryGone(Exception):
+    """A held file's temporary file is not in the container (a placement that did not vouch
+    for it may have moved it): it is sent again (RECHECK -> RESEND)."""
+
+
 async def finish_parked(ctx: Context, action: Action, part_rel: str) -> str | None:
-    """Check and move one parked file the per-file way (its batch gave no record for it): the
-    container's ``Stat``, then ``Rename``; ``None`` when it is in place, else why not (its
-    temporary file is then deleted)."""
+    """Check and move one parked file the per-file way (no record vouched for it, or its batch
+    goes the per-file way): the container's ``Stat``, then ``Rename``; ``None`` when it is in
+    place, else why not (its temporary file is then deleted).
+
+    Raises:
+        TemporaryGone: its temporary file is not there (nothing to delete).
+    """
     part = ctx.path(part_rel)
     placed = False
+    lifecycle.note(action.rel, Step.STAT_RENAME)
     try:
-        why = await verify_size(ctx, part, action.size, action.size)
+        try:
+            entry = await ctx.client.stat(part)
+        except NotFound:
+            placed = True  # nothing to delete
+            ctx.progress.unsent(action.size)
+            raise TemporaryGone(part) from None
+        why = size_mismatch(entry, action.size, action.size)
         if why is None:
             await ctx.client.rename(part, ctx.path(action.rel))
             placed = True
@@ -178,14 +210,21 @@ async def verify_size(ctx: Context, part: str, nread: int, written: int) -> str 
     except NotFound:
         return ("the temporary file is missing in the container after the upload "
                 f"(the server reported {written} bytes written)")
+    return size_mismatch(entry, nread, written)
+
+
+def size_mismatch(entry: FileEntry, nread: int, written: int) -> str | None:
+    """Why the container's ``Stat`` of a temporary file does not show the bytes sent."""
     if entry.is_dir or entry.size != nread:
         return (f"the container holds {entry.size} bytes of the {nread} sent (the server "
                 f"reported {written} written): not moved into place")
     return None
 
 
-async def verify_sha256(ctx: Context, path: str, local: str | None) -> str | None:
-    """``None`` if the container's file hashes to ``local``, else why not."""
+async def verify_sha256(ctx: Context, path: str, local: str | None,
+                        rel: str = "") -> str | None:
+    """``None`` if the container's file hashes to ``local``, else why not (``rel``: the
+    file's path, for the trace)."""
     if local is None:
         return "no SHA-256 was computed while reading the source"
     remote: str | None = None
@@ -195,6 +234,7 @@ async def verify_sha256(ctx: Context, path: str, local: str | None) -> str | Non
             remote = _scripts.parse_sha256(res.stdout)
     except (Unimplemented, InvalidArgument):
         remote = None
+    lifecycle.note(rel, Step.SHA256SUM if remote is not None else Step.READ_BACK)
     if remote is None:  # no Exec or no sha256sum in the container: read it back
         h = hashlib.sha256()
         async with ctx.client.read_raw(path) as chunks:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 
 import trio
 
@@ -23,19 +22,10 @@ from .. import _scripts, _source
 from .._errors import MemohError
 from .._plan import Action
 from .._tarbatch import TAR_PREFIX, Member, layout, pack
+from . import lifecycle
 from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context
-
-
-@dataclass
-class BatchOutcome:
-    """What became of a batch's files (each file is in exactly one list)."""
-
-    copied: list[Action] = field(default_factory=list)
-    failed: list[tuple[Action, str]] = field(default_factory=list)
-    changed: list[Action] = field(default_factory=list)
-    #: The ``copied`` files also got their modes and mtimes (to the nanosecond), proven by their
-    #: records (python3 mover, :data:`memoh_trio._scripts.PY_MOVE`).
-    meta_applied: bool = False
+from .lifecycle import Event, Phase, Step
+from .outcomes import BatchOutcome as BatchOutcome
 
 
 class _BatchFailed(Exception):
@@ -58,6 +48,7 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
     out = BatchOutcome()
     members, out.changed = await trio.to_thread.run_sync(
         read_members, batch, ctx.opts.verify == "sha256", abandon_on_cancel=True)
+    lifecycle.step([a.rel for a in out.changed], Phase.TAR, Event.CHANGED)
     if not members:
         return out
     settled: set[int] = set()  # member indexes copied or failed
@@ -72,7 +63,9 @@ async def send_batch(ctx: Context, batch: Sequence[Action], *,
         # fails it with its own reason. Conflicts found by the scripts are not retried.
         for i, (action, _, _) in enumerate(members):
             if i not in settled:
-                out.changed.append(action)
+                lifecycle.step(action.rel, Phase.TAR,
+                               Event.PY_LOST if out.python_lost else Event.LOST)
+                out.resend.append(action)
     return out
 
 
@@ -92,6 +85,8 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     # listing, and a second Exec moves what passed.
     exe = (await py_move() if py_move is not None and len(members) > _scripts.SHELL_META_MAX
            else None)
+    lifecycle.note([a.rel for a in actions],
+                   Step.TAR_PYTHON if exe is not None else Step.TAR_SHELL)
     if exe is not None:
         run = _scripts.verify_move_script(staging, exe)
         extra = [(_scripts.MOVES_MEMBER,
@@ -111,6 +106,8 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                              stdin=payload)
         unanswered = False
         if res.exit_code != 0 and (exe is None or not res.stdout.strip()):
+            unpacked = res.exit_code not in (_scripts.TAR_FAILED_EXIT, _scripts.NO_RUN_EXIT)
+            out.python_lost = exe is not None and unpacked  # the mover died, silent
             why = res.stderr.decode("utf-8", "replace").strip() or f"exit {res.exit_code}"
             what = ("cannot unpack the batch in the container"
                     if res.exit_code in (_scripts.TAR_FAILED_EXIT, _scripts.NO_RUN_EXIT)
@@ -122,8 +119,10 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
             if exe is not None:
                 out.meta_applied = preserve
                 placed = res.exit_code == 0  # else the staging directory may be left
-                _settle(ctx, actions, range(len(members)),
-                        _scripts.parse_records(res.stdout, len(members)), out, settled)
+                records = _scripts.parse_records(res.stdout, len(members))
+                out.python_lost = lifecycle.python_failed(records, res.exit_code)
+                _settle(ctx, actions, range(len(members)), records, res.exit_code, out,
+                        settled, python=True)
                 counted = False
                 return
             listing = _scripts.parse_listing(res.stdout, lay.staged, verify)
@@ -137,8 +136,10 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                 settled.add(i)
                 ctx.progress.unsent(action.size)
                 if got is None:  # not listed (staging vanished?): the per-file way decides
-                    out.changed.append(action)
+                    lifecycle.step(action.rel, Phase.TAR, Event.LOST)
+                    out.resend.append(action)
                     continue
+                lifecycle.step(action.rel, Phase.TAR, Event.BAD)
                 out.failed.append((action, f"{_scripts.CHECK_FAILED}: expected {want}, "
                                            f"found {got}"))
             script = _scripts.move_script(staging, lay, good)
@@ -147,8 +148,8 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                                  stdin=script.encode("utf-8", "surrogateescape"))
             unanswered = False
             placed = res.exit_code == 0  # else the staging directory may be left: discard it
-            _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)), out,
-                    settled)
+            _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)),
+                    res.exit_code, out, settled, python=False)
             counted = False
         finally:
             if counted:  # an error before every member was settled
@@ -160,23 +161,31 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
 
 
 def _settle(ctx: Context, actions: Sequence[Action], members: Iterable[int],
-            records: Mapping[int, str | None], out: BatchOutcome, settled: set[int]) -> None:
-    """File each of ``members`` by its record of the move: copied, failed (a check or a
-    conflict), or handed to the per-file way (no record, ``mv`` failed, not found staged)."""
-    for i in members:
+            records: Mapping[int, str | None], exit_code: int, out: BatchOutcome,
+            settled: set[int], *, python: bool) -> None:
+    """File each of ``members`` by its event (:func:`.lifecycle.events_of`: an ``O`` counts
+    only under exit 0): copied, failed (a check or a conflict), or sent again (TAR -> RESEND:
+    no record, ``mv`` failed, not found staged, an ``O`` the exit code does not back)."""
+    members = list(members)
+    events = lifecycle.events_of({k: records[i] for k, i in enumerate(members)}, exit_code,
+                                 len(members), python=python)
+    for i, event in zip(members, events, strict=True):
         action = actions[i]
         settled.add(i)
-        record = records[i]
-        if record is None:
+        if event is Event.OK and out.meta_applied:
+            event = Event.OK_META  # the python3 mover gave it its mode and mtime too
+        phase = lifecycle.step(action.rel, Phase.TAR, event)
+        if phase in (Phase.MOVED, Phase.DONE):
             out.copied.append(action)
             continue
         ctx.progress.unsent(action.size)
-        if record in (_scripts.NO_RECORD, _scripts.MOVE_FAILED):
-            out.changed.append(action)  # as above: the per-file way decides
-        elif record.startswith(_scripts.CHECK_FAILED):
-            out.failed.append((action, record))
+        why = records[i] or f"exit code {exit_code}"
+        if phase is Phase.RESEND:
+            out.resend.append(action)
+        elif why.startswith(_scripts.CHECK_FAILED):
+            out.failed.append((action, why))
         else:
-            out.failed.append((action, f"cannot move the file into place: {record}"))
+            out.failed.append((action, f"cannot move the file into place: {why}"))
 
 
 def read_members(batch: Sequence[Action], digest: bool = True,

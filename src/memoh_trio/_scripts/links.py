@@ -67,6 +67,7 @@ def links_script(batch: Sequence[Action]) -> str:
         assert a.link_target is not None
         lines.append(f"memoh_link {i} {quote(a.link_target)} {quote(_parent(a.rel))} "
                      f"{shell_path(a.rel)}")
+    lines.append("exit 0")  # another exit code: the shell died, no record is believed
     return "\n".join(lines) + "\n"
 
 

@@ -68,6 +68,7 @@ def meta_script(batch: Sequence[Action], precision: Precision) -> str:
     grouped("chmod", "chmod", lambda a: f"{a.mode:o}")
     grouped("touch -c -m -d", "touch", lambda a: _touch_time(a.mtime_ns, precision))
     lines.extend(f'[ -z "$_p{i}" ] || echo "O {i}"' for i in range(len(batch)))
+    lines.append("exit 0")  # another exit code: the shell died, no record is believed
     return "\n".join(lines) + "\n"
 
 
