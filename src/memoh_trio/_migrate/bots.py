@@ -7,7 +7,6 @@ import os
 import stat
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import trio
@@ -27,7 +26,7 @@ from .context import (
     norm_dest,
 )
 from .preflight import check_data_root, is_empty_dir, unknown_bot
-from .run import migrate
+from .run import migrate_with
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -110,11 +109,11 @@ async def migrate_bot(
         return MigrationReport(source=src, dest=norm_dest(dest), status=state, bot_id=bot_id)
     get = getattr(client_or_pool, "get", None)
     client: Client = await get(bot_id) if get is not None else client_or_pool  # type: ignore[assignment]
-    report = await migrate(src, client, dest=dest, concurrency=concurrency,
-                           chunk_size=chunk_size, verify=verify, preserve=preserve,
-                           rename=rename, dry_run=dry_run, resume=resume, progress=progress,
-                           stall_timeout=stall_timeout, lock_wait=lock_wait,
-                           tar_batches=tar_batches, itemize=itemize)
+    opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size, verify=verify,
+                   preserve=preserve, rename=rename, dry_run=dry_run, resume=resume,
+                   stall_timeout=stall_timeout, tar_batches=tar_batches)
+    report = await migrate_with(src, client, opts, progress=progress, lock_wait=lock_wait,
+                                itemize=itemize)
     report.bot_id = bot_id
     return report
 
@@ -181,15 +180,14 @@ async def migrate_all(
     if isinstance(bot_concurrency, bool) or not isinstance(bot_concurrency, int) \
             or bot_concurrency < 1:
         raise ConfigError(f"bot concurrency must be at least 1, got {bot_concurrency!r}")
-    check_options(Options(concurrency=file_concurrency, chunk_size=chunk_size, verify=verify,
-                          stall_timeout=stall_timeout))
+    opts = Options(dest=dest, concurrency=file_concurrency, chunk_size=chunk_size,
+                   verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
+                   resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
+    check_options(opts)
     check_data_root(data_root)
     bots = list_bots(data_root)
     fleet = progress if progress is not None else Progress()
     start_fleet(fleet, len(bots))
-    opts = _BotOptions(dest=dest, concurrency=file_concurrency, chunk_size=chunk_size,
-                       verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
-                       resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
     try:
         if hasattr(targets, "get") and not isinstance(targets, Mapping):
             return await _migrate_bots(bots, data_root, targets, bot_concurrency, opts, fleet,
@@ -216,22 +214,8 @@ def stopped_report(source: str, bot_id: str | None, state: ProgressState,
                            seconds=seconds)
 
 
-@dataclass(frozen=True)
-class _BotOptions:
-    dest: str
-    concurrency: int
-    chunk_size: int | None
-    verify: Verify
-    preserve: bool
-    rename: bool
-    dry_run: bool
-    resume: bool
-    stall_timeout: float | None
-    tar_batches: bool
-
-
 async def _migrate_bots(bots: Iterable[str], data_root: str | os.PathLike[str],
-                        pool: ClientSource, bot_concurrency: int, opts: _BotOptions,
+                        pool: ClientSource, bot_concurrency: int, opts: Options,
                         fleet: Progress, on_report: Callable[[MigrationReport], None] | None,
                         on_stopped: Callable[[MigrationReport], None] | None = None,
                         ) -> list[MigrationReport]:

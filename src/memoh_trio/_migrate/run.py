@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, cast
 
@@ -345,9 +346,20 @@ async def migrate(
         lock. Unavailable / Unauthenticated: the connection was lost or refused (fatal; the copy
         was stopped and nothing renamed).
     """
-    opts = Options(dest=norm_dest(dest), concurrency=concurrency, chunk_size=chunk_size,
+    opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size,
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
                    resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
+    return await migrate_with(src, client, opts, progress=progress, lock_wait=lock_wait,
+                              itemize=itemize)
+
+
+async def migrate_with(src: str | os.PathLike[str], client: Client, opts: Options, *,
+                       progress: Progress | None = None, lock_wait: float = 0.0,
+                       itemize: Callable[[str], None] | None = None) -> MigrationReport:
+    """:func:`migrate` with its options as one :class:`.context.Options` (the one type that
+    :func:`migrate`, :func:`.bots.migrate_bot` and :func:`.bots.migrate_all` build from their
+    keyword arguments)."""
+    opts = replace(opts, dest=norm_dest(opts.dest))
     check_options(opts)
     progress = progress if progress is not None else Progress()
     # SRC by its real directory: an alias (or a symlinked parent) meets the same lock, and the
