@@ -106,3 +106,41 @@ async def test_held_files_are_placed_beside_a_tar_batch_that_fell_back(tmp_path:
     caller = trio.lowlevel.current_task()
     assert all(task is not caller for task in rec.place_tasks), [
         t.name for t in rec.place_tasks]
+
+
+class _CountsChecks(WithPath):
+    """Counts the per-file checks of temporary files (``Stat``) and the placement Execs."""
+
+    def __init__(self, client: Any, path: str) -> None:
+        super().__init__(client, path)
+        self.stats = self.places = 0
+
+    async def stat(self, path: str) -> Any:
+        self.stats += ".memoh-part-" in path
+        return await self._client.stat(path)
+
+    async def exec(self, command: str, **kw: Any) -> Any:
+        self.places += is_place(command)
+        return await super().exec(command, **kw)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_same_tree_same_calls_ten_times(kind: str, tmp_path: Path) -> None:
+    """The same tree into the same container ten times: the same number of per-file checks
+    and of placement Execs each time (5306aab, busybox-python: 0, 1, 1, 4, 1, 4, 1, 1, 1, 4
+    Stat calls of temporary files in ten runs: a streamed file was parked only if python3's
+    answer came before its last byte)."""
+    root = tmp_path / "root"
+    root.mkdir()
+    calls = []
+    async with memoh_go_server(root, kind=kind) as peer, \
+            memoh_trio.connect(peer.target) as client:
+        for i in range(10):
+            src = tmp_path / f"src{i}"
+            mixed_tree(src)
+            rec = _CountsChecks(client, fault_path(tmp_path, kind, None))
+            with trio.fail_after(120):
+                report = await memoh_trio.migrate(src, rec, dest=f"d{i}")  # type: ignore[arg-type]
+            assert report.status == "migrated", (report.failures[:3], report.error)
+            calls.append((rec.stats, rec.places))
+    assert calls == [calls[0]] * 10, calls
