@@ -157,36 +157,45 @@ class Steps:
                 lifecycle.step([a.rel for a in outcome.placed], Phase.MOVED, event)
                 if event is Event.META_DUE:
                     due += self.batches.tar_copied(outcome.placed)
-        # HELD -> CHECK (PER_FILE), or RECHECK (no record vouched for it): Stat, Rename.
+        # HELD -> CHECK (PER_FILE), or RECHECK (no record vouched for it): Stat, Rename,
+        # the files of the batch at once (as their streams would have, one by one).
         resend: list[Action] = []
-        while held:
-            action, part = held.pop(0)  # finish_parked deletes its temporary file if it stops
-            where = Phase.RECHECK if placed_by_python else lifecycle.step(
-                action.rel, Phase.HELD, Event.PER_FILE)
-            try:
-                why = await stream.finish_parked(self.ctx, action, part)
-            except FATAL_ERRORS as exc:
-                self.ledger.lose(exc)
-                held.clear()
-                break
-            except stream.TemporaryGone:
-                if lifecycle.step(action.rel, where, Event.GONE) is Phase.RESEND:
-                    resend.append(action)  # python3 may have moved it: sent again
-                    continue
-                why = "the temporary file is missing in the container after the upload"
-            except (MemohError, OSError) as exc:
-                why = plain(exc)
-                lifecycle.step(action.rel, where, Event.REFUSED)
-            else:
-                lifecycle.step(action.rel, where,
-                               Event.OK if why is None else stream.check_event(why))
-            if why is not None:
-                self.ledger.fail(action, why)
-            else:
-                due.append(self._moved(action))
+        where = Phase.RECHECK if placed_by_python else Phase.CHECK
+        checks, held[:] = list(held), []  # each check deletes its temporary file if it stops
+        async with trio.open_nursery() as nursery:
+            for action, part in checks:
+                nursery.start_soon(self._check_held, action, part, where, due, resend)
         for action in resend:
             await self.copy_entry(action, Phase.RESEND)
         return [b for b in due if b is not None]
+
+    async def _check_held(self, action: Action, part: str, where: Phase,
+                          due: list[meta.Batch | None], resend: list[Action]) -> None:
+        """One held file the per-file way (``where``: CHECK, or RECHECK when a placement did
+        not vouch for it); its outcome recorded, its metadata batch (if due) in ``due``, and
+        in ``resend`` if it must be sent again."""
+        if where is Phase.CHECK:
+            lifecycle.step(action.rel, Phase.HELD, Event.PER_FILE)
+        try:
+            why = await stream.finish_parked(self.ctx, action, part)
+        except FATAL_ERRORS as exc:
+            self.ledger.lose(exc)
+            return
+        except stream.TemporaryGone:
+            if lifecycle.step(action.rel, where, Event.GONE) is Phase.RESEND:
+                resend.append(action)  # python3 may have moved it: sent again
+                return
+            why = "the temporary file is missing in the container after the upload"
+        except (MemohError, OSError) as exc:
+            why = plain(exc)
+            lifecycle.step(action.rel, where, Event.REFUSED)
+        else:
+            lifecycle.step(action.rel, where,
+                           Event.OK if why is None else stream.check_event(why))
+        if why is not None:
+            self.ledger.fail(action, why)
+        else:
+            due.append(self._moved(action))
 
     async def tar_task(self, batch: list[Action]) -> None:
         assert self.nursery is not None, "tar batches run in the copy nursery"
