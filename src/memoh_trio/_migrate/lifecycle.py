@@ -48,6 +48,16 @@ LINK_SHELL the same, the shell's way                 OK -> DONE; LOST/REFUSED ->
 MKDIR      an empty directory (Mkdir)                OK -> DONE; REFUSED -> FAILED
 =========  ========================================  ========================================
 
+What an executor must be able to do, so that another one (a long-lived python3 agent in the
+container, spoken to over one Exec) can carry out the same table: TAR "unpack this archive in a
+staging directory, check each member against this size or SHA-256, move it to its final path
+(with its mode and mtime), a record each"; HELD "these parked files: check each holds N bytes,
+give it its mode and mtime, rename it onto its final name, a record each"; CHECK / RECHECK
+"Stat this temporary file, Rename it"; HASH "the SHA-256 of these regular files"; META / LINK
+"these modes and mtimes / these symlinks, never through a symlink, a record each"; and, outside
+the table, the flush before the rename. An agent answers with the same events (a record under a
+clean exit is ``OK``; anything it cannot vouch for is ``LOST``), and the run goes on as here.
+
 A regular file is counted copied when it enters MOVED (or DONE from OK_META), unchanged when it
 enters UNCHANGED, failed when it enters FAILED (:func:`counts_as`); the run counts in one place.
 No file is sent more than twice (STREAM or TAR, then at most one RESEND), so no cycle.
