@@ -478,7 +478,8 @@ async def test_sha256_into_a_server_without_exec(tmp_path: Path) -> None:
     async with memoh_trio_server(dst, "--no-exec") as peer, \
             memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
         with trio.fail_after(60):
-            report = await memoh_trio.migrate(src, client, verify="sha256", preserve=False)
+            report = await memoh_trio.migrate(src, client, verify="sha256", preserve=False,
+                                              rename_without_flush=True)
     assert report.status == "migrated", (report.failures[:3], report.error)
     for rel, data in files.items():
         assert (dst / rel).read_bytes() == data

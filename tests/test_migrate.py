@@ -44,6 +44,7 @@ from memoh_trio._migrate import (
 from memoh_trio._migrate import meta as migrate_meta
 from memoh_trio._pool import Pool
 from memoh_trio._progress import Progress
+from memoh_trio._scripts.flush import flush_command
 from memoh_trio._server import ServerHooks
 from memoh_trio._server import serve as _serve
 from memoh_trio._tarbatch import TAR_PREFIX
@@ -743,10 +744,10 @@ async def test_container_without_exec_uses_write_raw(src: Path, tmp_path: Path) 
     try:
         write_tree(src, {f"f{i}": os.urandom(100 * i + 1) for i in range(5)})
         async with connect(f"127.0.0.1:{port}") as client:
-            report = await migrate(src, client, preserve=False)
+            report = await migrate(src, client, preserve=False, rename_without_flush=True)
     finally:
         server.stop(grace=None)
-    assert report.status == "migrated" and report.files == 5
+    assert report.status == "migrated" and report.files == 5 and report.flushed is False
 
 
 async def test_stale_staging_dirs_are_removed(target: Target, src: Path) -> None:
@@ -826,8 +827,8 @@ async def test_early_writeback_syncs_while_copying(
         client: Any = _RecordingClient(real)
         report = await migrate(src, client, concurrency=1, rename=mode != "no-rename",
                                dry_run=mode == "dry-run")
-    final_sync = _scripts.SYNC_COMMAND  # the final one proves it ran
-    syncs = client.commands.count("sync") + client.commands.count(final_sync)
+    final_sync = flush_command()  # early and final: a syncfs of the destination
+    syncs = client.commands.count(final_sync)
     if mode == "migrate":
         assert report.status == "migrated", report.failures
         # 1.8 MB sent in 300 KiB files: a first sync once 400 KiB were sent, then one per
@@ -879,19 +880,19 @@ async def test_totals_are_final_once_the_scan_is_over(target: Target, src: Path)
 
 
 async def test_early_writeback_once_everything_was_sent(target: Target, src: Path) -> None:
-    # Small files only (one tar batch, far below WRITEBACK_BYTES): one early sync once the
+    # Small files only (one tar batch, far below WRITEBACK_BYTES): one early flush once the
     # walk is over and every byte was sent (it runs while the files are moved into place),
-    # then the final one.
+    # then the final one (both the same syncfs of the destination).
     files = {f"d/{i}": os.urandom(200) for i in range(_scripts.SHELL_META_MAX + 3)}
     write_tree(src, files)
     async with connect(target.address) as real:
         client: Any = _RecordingClient(real)
         report = await migrate(src, client)
     assert report.status == "migrated", report.failures
-    assert client.commands.count("sync") == 1, client.commands
-    assert client.commands[-1] == _scripts.SYNC_COMMAND, client.commands
+    assert client.commands.count(flush_command()) == 2, client.commands
+    assert client.commands[-1] == flush_command(), client.commands
     extract = next(i for i, c in enumerate(client.commands) if "tar -x" in c)
-    assert client.commands.index("sync") > extract
+    assert client.commands.index(flush_command()) > extract
 
 
 @pytest.mark.parametrize("small", [0, 3, _scripts.SHELL_META_MAX + 3])

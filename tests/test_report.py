@@ -21,7 +21,8 @@ def test_json_shape() -> None:
         "files": 3, "bytes": 42, "dirs": 0, "symlinks": 0, "unchanged": 0,
         "skipped": [{"path": "pipe", "reason": "named pipe (FIFO): not copied, never opened"}],
         "failures": [{"path": "bad-\\xff", "error": "name is not valid UTF-8"}],
-        "error": "1 entry failed", "seconds": 1.235, "mtime_precision": None, "ok": False,
+        "error": "1 entry failed", "seconds": 1.235, "mtime_precision": None, "flushed": None,
+        "ok": False,
     }
 
 

@@ -232,6 +232,9 @@ def report_lines(reports: Sequence[MigrationReport], *, limit: int | None) -> li
                        "nanoseconds and it has no python3)")
         if r.renamed_to:
             out.append(f"renamed  {r.source} → {os.path.basename(r.renamed_to)}")
+            if r.flushed is False:
+                out.append(f"{who}not flushed: the container could not be asked to sync (no "
+                           "Exec); renamed as --rename-without-flush said")
         for label, items in (("skipped", [f"{s.path}: {s.reason}" for s in r.skipped]),
                              ("FAILED ", [f"{f.path}: {f.error}" for f in r.failures])):
             shown = items if limit is None else items[:limit]

@@ -55,6 +55,9 @@ class MigrationReport:
             nothing to apply).
         bot_id: the bot (:func:`memoh_trio.migrate_bot` / :func:`memoh_trio.migrate_all`),
             ``None`` for a plain :func:`memoh_trio.migrate`.
+        flushed: whether the container flushed the copy to its disk before the rename was
+            decided (``sync -f``); ``False`` where it could not be asked (no Exec: the source
+            is then kept unless ``rename_without_flush``); ``None`` when no rename was due.
     """
 
     source: str
@@ -72,6 +75,7 @@ class MigrationReport:
     seconds: float = 0.0
     mtime_precision: Literal["ns", "s"] | None = None
     bot_id: str | None = None
+    flushed: bool | None = None
 
     @property
     def ok(self) -> bool:

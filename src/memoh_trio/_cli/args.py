@@ -175,6 +175,10 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
                    help="do not apply permission bits and mtimes in the container")
     g.add_argument("--no-rename", dest="rename", action="store_false",
                    help="copy but never rename the source to .migrated")
+    g.add_argument("--rename-without-flush", action="store_true",
+                   help="rename the source even where the container cannot be asked to flush "
+                   "the copy to its disk (a server without Exec): it may then be only in the "
+                   "container's page cache; off, such a run copies and keeps the source")
     g.add_argument("--stall-timeout", type=_seconds_arg, default=None, metavar="SECONDS",
                    help="fail a file whose stream makes no progress for this many seconds "
                    "(default: 60)")
@@ -271,7 +275,7 @@ def migrate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "dest": args.dest, "verify": args.verify, "preserve": args.preserve,
         "rename": args.rename and not args.dry_run, "dry_run": args.dry_run,
-        "tar_batches": args.tar_batches,
+        "tar_batches": args.tar_batches, "rename_without_flush": args.rename_without_flush,
     }
     if args.concurrency is not None:
         kwargs["concurrency"] = args.concurrency

@@ -86,6 +86,7 @@ async def migrate_bot(
     lock_wait: float = 0.0,
     tar_batches: bool = True,
     itemize: Callable[[str], None] | None = None,
+    rename_without_flush: bool = False,
 ) -> MigrationReport:
     """Migrate ``DATA_ROOT/bots/<bot_id>`` with the seed's semantics.
 
@@ -111,7 +112,8 @@ async def migrate_bot(
     client: Client = await get(bot_id) if get is not None else client_or_pool  # type: ignore[assignment]
     opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size, verify=verify,
                    preserve=preserve, rename=rename, dry_run=dry_run, resume=resume,
-                   stall_timeout=stall_timeout, tar_batches=tar_batches)
+                   stall_timeout=stall_timeout, tar_batches=tar_batches,
+                   rename_without_flush=rename_without_flush)
     report = await migrate_with(src, client, opts, progress=progress, lock_wait=lock_wait,
                                 itemize=itemize)
     report.bot_id = bot_id
@@ -149,6 +151,7 @@ async def migrate_all(
     tar_batches: bool = True,
     on_report: Callable[[MigrationReport], None] | None = None,
     on_stopped: Callable[[MigrationReport], None] | None = None,
+    rename_without_flush: bool = False,
 ) -> list[MigrationReport]:
     """Migrate every bot under ``DATA_ROOT/bots/``, one report per bot, in bot-id order.
 
@@ -167,7 +170,7 @@ async def migrate_all(
             it stops: an incomplete report with the files and bytes it had copied (its source
             is not renamed), error ``"stopped before it finished"``.
         dest, chunk_size, verify, preserve, rename, dry_run, resume, stall_timeout,
-            tar_batches: as :func:`memoh_trio.migrate`, for every bot.
+            tar_batches, rename_without_flush: as :func:`memoh_trio.migrate`, for every bot.
 
     Returns:
         One report per bot (``bot_id`` set), in bot-id order (bots also start in that order).
@@ -182,7 +185,8 @@ async def migrate_all(
         raise ConfigError(f"bot concurrency must be at least 1, got {bot_concurrency!r}")
     opts = Options(dest=dest, concurrency=file_concurrency, chunk_size=chunk_size,
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
-                   resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
+                   resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches,
+                   rename_without_flush=rename_without_flush)
     check_options(opts)
     check_data_root(data_root)
     bots = list_bots(data_root)

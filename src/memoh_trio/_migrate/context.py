@@ -79,6 +79,7 @@ class Options:
     resume: bool = True
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT
     tar_batches: bool = True
+    rename_without_flush: bool = False
 
 
 def check_options(opts: Options) -> None:

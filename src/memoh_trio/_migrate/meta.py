@@ -23,6 +23,7 @@ from .._errors import MemohError, Unimplemented
 from .._plan import Action
 from .._progress import ProgressState
 from .._scripts import Capabilities, Precision
+from .._scripts.flush import flush_command, parse_flush
 from . import lifecycle, resume
 from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, Verify, plain
 from .lifecycle import Event, Known, Phase, Python, Step
@@ -327,27 +328,35 @@ async def apply_meta(ctx: Context, caps: Capabilities, batch: Sequence[Action],
     return failed, precision, events
 
 
-async def flush(ctx: Context) -> str | None:
-    """One ``sync`` in the container before the source may be renamed; ``None`` or why not.
+#: Why a run into a container without Exec keeps its source (the operator's opt-out named).
+NO_FLUSH = ("the container cannot be asked to flush (it has no Exec), so the copy may be only "
+            "in its page cache: the source is kept; --rename-without-flush (library: "
+            "rename_without_flush=True) renames without it")
 
-    What the rename vouches for must be on the container's disk, not only in its page cache:
-    one Exec for the whole tree, instead of an fsync per file on the server's hot path. A
-    server without Exec (UNIMPLEMENTED) cannot be asked; its own durability applies.
+
+async def flush(ctx: Context) -> tuple[bool, str | None]:
+    """Flush the destination's file system in the container before the source may be renamed
+    (``sync -f DEST``: ``syncfs(2)`` of just that file system, a global ``sync`` where ``sync``
+    knows no ``-f``; :func:`memoh_trio._scripts.flush.flush_command`).
+
+    Returns ``(flushed, why not)``: ``why`` is ``None`` when the rename may follow. What the
+    rename vouches for must be on the container's disk, not only in its page cache: one Exec
+    for the whole tree, instead of an fsync per file on the server's hot path. A server
+    without Exec (UNIMPLEMENTED) cannot be asked: the rename then waits for the operator's
+    ``rename_without_flush`` (:data:`NO_FLUSH`).
     """
     try:
-        res = await ctx.exec(_scripts.SYNC_COMMAND, timeout_seconds=EXEC_TIMEOUT)
+        res = await ctx.exec(flush_command(), timeout_seconds=EXEC_TIMEOUT)
     except FATAL_ERRORS:
         raise
     except Unimplemented:
-        return None
+        return False, None if ctx.opts.rename_without_flush else NO_FLUSH
     except (MemohError, OSError) as exc:
-        return f"cannot flush the container's disk: {plain(exc)}"
-    if res.exit_code != 0:
-        why = res.stderr.decode("utf-8", "replace").strip() or f"exit code {res.exit_code}"
-        return f"cannot flush the container's disk: {why}"
-    if _scripts.SYNCED.encode() not in res.stdout:
-        return "cannot flush the container's disk: sync printed no proof that it ran"
-    return None
+        return False, f"cannot flush the container's disk: {plain(exc)}"
+    done = parse_flush(res.exit_code, res.stdout, res.stderr)
+    if done.how is None:
+        return False, f"cannot flush the container's disk: {done.error}"
+    return True, None
 
 
 def writeback_due(state: ProgressState, mark: int, synced: int) -> bool:
@@ -370,7 +379,7 @@ async def writeback(ctx: Context) -> None:
             lambda s, m=mark, d=synced: writeback_due(s, m, d))
         synced = state.bytes_done
         try:
-            await ctx.exec("sync", timeout_seconds=EXEC_TIMEOUT)
+            await ctx.exec(flush_command(), timeout_seconds=EXEC_TIMEOUT)
         except (MemohError, OSError):
             return  # no Exec, or it failed: the final sync reports what matters
         mark = ctx.progress.state.bytes_done + WRITEBACK_BYTES

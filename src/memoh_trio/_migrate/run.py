@@ -147,7 +147,7 @@ class _Run:
         for batch in self.batches.final():
             self.ledger.batch_done(await self.batches.run(batch))
         if self.opts.rename and self.ledger.done and not self.report.failures:
-            why = await meta.flush(self.ctx)
+            self.report.flushed, why = await meta.flush(self.ctx)
             if why is not None:
                 self.report.failures.append(Failure(self.opts.dest or "/", why))
 
@@ -303,6 +303,7 @@ async def migrate(
     lock_wait: float = 0.0,
     tar_batches: bool = True,
     itemize: Callable[[str], None] | None = None,
+    rename_without_flush: bool = False,
 ) -> MigrationReport:
     """Copy the tree under ``src`` into the container and, on full success, rename ``src``.
 
@@ -332,6 +333,9 @@ async def migrate(
         itemize: with ``dry_run``, called with one line per entry the run would send, in
             ``rsync -n -i`` form (``>f+++++++++ path`` a new file, ``>f.st...... path`` one
             that differs in size/time, ``cd+++++++++ dir/``, ``cL+++++++++ link -> target``).
+        rename_without_flush: rename ``src`` even where the container cannot be asked to flush
+            the copy to its disk (a server without Exec): off, such a run copies everything
+            and keeps the source (``report.flushed`` is ``False``, the failure says why).
 
     Returns:
         The report; ``report.ok`` is false when some entries failed (the source is then kept).
@@ -348,7 +352,8 @@ async def migrate(
     """
     opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size,
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
-                   resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches)
+                   resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches,
+                   rename_without_flush=rename_without_flush)
     return await migrate_with(src, client, opts, progress=progress, lock_wait=lock_wait,
                               itemize=itemize)
 

@@ -1,7 +1,7 @@
-"""The final flush of just the destination's file system, not the whole host (issue 25).
+"""The flush of just the destination's file system, not the whole host (issue 25).
 
-Today the migrator ends with :data:`~memoh_trio._scripts.meta.SYNC_COMMAND`: ``sync``, a global
-``sync(2)`` that writes out every file system's dirty pages; a fleet of 40 bots flushes the host
+The migrator used to end with :data:`~memoh_trio._scripts.meta.SYNC_COMMAND`: ``sync``, a global
+``sync(2)`` that writes out every file system's dirty pages; a fleet of 40 bots flushed the host
 40 times. :func:`flush_command` asks for ``syncfs(2)`` of the destination instead (``sync -f DIR``:
 busybox with ``FEATURE_SYNC_FANCY``, GNU coreutils >= 8.24), and falls back to a global ``sync``
 only where ``sync`` does not know ``-f``; a ``sync -f`` that fails for any other reason (an I/O
@@ -9,8 +9,8 @@ error from ``syncfs``) fails the flush: ``sync(2)`` reports no errors, so fallin
 hide one. The agent does the same with ``syncfs`` through libc (``flush`` in
 :mod:`memoh_trio._agent.agent`).
 
-Standalone: the migrator does not use it yet (the lifecycle of issue 24 will choose it where the
-final ``sync`` is today). No I/O here.
+Used by :func:`memoh_trio._migrate.meta.flush` (before the rename) and the early writebacks
+(:func:`memoh_trio._migrate.meta.writeback`), in the destination directory. No I/O here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from .._plan import Action
 from .probe import Precision
 from .shell import PRELUDE, quote, shell_path
 
-#: Printed by :data:`SYNC_COMMAND` once ``sync`` succeeded.
+#: Printed by :data:`SYNC_COMMAND` once ``sync`` succeeded (a global sync: the migrator flushes
+#: with :func:`memoh_trio._scripts.flush.flush_command`; kept for comparisons and tests).
 SYNCED = "memoh-synced"
 #: The final ``sync``, proving it ran.
 SYNC_COMMAND = f"sync && echo {SYNCED}"
