@@ -140,6 +140,48 @@ def test_read_file(root: Path, fd: int) -> None:
         _fs.read_file(fd, "fifo")  # and does not hang
 
 
+def _read_file_whole_lines(data: bytes, first: int, count: int) -> tuple[str, int]:
+    """ReadFile's output computed from whole lines (what it printed before it bounded them)."""
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out: list[str] = []
+    size, full = 0, False
+    for number, line in enumerate(lines, 1):
+        if full or number < first:
+            continue
+        if len(out) >= count:
+            full = True
+            continue
+        line = line[:-1] if line.endswith(b"\r") else line
+        text = line.decode("utf-8", "replace")
+        text = text[:1000] + "..." if len(text) > 1000 else text
+        text = f"{number:6d}\t{text}\n"
+        if size + len(text.encode()) > _fs.READ_MAX_BYTES:
+            full = True
+            continue
+        out.append(text)
+        size += len(text.encode())
+    return "".join(out), len(lines)
+
+
+@pytest.mark.parametrize("data", [
+    b"a" * 5000,                                    # one long line, no newline
+    b"\xe2\x82\xac" * 1500 + b"\r\n" + b"b\r\n",     # 3-byte characters, CRLF
+    b"c" * (_fs.LINE_KEEP_BYTES - 1) + b"\n" + b"d" * _fs.LINE_KEEP_BYTES + b"\n"
+    + b"e" * (_fs.LINE_KEEP_BYTES + 1) + b"\r\n" + b"\xff" * 3000 + b"\nf",  # at the cut
+    b"\xf0\x9f\x98\x80" * 1001 + b"\n" * 3 + b"g" * 70_000,  # 4-byte characters, empty lines
+])
+def test_read_file_long_lines_as_before(root: Path, fd: int, data: bytes) -> None:
+    """Lines are read no further than ReadFile can show (LINE_KEEP_BYTES) and come out as
+    the whole lines did."""
+    (root / "long.txt").write_bytes(data)
+    for first, count in ((0, 0), (2, 2), (4, 1)):
+        expected = _read_file_whole_lines(data, max(first, 1), count or _fs.READ_MAX_LINES)
+        content, total, binary = _fs.read_file(fd, "long.txt", first, count)
+        assert (content, total, binary) == (*expected, False)
+
+
 def test_mkdir(root: Path, fd: int) -> None:
     _fs.mkdir(fd, "x/y/z")
     _fs.mkdir(fd, "x/y/z")

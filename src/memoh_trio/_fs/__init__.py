@@ -37,6 +37,7 @@ from .modify import rename as rename
 from .raw import TEMP_PREFIX as TEMP_PREFIX
 from .raw import RawWriter as RawWriter
 from .raw import write_file as write_file
+from .read import LINE_KEEP_BYTES as LINE_KEEP_BYTES
 from .read import READ_MAX_BYTES as READ_MAX_BYTES
 from .read import READ_MAX_LINES as READ_MAX_LINES
 from .read import Entry as Entry

@@ -13,6 +13,7 @@ import errno
 import os
 import stat as stat_mod
 from collections.abc import Iterator
+from typing import BinaryIO
 
 from .._paths import InvalidPath, split_request_path
 from .resolve import DIR_FLAGS, open_resolved_dir, require_path, resolve, with_path
@@ -23,6 +24,11 @@ BINARY_PROBE_BYTES = 8 * 1024
 READ_MAX_LINES = 200
 READ_MAX_BYTES = 5120
 READ_MAX_LINE_RUNES = 1000
+#: Bytes of a line kept: enough for READ_MAX_LINE_RUNES characters and one more (UTF-8: at most
+#: 4 bytes each), so that a cut line still shows it was cut.
+LINE_KEEP_BYTES = 4 * (READ_MAX_LINE_RUNES + 1)
+#: Piece in which the rest of a longer line is read and dropped.
+_SKIP_BYTES = 64 * 1024
 
 # O_NONBLOCK: opening a FIFO must not hang the server; the type is checked right after.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
@@ -172,10 +178,31 @@ def _truncate_runes(line: str) -> str:
     return line
 
 
+def _lines(f: BinaryIO, keep: int) -> Iterator[tuple[bytes, bool]]:
+    """Each line of ``f`` as ``(its first bytes, up to keep; whether that is the whole line)``,
+    without its newline when whole; never more than ``keep`` bytes of a line in memory."""
+    while raw := f.readline(keep):
+        if raw.endswith(b"\n"):
+            yield raw[:-1], True
+            continue
+        if len(raw) < keep:  # the last line, without a newline
+            yield raw, True
+            return
+        whole = True
+        while rest := f.readline(_SKIP_BYTES):  # the rest of a long line: skipped
+            whole = False
+            if rest.endswith(b"\n"):
+                break
+        yield raw, whole
+
+
 def read_file(root_fd: int, path: str, line_offset: int = 0,
               n_lines: int = 0) -> tuple[str, int, bool]:
     """Numbered lines (``%6d\\t%s\\n``) from the 1-based ``line_offset``, as Memoh's Go server:
     at most ``n_lines`` (≤ 200) lines and 5120 bytes, lines cut at 1000 characters.
+
+    Reads no more of a line than it can return (:data:`LINE_KEEP_BYTES`): a 512 MiB file
+    without a newline is scanned in 64 KiB pieces, not held (it took the server to 1.18 GB).
 
     Returns:
         ``(content, total_lines, binary)``; a NUL in the first 8 KiB → ``("", 0, True)``.
@@ -191,15 +218,14 @@ def read_file(root_fd: int, path: str, line_offset: int = 0,
         size = 0
         total = 0
         full = False
-        for raw in f:
+        for line, whole in _lines(f, LINE_KEEP_BYTES):
             total += 1
             if full or total < first:
                 continue
             if len(out) >= count:
                 full = True
                 continue
-            line = raw.rstrip(b"\n")
-            if line.endswith(b"\r"):
+            if whole and line.endswith(b"\r"):
                 line = line[:-1]
             text = f"{total:6d}\t{_truncate_runes(line.decode('utf-8', 'replace'))}\n"
             nbytes = len(text.encode())
