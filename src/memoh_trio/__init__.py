@@ -18,7 +18,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
 * pure, no I/O: ``_paths`` (path confinement rules), ``_plan`` (classification and routing of
   walk entries), ``_finalize`` (the rename decision, the report status), ``_units`` (sizes and
   targets), ``_tarbatch`` (tar batches), ``_wire`` (the two bulk messages, by hand),
-  ``_errors`` (the exception hierarchy), ``_report`` (the report and its JSON), ``_defaults``
+  ``_admission`` (which connections the server keeps when descriptors run out), ``_errors``
+  (the exception hierarchy), ``_report`` (the report and its JSON), ``_defaults``
   (defaults shared with the CLI's help), ``_results`` (what the client's calls return),
   ``_dirindex`` (a large listing kept compact, resume's quick check), and
   ``_scripts/``, every container-side script and the parser of its output: ``shell`` (quoting,
@@ -28,7 +29,8 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib: ``channel``,
   ``client``, ``upload``, ``execute``, ``download``, ``reader``, ``pipe``, ``errors`` (the client
   side);
-  ``server``, ``inbound``, ``server_streams`` (the server side); ``codec``, ``h2patch``,
+  ``server``, ``accept``, ``inbound``, ``server_streams`` (the server side); ``codec``,
+  ``h2patch``,
   ``threads``, ``compat``, ``bp2version`` (shared); ``_proto/`` holds the generated
   betterproto2 stubs (never edit them by hand);
 * the Trio client: ``_client``, ``_streaming`` (its WriteRaw and Exec procedures), ``_pool``,

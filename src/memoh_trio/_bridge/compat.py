@@ -44,15 +44,17 @@ CLIENT_NAMES: tuple[tuple[str, str, str], ...] = (
 
 #: Used by ``_bridge/server.py`` and ``_bridge/inbound.py``, through the functions below.
 SERVER_NAMES: tuple[tuple[str, str, str], ...] = (
-    ("grpclib.server.Server", "_protocol_factory", "overridden: our protocol subclass"),
-    ("grpclib.server.Server", "__gc_step__", "called by our _protocol_factory, as upstream"),
-    ("grpclib.server.Server", "_mapping", "read by our _protocol_factory"),
-    ("grpclib.server.Server", "_codec", "read by our _protocol_factory"),
-    ("grpclib.server.Server", "_status_details_codec", "read by our _protocol_factory"),
-    ("grpclib.server.Server", "__dispatch__", "read by our _protocol_factory"),
-    ("grpclib.server.Server", "_handlers", "our _protocol_factory registers its handler"),
-    ("grpclib.server.Server", "_config", "read by our _protocol_factory"),
-    ("grpclib.server.Server", "_h2_config", "read by our _protocol_factory"),
+    ("grpclib.server.Server", "_protocol_factory", "what our protocol_for replaces (the "
+     "acceptor calls it, with the connection's key)"),
+    ("grpclib.server.Server", "__gc_step__", "called by our protocol_for, as upstream"),
+    ("grpclib.server.Server", "_mapping", "read by our protocol_for"),
+    ("grpclib.server.Server", "_codec", "read by our protocol_for"),
+    ("grpclib.server.Server", "_status_details_codec", "read by our protocol_for"),
+    ("grpclib.server.Server", "__dispatch__", "read by our protocol_for"),
+    ("grpclib.server.Server", "_handlers", "our protocol_for registers its handler; close() "
+     "and wait_closed() go through them (the server is never start()-ed)"),
+    ("grpclib.server.Server", "_config", "read by our protocol_for"),
+    ("grpclib.server.Server", "_h2_config", "read by our protocol_for"),
     ("grpclib.server.Stream", "_stream", "the protocol Stream: length prefix read before "
      "buffering a message"),
     ("grpclib.server.Stream", "_codec", "decode a body read by hand"),
@@ -162,6 +164,17 @@ def server_h2_stream(stream: grpclib.server.Stream[Any, Any]) -> grpclib.protoco
     """The protocol-level stream under a server call (its ``recv_data(n)`` reads raw bytes)."""
     h2_stream: grpclib.protocol.Stream = stream._stream
     return h2_stream
+
+
+def server_connection(stream: grpclib.server.Stream[Any, Any]) -> grpclib.protocol.Connection:
+    """The connection a server call came on (the protocol stream's public ``connection``)."""
+    connection: grpclib.protocol.Connection = stream._stream.connection
+    return connection
+
+
+def server_handlers(server: grpclib.server.Server) -> list[grpclib.server.Handler]:
+    """The server's connection handlers (``Server._handlers``), to close them."""
+    return list(server._handlers)
 
 
 def decode_request(stream: grpclib.server.Stream[Any, Any], body: bytes) -> Any:

@@ -11,6 +11,7 @@ Things grpclib does not do and this module adds:
   (``max_message_size`` → RESOURCE_EXHAUSTED);
 * a larger HTTP/2 ``SETTINGS_MAX_FRAME_SIZE`` (grpclib advertises h2's 16 KiB default);
 * bearer-token checking in a ``RecvRequest`` event hook, before any handler runs;
+* its own accept loop (:mod:`.accept`), which keeps serving when descriptors run out;
 * graceful shutdown that cancels in-flight calls (their temporary files are discarded) and
   closes the connections.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import socket
 import ssl
 import weakref
@@ -39,6 +41,7 @@ from grpclib.protocol import H2Protocol
 from h2.settings import SettingCodes
 
 from .. import _fs, _wire
+from .._admission import Admission, connection_cap
 from .._errors import Status
 from .._paths import PathError
 from .._proto.mcpcontainer import (
@@ -72,6 +75,7 @@ from . import (
     server_streams,
     threads,
 )
+from .accept import Acceptor
 from .codec import Codec, Encoded
 from .inbound import GStream, Inbound, grpc_error
 
@@ -88,12 +92,17 @@ _SERVICE = "/mcpcontainer.ContainerService/"
 
 
 class _FramedH2Protocol(H2Protocol):
-    """grpclib's protocol, also advertising a larger SETTINGS_MAX_FRAME_SIZE."""
+    """grpclib's protocol, also advertising a larger SETTINGS_MAX_FRAME_SIZE, and reporting its
+    connection's life to the :class:`~.accept.Acceptor` that accepted it."""
 
     max_frame_size = 16384
+    acceptor: Acceptor | None = None
+    key = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if self.acceptor is not None:
+            self.acceptor.made(self.key, transport, self.connection)
         # asyncio's socket transport reads at most 256 KiB per readiness event. Reading up to
         # 1 MiB means a quarter of the event-loop rounds per megabyte: 2 x 128 MiB from the
         # memoh-trio client took 1.32 s instead of 1.63 s (medians of 3, interleaved).
@@ -109,22 +118,44 @@ class _FramedH2Protocol(H2Protocol):
             h2_conn.max_inbound_frame_size = self.max_frame_size
             self.connection.flush()
 
+    def connection_lost(self, exc: BaseException | None) -> None:
+        super().connection_lost(exc)
+        if self.acceptor is not None:
+            self.acceptor.lost(self.key, self.connection)
+
 
 class _Server(grpclib.server.Server):
-    """grpclib Server that builds :class:`_FramedH2Protocol` and tracks its connections."""
+    """grpclib Server that builds :class:`_FramedH2Protocol` and tracks its connections.
+
+    It is never ``start()``-ed: connections come from an :class:`~.accept.Acceptor`, which calls
+    :meth:`protocol_for`; :meth:`close` and :meth:`wait_closed` therefore deal with the
+    connection handlers only (grpclib's also close an asyncio server, which there is none of).
+    """
 
     def __init__(self, handlers: list[Any], *, config: Configuration,
                  max_frame_size: int) -> None:
         super().__init__(handlers, config=config, codec=Codec(), status_details_codec=None)
         self._max_frame_size = max_frame_size
         self.protocols: weakref.WeakSet[H2Protocol] = weakref.WeakSet()
+        self.acceptor: Acceptor | None = None
 
-    def _protocol_factory(self) -> H2Protocol:
+    def protocol_for(self, key: int) -> H2Protocol:
         # grpclib.server.Server._protocol_factory (0.4.x) with our protocol class.
         proto = _FramedH2Protocol(*compat.new_server_handler(self))
         proto.max_frame_size = self._max_frame_size
+        proto.acceptor = self.acceptor
+        proto.key = key
         self.protocols.add(proto)
         return proto
+
+    def close(self) -> None:
+        for handler in compat.server_handlers(self):
+            handler.close()
+
+    async def wait_closed(self) -> None:
+        handlers = compat.server_handlers(self)
+        if handlers:
+            await asyncio.wait({asyncio.ensure_future(h.wait_closed()) for h in handlers})
 
     def abort_connections(self) -> None:
         for proto in list(self.protocols):
@@ -151,6 +182,8 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
         self._direct_io = direct_io
         #: uploads in progress (discarded at shutdown if their handler did not get to it).
         self.writers: set[_fs.RawWriter] = set()
+        #: told of every call that reached its handler (the token check passed).
+        self.on_call: Callable[[GStream], None] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -162,6 +195,9 @@ class ContainerService(ContainerServiceBase):  # type: ignore[misc]
                  cardinality: grpclib.const.Cardinality, request: type, reply: type,
                  ) -> grpclib.const.Handler:
         async def run(stream: GStream) -> None:
+            # Only a call past the token check gets here: its connection is trusted.
+            if self.on_call is not None:
+                self.on_call(stream)
             try:
                 await fn(stream)
             except (PathError, OSError, UnicodeError) as exc:
@@ -283,13 +319,17 @@ def _auth_hook(
     return check
 
 
-async def _start(service: ContainerService, sock: socket.socket, *, token: str | None,
+async def _build(service: ContainerService, sock: socket.socket, *, token: str | None,
                  ssl_context: ssl.SSLContext | None, config: Configuration,
                  max_frame_size: int) -> _Server:
     server = _Server([service], config=config, max_frame_size=max_frame_size)
     if token is not None:
         grpclib.events.listen(server, grpclib.events.RecvRequest, _auth_hook(token))
-    await server.start(sock=sock, ssl=ssl_context)
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = connection_cap(soft if soft != resource.RLIM_INFINITY else 2**20)
+    acceptor = Acceptor(sock, Admission(cap), server.protocol_for, ssl_context)
+    server.acceptor = acceptor
+    service.on_call = lambda stream: acceptor.trust(compat.server_connection(stream))
     return server
 
 
@@ -334,13 +374,15 @@ async def run_server(
                            http2_stream_window_size=window_size)
     h2patch.install()
     async with asyncio_loop():
-        server = await trio_asyncio.aio_as_trio(_start)(
+        server = await trio_asyncio.aio_as_trio(_build)(
             service, sock, token=token, ssl_context=ssl_context, config=config,
             max_frame_size=max_frame_size,
         )
+        assert server.acceptor is not None
         try:
-            task_status.started(address)
-            await trio.sleep_forever()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio_asyncio.aio_as_trio(server.acceptor.run))
+                task_status.started(address)
         finally:
             with trio.CancelScope(shield=True):
                 await trio_asyncio.aio_as_trio(_stop)(server, service)
