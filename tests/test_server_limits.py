@@ -8,8 +8,10 @@ Issue 23, items 5 and 6.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -193,3 +195,233 @@ async def test_memoh_go_server_survives_the_same_flood(tmp_path: Path) -> None:
             async with memoh_trio.connect(peer.target) as client:
                 await client.write_file("after.txt", b"z")
         assert peer.process.returncode is None
+
+
+# --------------------------------------------------------------------------- the memory budget
+
+async def _settled_rss(pid: int, limit: int, seconds: float = 10.0) -> int:
+    """The server's resident set once it is at most ``limit`` (or after ``seconds``)."""
+    for _ in range(int(seconds * 10)):
+        if _vm(pid, "VmRSS") <= limit:
+            break
+        await trio.sleep(0.1)
+    return _vm(pid, "VmRSS")
+
+
+def _write_file_message(path: str, size: int) -> bytes:
+    """A WriteFileRequest as a gRPC message (5-byte prefix), content ``size`` bytes of 'w'."""
+    from memoh_trio._proto.mcpcontainer import WriteFileRequest
+
+    body = bytes(WriteFileRequest(path=path, content=b"w" * size))
+    return b"\0" + len(body).to_bytes(4, "big") + body
+
+
+def _h2_upload(target: str, messages: list[bytes], *, stop_after: int | None = None
+               ) -> dict[int, str]:
+    """Send each message as a WriteFile call on ONE connection, all streams at once, with the
+    ``h2`` library over a plain socket (no gRPC client); returns stream id -> grpc-status.
+
+    ``stop_after``: abort the connection (RST) once that many bytes went out, answers unread.
+    """
+    import select
+    import struct
+
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    host, _, port = target.rpartition(":")
+    sock = socket.create_connection((host, int(port)))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    pending: dict[int, memoryview] = {}
+    for message in messages:
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [
+            (":method", "POST"), (":scheme", "http"), (":authority", target),
+            (":path", "/mcpcontainer.ContainerService/WriteFile"),
+            ("content-type", "application/grpc"), ("te", "trailers"),
+            ("authorization", f"Bearer {TEST_TOKEN}")])
+        pending[sid] = memoryview(message)
+    sock.sendall(conn.data_to_send())
+    statuses: dict[int, str] = {}
+    sent = 0
+    try:
+        while len(statuses) < len(messages):
+            progressed = False
+            for sid, rest in list(pending.items()):
+                n = min(len(rest), conn.local_flow_control_window(sid),
+                        conn.max_outbound_frame_size)
+                if n > 0:
+                    conn.send_data(sid, rest[:n].tobytes(), end_stream=n == len(rest))
+                    sent += n
+                    progressed = True
+                    if n == len(rest):
+                        del pending[sid]
+                    else:
+                        pending[sid] = rest[n:]
+            sock.sendall(conn.data_to_send())
+            if stop_after is not None and sent >= stop_after:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                return statuses
+            # Nothing could be sent: wait for the server (a window update, or answers).
+            readable, _, _ = select.select([sock], [], [], 0 if progressed else 30)
+            if readable:
+                data = sock.recv(1 << 20)
+                if not data:
+                    break
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.TrailersReceived):
+                        statuses[event.stream_id] = dict(event.headers).get(
+                            b"grpc-status", b"?").decode()
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length,
+                                                       event.stream_id)
+                    elif isinstance(event, h2.events.StreamReset):
+                        statuses[event.stream_id] = f"reset {event.error_code}"
+                sock.sendall(conn.data_to_send())
+            elif not progressed:
+                break  # 30 s without a word from the server
+        return statuses
+    finally:
+        sock.close()
+
+
+def _grpcio_write_files(target: str, count: int, size: int) -> None:
+    """``count`` WriteFile calls of ``size`` bytes at once from one grpcio channel."""
+    import grpc
+
+    from benchmarks.grpcio_peer import load_stubs
+
+    pb, pb_grpc = load_stubs()
+    content = b"c" * size
+    with grpc.insecure_channel(target, options=[("grpc.max_send_message_length", -1)]) as ch:
+        stub = pb_grpc.ContainerServiceStub(ch)
+        metadata = [("authorization", f"Bearer {TEST_TOKEN}")]
+        futures = [stub.WriteFile.future(pb.WriteFileRequest(path=f"big/{i}.bin",
+                                                             content=content),
+                                         metadata=metadata, timeout=120)
+                   for i in range(count)]
+        for future in futures:
+            future.result()
+
+
+async def test_concurrent_16_mib_write_files_stay_under_the_peak(tmp_path: Path) -> None:
+    """32 WriteFile calls of 16 MiB at once from one client (grpcio): the server's peak
+    resident set stays under 256 MiB (it was 333 MiB here, 607 MB in the issue), and the
+    memory is given back afterwards (it kept 118 MiB)."""
+    async with memoh_trio_server(tmp_path) as peer:
+        pid = peer.process.pid
+        async with memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+            await client.write_file("warm.txt", b"x")
+        base = _vm(pid, "VmRSS")
+        with trio.fail_after(150):
+            await trio.to_thread.run_sync(_grpcio_write_files, peer.target, 32, BIG)
+        peak = _vm(pid, "VmHWM")
+        after = await _settled_rss(pid, base + 32 * MiB)
+    print(f"32 x 16 MiB WriteFile: base {base / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, "
+          f"after {after / MiB:.0f} MiB")
+    assert peak <= PEAK_LIMIT
+    assert after <= base + 32 * MiB
+    assert all((tmp_path / "big" / f"{i}.bin").stat().st_size == BIG for i in range(32))
+
+
+async def test_raw_http2_flood_of_16_mib_messages_is_held_back(tmp_path: Path) -> None:
+    """A raw HTTP/2 client (h2 over a socket) opens 32 WriteFile streams of 16 MiB at once on
+    one connection and sends as fast as the windows let it: the server reads a message only
+    when it fits in its budget, so its peak stays under 256 MiB (a flood took it to 1.09 GB),
+    and every call is answered OK."""
+    messages = [_write_file_message(f"flood/{i}.bin", BIG) for i in range(32)]
+    async with memoh_trio_server(tmp_path) as peer:
+        with trio.fail_after(180):
+            statuses = await trio.to_thread.run_sync(_h2_upload, peer.target, messages)
+        peak = _vm(peer.process.pid, "VmHWM")
+    del messages
+    print(f"raw HTTP/2 flood 32 x 16 MiB: peak {peak / MiB:.0f} MiB")
+    assert sorted(statuses.values()) == ["0"] * 32
+    assert peak <= PEAK_LIMIT
+
+
+async def test_memory_given_back_after_clients_killed_mid_upload(tmp_path: Path) -> None:
+    """35 clients each send most of a 16 MiB WriteFile and vanish (connection reset): the
+    server drops their calls and gives the memory back (it stayed at 435 MB)."""
+    message = _write_file_message("gone.bin", BIG)
+    async with memoh_trio_server(tmp_path) as peer:
+        pid = peer.process.pid
+        async with memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+            await client.write_file("warm.txt", b"x")
+            base = _vm(pid, "VmRSS")
+            with trio.fail_after(120):
+                async with trio.open_nursery() as nursery:
+                    for _ in range(35):
+                        nursery.start_soon(functools.partial(
+                            trio.to_thread.run_sync, functools.partial(
+                                _h2_upload, peer.target, [message], stop_after=12 * MiB)))
+            after = await _settled_rss(pid, base + 32 * MiB)
+            await client.write_file("still.txt", b"served")
+        peak = _vm(pid, "VmHWM")
+    print(f"35 clients killed mid-upload: base {base / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, "
+          f"after {after / MiB:.0f} MiB")
+    assert after <= base + 32 * MiB
+    assert not (tmp_path / "gone.bin").exists()
+
+
+def _h2_hold(target: str, streams: int, method: str = "WriteRaw",
+             message: bytes = b"", send: int = 0) -> socket.socket:
+    """Open ``streams`` calls of ``method`` on one connection, each with the first ``send``
+    bytes of ``message``, and leave them hanging; returns the socket (close it to end them)."""
+    import h2.config
+    import h2.connection
+
+    host, _, port = target.rpartition(":")
+    sock = socket.create_connection((host, int(port)))
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    sock.sendall(conn.data_to_send())
+    sock.settimeout(10)
+    while conn.outbound_flow_control_window < streams * send:  # the server's window
+        conn.receive_data(sock.recv(65536))
+    for _ in range(streams):
+        sid = conn.get_next_available_stream_id()
+        conn.send_headers(sid, [
+            (":method", "POST"), (":scheme", "http"), (":authority", target),
+            (":path", f"/mcpcontainer.ContainerService/{method}"),
+            ("content-type", "application/grpc"), ("te", "trailers"),
+            ("authorization", f"Bearer {TEST_TOKEN}")])
+        for start in range(0, send, 15_000):
+            conn.send_data(sid, message[start:min(send, start + 15_000)])
+    sock.sendall(conn.data_to_send())
+    return sock
+
+
+async def test_thousands_of_held_streams_leave_the_server_serving(tmp_path: Path) -> None:
+    """3,000 WriteRaw calls opened and held without a byte, over 30 connections (100 streams
+    each, HTTP/2's limit here): the server keeps serving another client at once."""
+    async with memoh_trio_server(tmp_path) as peer:
+        socks = [await trio.to_thread.run_sync(_h2_hold, peer.target, 100) for _ in range(30)]
+        try:
+            await trio.sleep(0.5)
+            assert peer.process.returncode is None
+            await _round_trip(peer.target, "served.bin")
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+async def test_stalled_messages_cannot_keep_the_budget(tmp_path: Path) -> None:
+    """Five clients start a 16 MiB WriteFile each, send 60 kB of it and stall, holding the
+    whole 64 MiB budget: after the stall timeout they lose their calls and a client with a
+    16 MiB message of its own is served."""
+    message = _write_file_message("stalled.bin", BIG)
+    async with memoh_trio_server(tmp_path) as peer:
+        socks = [await trio.to_thread.run_sync(functools.partial(
+            _h2_hold, peer.target, 1, "WriteFile", message, 60_000)) for _ in range(5)]
+        try:
+            async with memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+                with trio.fail_after(60):
+                    await client.write_file("served.bin", b"s" * BIG)
+        finally:
+            for sock in socks:
+                sock.close()
+    assert (tmp_path / "served.bin").stat().st_size == BIG
+    assert not (tmp_path / "stalled.bin").exists()

@@ -18,10 +18,11 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
 * pure, no I/O: ``_paths`` (path confinement rules), ``_plan`` (classification and routing of
   walk entries), ``_finalize`` (the rename decision, the report status), ``_units`` (sizes and
   targets), ``_tarbatch`` (tar batches), ``_wire`` (the two bulk messages, by hand),
-  ``_admission`` (which connections the server keeps when descriptors run out), ``_errors``
-  (the exception hierarchy), ``_report`` (the report and its JSON), ``_defaults``
-  (defaults shared with the CLI's help), ``_results`` (what the client's calls return),
-  ``_dirindex`` (a large listing kept compact, resume's quick check), and
+  ``_admission`` (which connections the server keeps when descriptors run out), ``_budget``
+  (the server's bytes in flight), ``_errors`` (the exception hierarchy), ``_report`` (the
+  report and its JSON), ``_defaults`` (defaults shared with the CLI's help), ``_results``
+  (what the client's calls return), ``_dirindex`` (a large listing kept compact, resume's
+  quick check), and
   ``_scripts/``, every container-side script and the parser of its output: ``shell`` (quoting,
   the prelude), ``probe`` (capabilities), ``records`` (``O``/``F`` records), ``tar``, ``links``,
   ``meta`` (modes, mtimes, sync), ``sha256``, ``flush`` (``sync -f`` of the destination
@@ -29,13 +30,14 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
 * ``_bridge/`` — the only place that touches asyncio, trio-asyncio and grpclib: ``channel``,
   ``client``, ``upload``, ``execute``, ``download``, ``reader``, ``pipe``, ``errors`` (the client
   side);
-  ``server``, ``accept``, ``inbound``, ``server_streams`` (the server side); ``codec``,
-  ``h2patch``,
+  ``server``, ``accept``, ``budget``, ``inbound``, ``server_streams`` (the server side);
+  ``codec``, ``h2patch``,
   ``threads``, ``compat``, ``bp2version`` (shared); ``_proto/`` holds the generated
   betterproto2 stubs (never edit them by hand);
 * the Trio client: ``_client``, ``_streaming`` (its WriteRaw and Exec procedures), ``_pool``,
   ``_tasks``; ``_tls`` (TLS contexts, also the server's);
-* the Trio server: ``_server``, ``_exec``, and ``_fs/``, the confined file operations:
+* the Trio server: ``_server``, ``_exec``, ``_heap`` (freed memory back to the system), and
+  ``_fs/``, the confined file operations:
   ``resolve`` (the no-follow walk under the root), ``read``, ``modify``, ``raw`` (WriteRaw's
   sink), ``hooks`` (fault injection), ``errors`` (gRPC status codes);
 * the migrator: ``_walk``, ``_source`` (opening source files safely), ``_lock``, ``_progress``,

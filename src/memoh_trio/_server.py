@@ -28,17 +28,19 @@ from typing import NamedTuple
 
 import trio
 
+from ._budget import DEFAULT_BUDGET, MIN_BUDGET
 from ._errors import ConfigError
 from ._fs import ServerHooks
 from ._tls import ServerTLS
 
-__all__ = ["DEFAULT_MAX_FRAME_SIZE", "DEFAULT_WINDOW_SIZE", "ServerAddress", "ServerHooks",
-           "check_exposure", "check_token", "serve"]
+__all__ = ["DEFAULT_BUDGET", "DEFAULT_MAX_FRAME_SIZE", "DEFAULT_WINDOW_SIZE", "ServerAddress",
+           "ServerHooks", "check_exposure", "check_token", "serve"]
 
 #: Largest gRPC message accepted (the contract: 16 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
-#: HTTP/2 connection and stream receive windows advertised by the server (measured: WriteRaw
-#: throughput over loopback at 4/16 MiB windows, see the server helper's report).
+#: HTTP/2 connection receive window advertised by the server (measured: WriteRaw throughput over
+#: loopback at 4/16 MiB windows, see the server helper's report). Stream windows are opened per
+#: message as the memory budget allows (``_bridge/budget.py``).
 DEFAULT_WINDOW_SIZE = 16 * 1024 * 1024
 #: SETTINGS_MAX_FRAME_SIZE advertised by the server (h2's default is 16 KiB). Measured WriteRaw of
 #: 64 MiB in 1 MiB chunks over loopback, best of 5, two interleaved rounds (noisy shared host):
@@ -167,6 +169,7 @@ async def serve(
     direct_io: bool = True,
     window_size: int = DEFAULT_WINDOW_SIZE,
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    memory_budget: int = DEFAULT_BUDGET,
     task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ContainerService for the directory ``root`` until cancelled.
@@ -196,8 +199,14 @@ async def serve(
             ``O_DIRECT``, past the page cache (falls back to the page cache where the
             filesystem refuses it). Less CPU per byte and nothing left for a ``sync`` to flush;
             ``False`` keeps every write in the page cache.
-        window_size: HTTP/2 connection and stream receive windows advertised.
+        window_size: HTTP/2 connection receive window advertised (a stream's window is opened
+            for each message that has its share of ``memory_budget``, plus 64 KiB).
         max_frame_size: HTTP/2 SETTINGS_MAX_FRAME_SIZE advertised.
+        memory_budget: bytes of request messages (and ReadRaw chunks) held at once across all
+            calls and connections (default 64 MiB, :data:`DEFAULT_BUDGET`). A call whose
+            message does not fit waits, reading nothing more, so HTTP/2 flow control holds its
+            client back; a message larger than the budget waits for all of it. See
+            :mod:`memoh_trio._budget`.
         task_status: receives the bound :class:`ServerAddress` once connections are accepted.
 
     Raises:
@@ -215,6 +224,9 @@ async def serve(
         raise ConfigError(f"max_frame_size must be in 16384..{_MAX_FRAME_SIZE_LIMIT}")
     if not 65535 <= window_size < 2**31:
         raise ConfigError("window_size must be in 65535..2**31-1")
+    if memory_budget < MIN_BUDGET:
+        raise ConfigError(f"memory_budget must be at least {MIN_BUDGET} bytes (64 KiB), not "
+                          f"{memory_budget}; hint: the default is {DEFAULT_BUDGET // 2**20} MiB")
     ssl_context = tls.context() if tls is not None else None
     root_fd = _open_root(root)
     try:
@@ -230,7 +242,7 @@ async def serve(
                 ssl_context=ssl_context,
                 max_message_size=max_message_size, hooks=hooks, durable=durable,
                 direct_io=direct_io, window_size=window_size, max_frame_size=max_frame_size,
-                task_status=task_status,
+                memory_budget=memory_budget, task_status=task_status,
             )
         finally:
             sock.close()

@@ -24,6 +24,7 @@ import grpclib.protocol
 import grpclib.server
 import h2.config
 import h2.connection
+import h2.exceptions
 
 #: (object, attribute) pairs the client side uses, with what for. Checked by the test.
 CLIENT_NAMES: tuple[tuple[str, str, str], ...] = (
@@ -57,6 +58,10 @@ SERVER_NAMES: tuple[tuple[str, str, str], ...] = (
     ("grpclib.server.Server", "_h2_config", "read by our protocol_for"),
     ("grpclib.server.Stream", "_stream", "the protocol Stream: length prefix read before "
      "buffering a message"),
+    ("grpclib.protocol.Connection", "ack", "replaced per server connection by a no-op: the "
+     "server opens its receive windows itself"),
+    ("grpclib.protocol.Connection", "_connection", "the h2 connection, to open a stream's "
+     "receive window"),
     ("grpclib.server.Stream", "_codec", "decode a body read by hand"),
     ("grpclib.server.Stream", "_recv_type", "decode a body read by hand"),
 )
@@ -175,6 +180,35 @@ def server_connection(stream: grpclib.server.Stream[Any, Any]) -> grpclib.protoc
 def server_handlers(server: grpclib.server.Server) -> list[grpclib.server.Handler]:
     """The server's connection handlers (``Server._handlers``), to close them."""
     return list(server._handlers)
+
+
+def take_over_inbound_windows(protocol: grpclib.protocol.H2Protocol) -> None:
+    """Stop grpclib from acknowledging received data (``Connection.ack``, called as a stream's
+    buffer is read): the server opens its receive windows itself (see ``_bridge/budget``)."""
+    protocol.connection.ack = _no_ack  # type: ignore[method-assign]
+
+
+def _no_ack(stream_id: int, size: int) -> None:
+    pass
+
+
+def open_stream_window(h2_stream: grpclib.protocol.Stream, increment: int) -> bool:
+    """Let the peer send ``increment`` more bytes on this stream (WINDOW_UPDATE, flushed);
+    False when the stream is already closed (nothing more will come on it anyway)."""
+    conn: h2.connection.H2Connection = h2_stream.connection._connection
+    try:
+        conn.increment_flow_control_window(increment, stream_id=h2_stream.id)
+    except (KeyError, h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+        return False
+    h2_stream.connection.flush()
+    return True
+
+
+def drop_server_handler(server: grpclib.server.Server,
+                        handler: grpclib.protocol.AbstractHandler) -> None:
+    """Forget a closed connection's handler (``Server._handlers``; grpclib drops it only on a
+    later connection's ``__gc_step__``)."""
+    server._handlers.discard(handler)
 
 
 def decode_request(stream: grpclib.server.Stream[Any, Any], body: bytes) -> Any:

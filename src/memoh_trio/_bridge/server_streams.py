@@ -42,6 +42,7 @@ async def write_raw(stream: GStream, inbound: Inbound, root_fd: int,
         raise grpc_error(Status.INVALID_ARGUMENT, "first chunk must include path")
     writer = _fs.RawWriter(root_fd, first.path, hooks=hooks, durable=durable, direct=direct)
     writers.add(writer)
+    lease = inbound.lease(stream)
     loop = asyncio.get_running_loop()
     # The write of one chunk runs in a worker thread while the next one is received; at most
     # one write is in flight, so chunks land in order and memory stays at two chunks.
@@ -61,6 +62,7 @@ async def write_raw(stream: GStream, inbound: Inbound, root_fd: int,
                 received += len(data)
                 if pending is not None:
                     await pending  # raises that write's error
+                    lease.release_older()  # the chunks written so far leave the budget
                 pending = threads.run(writer.write, data)
                 if hooks is not None and hooks.should_stall(received):
                     hooks.stalls += 1
@@ -105,9 +107,13 @@ async def exec_call(stream: GStream, inbound: Inbound, root_fd: int) -> None:
         timeout_seconds=first.timeout_seconds,
     )
 
+    lease = inbound.lease(stream)
+    lease.release_all()  # the command is read
+
     async def stdin() -> AsyncIterator[bytes]:
         while (message := await inbound.message(stream)) is not None:
             yield message.stdin_data
+            lease.release_all()  # that message went to the process
 
     async def emit(kind: int, data: bytes) -> None:
         await stream.send_message(ExecOutput(stream=ExecOutputStream(kind), data=data))

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from .. import __version__
 from .. import _errors as errors
+from .._budget import DEFAULT_BUDGET
 from .._defaults import DEFAULT_BOT_CONCURRENCY, DEFAULT_CONCURRENCY
 from .._units import (
     TEMPLATE_EXAMPLE,
@@ -250,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-direct-io", dest="direct_io", action="store_false",
                    help="write uploads through the page cache (default: large uploads are "
                         "written with O_DIRECT where the filesystem allows it)")
+    p.add_argument("--memory-budget", type=_positive_int, default=DEFAULT_BUDGET // 2**20,
+                   metavar="MIB",
+                   help="MiB of request and ReadRaw data in flight across all calls; further "
+                   "calls wait, and HTTP/2 flow control holds their clients back (default: "
+                   f"{DEFAULT_BUDGET // 2**20})")
 
     p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
     p.add_argument("--files", type=_positive_int, default=400, metavar="N",

@@ -243,7 +243,8 @@ async def _cmd_serve(args: argparse.Namespace, session: Session) -> int:
                                                      allow_unauthenticated=args.no_auth,
                                                      allow_exec=args.allow_exec, tls=tls,
                                                      durable=args.durable,
-                                                     direct_io=args.direct_io))
+                                                     direct_io=args.direct_io,
+                                                     memory_budget=args.memory_budget * 2**20))
         print(f"listening on {addr}", flush=True)
     return EXIT_OK
 
