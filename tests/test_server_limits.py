@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import resource
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -85,8 +87,19 @@ async def _trio_server(root: Path, nofile: int) -> AsyncIterator[Peer]:
         yield peer
 
 
+def _room_for(count: int) -> None:
+    """Let this process hold ``count`` more sockets (raise its soft limit; skip if it cannot)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = count + 256
+    if soft < need:
+        if hard != resource.RLIM_INFINITY and hard < need:
+            pytest.skip(f"the test needs {need} descriptors; the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
 async def _flood(target: str, count: int) -> list[trio.SocketStream]:
     """``count`` idle TCP connections (nothing sent: no token needed to hold one)."""
+    _room_for(count)
     host, _, port = target.rpartition(":")
     streams: list[trio.SocketStream] = []
     with trio.fail_after(60):
@@ -368,8 +381,11 @@ async def test_memory_given_back_after_clients_killed_mid_upload(tmp_path: Path)
 
 def _h2_hold(target: str, streams: int, method: str = "WriteRaw",
              message: bytes = b"", send: int = 0) -> socket.socket:
-    """Open ``streams`` calls of ``method`` on one connection, each with the first ``send``
-    bytes of ``message``, and leave them hanging; returns the socket (close it to end them)."""
+    """Open ``streams`` calls of ``method`` on one connection, send the first ``send`` bytes
+    of ``message`` on each as the windows allow, and leave them hanging; returns the socket
+    (close it to end them)."""
+    import select
+
     import h2.config
     import h2.connection
 
@@ -377,10 +393,7 @@ def _h2_hold(target: str, streams: int, method: str = "WriteRaw",
     sock = socket.create_connection((host, int(port)))
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
     conn.initiate_connection()
-    sock.sendall(conn.data_to_send())
-    sock.settimeout(10)
-    while conn.outbound_flow_control_window < streams * send:  # the server's window
-        conn.receive_data(sock.recv(65536))
+    pending: dict[int, memoryview] = {}
     for _ in range(streams):
         sid = conn.get_next_available_stream_id()
         conn.send_headers(sid, [
@@ -388,9 +401,22 @@ def _h2_hold(target: str, streams: int, method: str = "WriteRaw",
             (":path", f"/mcpcontainer.ContainerService/{method}"),
             ("content-type", "application/grpc"), ("te", "trailers"),
             ("authorization", f"Bearer {TEST_TOKEN}")])
-        for start in range(0, send, 15_000):
-            conn.send_data(sid, message[start:min(send, start + 15_000)])
+        if send:
+            pending[sid] = memoryview(message)[:send]
     sock.sendall(conn.data_to_send())
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for sid, rest in list(pending.items()):
+            n = min(len(rest), conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+            if n > 0:
+                conn.send_data(sid, rest[:n].tobytes())
+                pending[sid] = rest[n:]
+                if n == len(rest):
+                    del pending[sid]
+        sock.sendall(conn.data_to_send())
+        if pending and select.select([sock], [], [], 1)[0]:
+            conn.receive_data(sock.recv(1 << 20))
+            sock.sendall(conn.data_to_send())
     return sock
 
 
@@ -425,3 +451,25 @@ async def test_stalled_messages_cannot_keep_the_budget(tmp_path: Path) -> None:
                 sock.close()
     assert (tmp_path / "served.bin").stat().st_size == BIG
     assert not (tmp_path / "stalled.bin").exists()
+
+
+async def test_stalled_uploads_cannot_keep_the_read_ahead(tmp_path: Path) -> None:
+    """Twenty WriteRaw calls send a 1 MiB chunk, then the start of the next one, and stall,
+    holding the budget taken for their read-ahead: after the stall timeout they lose their
+    calls and a 16 MiB WriteFile is served."""
+    from memoh_trio._wire import encode_write_raw_chunk
+
+    chunks = b"".join(b"\0" + len(body).to_bytes(4, "big") + body for body in (
+        encode_write_raw_chunk("stalled.bin", b"a" * MiB), encode_write_raw_chunk("", b"b" * MiB)))
+    send = len(chunks) - MiB // 2
+    async with memoh_trio_server(tmp_path) as peer:
+        socks = [await trio.to_thread.run_sync(functools.partial(
+            _h2_hold, peer.target, 10, "WriteRaw", chunks, send)) for _ in range(2)]
+        try:
+            async with memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
+                with trio.fail_after(60):
+                    await client.write_file("served.bin", b"s" * BIG)
+        finally:
+            for sock in socks:
+                sock.close()
+    assert (tmp_path / "served.bin").stat().st_size == BIG

@@ -26,6 +26,9 @@ GStream = grpclib.server.Stream[Any, Any]
 
 #: Bytes a streaming call takes ahead for its next messages when they are free (see .budget).
 READ_AHEAD = 4 * 1024 * 1024
+#: Bodies up to this size are received without the stall watch (most unary requests: a task
+#: and a timer each would cost more than the few bytes they hold).
+UNWATCHED_BODY = 4096
 #: Seconds a message holding its share of the budget may receive nothing while other calls
 #: wait for the budget, before its call fails (RESOURCE_EXHAUSTED).
 STALL_TIMEOUT = 5.0
@@ -92,6 +95,7 @@ class Inbound:
         await lease.take(length)
         if need := lease.window_needed(length):
             compat.open_stream_window(h2_stream, need)
+        if length > UNWATCHED_BODY:
             body = await self._watched(h2_stream, length)
         else:
             body = await h2_stream.recv_data(length)
