@@ -134,3 +134,18 @@ def test_lease_read_ahead_counts_first_and_goes_back_with_the_call() -> None:
         budget.close()
 
     asyncio.run(main())
+
+
+def test_release_held_keeps_the_read_ahead() -> None:
+    async def main() -> None:
+        budget = InflightBudget(16 * MiB)
+        lease = Lease(budget)
+        await lease.take(1 * MiB)
+        lease.take_ahead(4 * MiB)
+        lease.release_held()  # Exec: the message went to the process
+        assert (lease.ahead, budget.budget.used) == (4 * MiB, 4 * MiB)
+        lease.release_all()
+        assert budget.budget.used == 0
+        budget.close()
+
+    asyncio.run(main())

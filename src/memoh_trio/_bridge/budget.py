@@ -12,11 +12,11 @@ connection hung that way). The server instead does what grpc-go does:
 * a stream starts with :data:`STREAM_WINDOW` bytes (HTTP/2's default) and gets more only for
   a message that has its share of the budget: the message's length, plus
   :data:`STREAM_WINDOW` to read ahead (the next message's prefix, and all of a small one);
-* a WriteRaw call also holds, when it is free, up to ``READ_AHEAD`` (4 MiB) of the budget for
-  its next chunks and keeps the window open that far, so that the client sends on while a
-  chunk is written (without it each 1 MiB chunk waited for its WINDOW_UPDATE: 256 MiB took
-  3.3-3.7 s instead of 2.1 s, one noisy run each); a call that then sends nothing for a while
-  while others wait gives that back.
+* WriteRaw and Exec's stdin also hold, when it is free, up to ``READ_AHEAD`` (4 MiB) of the
+  budget for their next messages and keep the window open that far, so that the client sends
+  on while a chunk is written (without it each 1 MiB chunk waited for its WINDOW_UPDATE:
+  256 MiB took 3.3-3.7 s instead of 2.1 s, one noisy run each); a call that then sends
+  nothing for a while when others wait gives that back.
 
 So a call waiting for the budget holds at most :data:`STREAM_WINDOW` unread bytes, and the
 bytes the server holds are at most the budget plus that per open stream.
@@ -165,7 +165,12 @@ class Lease:
         while len(self._held) > 1:
             self._budget.give_back(self._held.popleft())
 
-    def release_all(self) -> None:
+    def release_held(self) -> None:
+        """Give back the messages' bytes (Exec: its stdin went to the process); what is held
+        ahead stays."""
         while self._held:
             self._budget.give_back(self._held.popleft())
+
+    def release_all(self) -> None:
+        self.release_held()
         self.drop_ahead()

@@ -145,10 +145,11 @@ class Inbound:
             if not read.done():
                 read.cancel()
 
-    async def message(self, stream: GStream) -> Any | None:
+    async def message(self, stream: GStream, *, read_ahead: bool = False) -> Any | None:
         """The next message, or None at the end of the client's stream; refuses a message over
-        the limit from its length prefix, before buffering it."""
-        body = await self.body(stream)
+        the limit from its length prefix, before buffering it (``read_ahead``: see
+        :meth:`body`)."""
+        body = await self.body(stream, read_ahead=read_ahead)
         if body is None:
             return None
         return compat.decode_request(stream, body)

@@ -111,9 +111,9 @@ async def exec_call(stream: GStream, inbound: Inbound, root_fd: int) -> None:
     lease.release_all()  # the command is read
 
     async def stdin() -> AsyncIterator[bytes]:
-        while (message := await inbound.message(stream)) is not None:
+        while (message := await inbound.message(stream, read_ahead=True)) is not None:
             yield message.stdin_data
-            lease.release_all()  # that message went to the process
+            lease.release_held()  # that message went to the process
 
     async def emit(kind: int, data: bytes) -> None:
         await stream.send_message(ExecOutput(stream=ExecOutputStream(kind), data=data))
