@@ -10,11 +10,13 @@ import functools
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
 from typing import ParamSpec
 
+import pytest
 import trio
+from _pytest.outcomes import Skipped
 
 ROOT = Path(__file__).resolve().parent.parent
 P = ParamSpec("P")
@@ -53,3 +55,30 @@ def unprivileged(test: Callable[P, Awaitable[None]]) -> Callable[P, Awaitable[No
 def run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     """subprocess.run with text output captured (tests' shorthand)."""
     return subprocess.run(cmd, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload,no-any-return]
+
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> Generator[None, object, object]:
+    """Keep the reason of a skip raised inside a trio test (issue 26).
+
+    pytest-trio 0.8 turns a ``pytest.skip(reason)`` that trio wrapped in an exception group
+    into a bare ``pytest.skip()`` (plugin.py: ``if isinstance(leaves[0], Skipped):
+    pytest.skip()``; python-trio/pytest-trio#151), so a test whose real peers are missing said
+    ``SKIPPED [31] .../_pytest/python.py:187: Skipped`` instead of why and what to run
+    (``tests/peers.py``). The original skip is still the bare one's context: raise it instead.
+    """
+    try:
+        return (yield)
+    except Skipped as exc:
+        group = exc.__context__
+        leaves = _leaves(group) if isinstance(group, BaseExceptionGroup) else []
+        if len(leaves) == 1 and isinstance(leaves[0], Skipped) and leaves[0].msg:
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]

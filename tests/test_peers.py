@@ -34,3 +34,25 @@ async def test_memoh_trio_server_child(tmp_path: Path) -> None:
     async with memoh_trio_server(tmp_path) as peer, \
             memoh_trio.connect(peer.target, token=TEST_TOKEN) as client:
         assert (await client.stat("f")).size == 1
+
+
+def test_a_missing_peer_skips_with_its_reason_and_the_command() -> None:
+    """Without Memoh's binaries (or ../shared), a peer test says why it skipped and what to
+    run, not ``.../_pytest/python.py:187: Skipped`` (issue 26)."""
+    import os
+    import subprocess
+    import sys
+
+    from peers import ROOT
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("PYTEST_") and k != "MEMOH_TRIO_REQUIRE_PEERS"}
+    env["MEMOH_GO_OUT"] = "/nonexistent"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+         "tests/test_peers.py::test_memoh_go_seed_into_memoh_go_server"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 skipped" in done.stdout, done.stdout
+    assert "Memoh's Go binaries not built" in done.stdout, done.stdout
+    assert "build.sh --install" in done.stdout, done.stdout
