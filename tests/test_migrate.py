@@ -347,7 +347,7 @@ async def test_dest_subdirectory(target: Target, src: Path) -> None:
     write_tree(src, {"a/b": b"x"})
     (src / "e").mkdir()
     async with connect(target.address) as client:
-        report = await migrate(src, client, dest="/data/bot1/", verify="sha256")
+        report = await migrate(src, client, dest="data//bot1/", verify="sha256")
     assert report.status == "migrated" and report.dest == "data/bot1"
     assert (target.root / "data" / "bot1" / "a" / "b").read_bytes() == b"x"
     assert (target.root / "data" / "bot1" / "e").is_dir()

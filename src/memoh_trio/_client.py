@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 from . import _errors, _streaming, _wire
 from ._bridge import asyncio_loop
 from ._bridge import client as bridge
+from ._defaults import MAX_CHUNK_SIZE as MAX_CHUNK_SIZE
 from ._dirindex import DirIndex
 from ._proto import mcpcontainer as pb
 from ._results import ExecResult as ExecResult
@@ -44,9 +45,6 @@ T = TypeVar("T")
 # 768 KiB to 1.75 MiB alike (0.33-0.35 s, server CPU 0.29-0.32 s), 64-256 KiB cost our client
 # 15-45% more CPU, and 2 MiB messages double the Go server's CPU (0.61 s; 0.52 s instead of 0.35).
 DEFAULT_CHUNK_SIZE = 1024 * 1024
-# grpcio and grpc-go refuse messages above 4 MiB unless configured otherwise; a chunk plus its
-# framing must stay below that.
-MAX_CHUNK_SIZE = 4 * 1024 * 1024 - 1024
 
 
 def _entry(e: pb.FileEntry | None) -> FileEntry:

@@ -103,8 +103,19 @@ def fill_target_template(template: str, bot_id: str) -> str:
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """Like :func:`parse_target` but port 0 (pick a free port) is allowed."""
-    if text.strip().endswith(":0"):
-        host, _ = parse_target(text.strip()[:-1] + "1")
-        return host, 0
-    return parse_target(text)
+    """Like :func:`parse_target` but port 0 (pick a free port) is allowed; an error quotes
+    ``text`` as typed and calls it a listen address.
+
+    Raises:
+        ConfigError: malformed address, or a port outside 0..65535.
+    """
+    stripped = text.strip()
+    try:
+        if stripped.endswith(":0"):
+            host, _ = parse_target(stripped[:-1] + "1")  # port 1 stands in for 0 to check it
+            return host, 0
+        return parse_target(stripped)
+    except ConfigError as exc:
+        why = str(exc).partition(": ")[2]
+        raise ConfigError(f"malformed listen address {text!r}: "
+                          f"{why.replace('1..65535', '0..65535')}") from None

@@ -7,7 +7,9 @@ plus a pointer to ``--help`` (exit 2).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -15,7 +17,12 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from .. import __version__
 from .. import _errors as errors
 from .._budget import DEFAULT_BUDGET
-from .._defaults import DEFAULT_BOT_CONCURRENCY, DEFAULT_CONCURRENCY
+from .._defaults import (
+    DEFAULT_BOT_CONCURRENCY,
+    DEFAULT_CONCURRENCY,
+    MAX_CHUNK_SIZE,
+    MIN_CHUNK_SIZE,
+)
 from .._units import (
     TEMPLATE_EXAMPLE,
     check_target_template,
@@ -56,7 +63,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _size_arg(text: str) -> int:
-    from .._client import MAX_CHUNK_SIZE
 
     try:
         size = parse_size(text)
@@ -66,6 +72,10 @@ def _size_arg(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is too large: chunks must stay at most {MAX_CHUNK_SIZE} bytes (below the "
             "4 MiB message limit of grpcio and grpc-go servers)")
+    if size < MIN_CHUNK_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is too small: chunks must be at least 16KiB (smaller ones make every "
+            "file crawl); the default, 1MiB, suits every server")
     return size
 
 
@@ -108,7 +118,7 @@ def _listen_arg(text: str) -> tuple[str, int]:
     try:
         return parse_listen(text)
     except errors.ConfigError as exc:
-        raise argparse.ArgumentTypeError(str(exc).replace("target", "listen address")) from None
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 #: The environment variable a token may come from (after --token and --token-file).
@@ -164,12 +174,14 @@ def _add_connection_options(p: argparse.ArgumentParser) -> None:
 def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("copy")
     g.add_argument("--dest", default="", metavar="DIR",
-                   help="destination directory under the server root")
+                   help="destination directory, relative to the server's root (Memoh's "
+                   "containers: /data, so 'sub' is /data/sub); absolute paths and '..' are "
+                   "refused (default: the root)")
     g.add_argument("--concurrency", type=_positive_int, default=None, metavar="N",
-                   help=f"file streams and tar batches in flight at once (default: "
+                   help=f"file streams and tar batches in flight at once (per bot) (default: "
                    f"{DEFAULT_CONCURRENCY})")
     g.add_argument("--chunk-size", type=_size_arg, default=None, metavar="SIZE",
-                   help="WriteRaw chunk size, e.g. 1MiB (must stay below 4 MiB)")
+                   help="WriteRaw chunk size, 16KiB up to 4MiB less 1KiB (default: 1MiB)")
     g.add_argument("--verify", choices=("size", "sha256"), default="size",
                    help="what must match after each file (default: size)")
     g.add_argument("--no-preserve", dest="preserve", action="store_false",

@@ -132,6 +132,7 @@ async def _cmd_migrate(args: argparse.Namespace, session: Session) -> int:
     from .._client import connect
     from .._progress import Progress
 
+    _migrate.norm_dest(args.dest)  # a bad --dest is refused before anything is dialled
     progress = session.progress = Progress()
     show = sys.stderr.isatty() and not args.json
     itemize = _itemizer(args)

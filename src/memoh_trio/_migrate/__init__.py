@@ -82,6 +82,7 @@ from .context import PART_PREFIX as PART_PREFIX
 from .context import SERVER_TEMP_PREFIX as SERVER_TEMP_PREFIX
 from .context import Verify as Verify
 from .context import control_timeout as control_timeout
+from .context import norm_dest as norm_dest
 from .preflight import check_data_root as check_data_root
 from .preflight import check_source as check_source
 from .run import migrate as migrate

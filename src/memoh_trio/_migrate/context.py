@@ -23,6 +23,7 @@ import trio
 from .. import _scripts, _source
 from .._defaults import DEFAULT_BOT_CONCURRENCY as DEFAULT_BOT_CONCURRENCY
 from .._defaults import DEFAULT_CONCURRENCY as DEFAULT_CONCURRENCY
+from .._defaults import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE
 from .._errors import (
     ConfigError,
     MemohError,
@@ -87,10 +88,11 @@ def check_options(opts: Options) -> None:
     c = opts.concurrency
     if isinstance(c, bool) or not isinstance(c, int) or c < 1:
         raise ConfigError(f"concurrency must be a whole number of at least 1, got {c!r}")
-    if opts.chunk_size is not None and (not isinstance(opts.chunk_size, int)
-                                        or opts.chunk_size < 1):
-        raise ConfigError(f"chunk size must be a positive number of bytes, "
-                          f"got {opts.chunk_size!r}")
+    size = opts.chunk_size
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                             or not MIN_CHUNK_SIZE <= size <= MAX_CHUNK_SIZE):
+        raise ConfigError(f"chunk size must be {MIN_CHUNK_SIZE} to {MAX_CHUNK_SIZE} bytes "
+                          f"(16 KiB to 4 MiB - 1 KiB), got {size!r}; hint: 1MiB is the default")
     if opts.verify not in ("size", "sha256"):
         raise ConfigError(f"verify must be 'size' or 'sha256', got {opts.verify!r}")
     if opts.stall_timeout is not None and not opts.stall_timeout > 0:
@@ -211,8 +213,27 @@ class Context:
 
 
 def norm_dest(dest: str) -> str:
-    """A destination directory as a clean relative path ("" = the server's root)."""
-    d = posixpath.normpath("/" + dest.replace(os.sep, "/")).lstrip("/")
+    """A destination directory as a clean relative path ("" = the server's root), pure.
+
+    Only spellings of the same directory are tidied (``a//b/./c/`` is ``a/b/c``); a path that
+    would mean something else on some server is refused, never rewritten.
+
+    Raises:
+        ConfigError: ``dest`` is absolute (Memoh's server takes an absolute path as the
+            container's own path, not under its root: ``/data/sub`` would not be ``data/sub``),
+            or has a ``..`` component (it would leave the server's root, or be cut off there).
+    """
+    typed = dest
+    dest = dest.replace(os.sep, "/")
+    if dest.startswith("/"):
+        raise ConfigError(
+            f"destination (--dest) {typed!r} is an absolute path; hint: give it relative to "
+            "the server's root (the work directory /data in Memoh's containers: for /data/sub "
+            "give 'sub')")
+    if ".." in dest.split("/"):
+        raise ConfigError(f"destination (--dest) {typed!r} has a '..' component; hint: give "
+                          "a directory under the server's root, without '..'")
+    d = posixpath.normpath("/" + dest).lstrip("/")
     return "" if d in (".", "") else d
 
 

@@ -1,0 +1,92 @@
+"""The operator contract, round 2 (issue 26, with items 7 and 8 of issue 23): when things go
+sideways. Each case runs the real console script against real servers (memoh-trio's server as a
+child process, a stuck or slowed connection, an HTTP/2 server that is not gRPC).
+"""
+
+# Test set-up and checks touch the local file system directly, on purpose.
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from peers import Peer, memoh_trio_server
+from test_operator import (
+    SCRIPT,
+    cli,
+    cli_env,
+    make_tree,
+)
+
+from memoh_trio._paths import PART_PREFIX, SERVER_TEMP_PREFIX
+
+UUIDS = ("3f9a6c1e-2b7d-4c7e-9f1a-0123456789ab", "7d1e0f2a-9c3b-4d5e-8f6a-fedcba987654")
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> Any:
+    root = tmp_path / "container"
+    root.mkdir()
+    async with memoh_trio_server(root) as peer:
+        yield peer
+
+
+def parts_in(root: Path) -> bool:
+    """Whether an upload is on its way in ``root`` (its temporary file is there)."""
+    return any(name.startswith((PART_PREFIX, SERVER_TEMP_PREFIX))
+               for _d, _s, names in os.walk(root) for name in names)
+
+
+async def _start(argv: list[str], nursery: trio.Nursery, **kwargs: Any) -> trio.Process:
+    proc: trio.Process = await nursery.start(functools.partial(
+        trio.run_process, [str(SCRIPT), *argv], stdout=-1, stderr=-1, env=cli_env(),
+        check=False, **kwargs))
+    return proc
+
+
+# --------------------------------------------------------------------------- 9: --dest
+
+
+@pytest.mark.parametrize(("dest", "message"), [
+    ("../escape", "has a '..' component"),
+    ("a/../../b", "has a '..' component"),
+    ("/data/sub", "is an absolute path"),
+])
+async def test_dest_is_refused_not_rewritten(tmp_path: Path, server: Peer, dest: str,
+                                             message: str) -> None:
+    src = make_tree(tmp_path / "bot", {"a": b"1"})
+    for extra in ([], ["--dry-run"]):
+        code, out, err = await cli("migrate", str(src), "--target", server.target, "--dest",
+                                   dest, *extra)
+        assert code == 2, (extra, out, err)
+        assert f"{dest!r} {message}" in err and "hint:" in err, err
+    assert os.listdir(server.root) == [] and src.is_dir()
+
+
+# --------------------------------------------------------------------------- 11: chunk size
+
+
+@pytest.mark.parametrize("size", ["10", "16383", "8KiB"])
+async def test_a_tiny_chunk_size_is_refused(tmp_path: Path, server: Peer, size: str) -> None:
+    src = make_tree(tmp_path / "bot", {"a": b"1"})
+    code, _out, err = await cli("migrate", str(src), "--target", server.target,
+                                "--chunk-size", size)
+    assert code == 2, err
+    assert "too small" in err and "16KiB" in err, err
+    assert os.listdir(server.root) == []
+    code, _out, err = await cli("migrate", str(src), "--target", server.target,
+                                "--chunk-size", "16KiB")
+    assert code == 0, err
+
+
+# --------------------------------------------------------------------------- 17: smaller things
+
+
+async def test_serve_listen_port_zero_error_quotes_what_was_typed(tmp_path: Path) -> None:
+    code, _out, err = await cli("serve", "--root", str(tmp_path), "--listen", ":0")
+    assert code == 2
+    assert "malformed listen address ':0': the host is empty" in err, err
