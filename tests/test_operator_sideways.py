@@ -7,8 +7,12 @@ child process, a stuck or slowed connection, an HTTP/2 server that is not gRPC).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import socket
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +50,67 @@ async def _start(argv: list[str], nursery: trio.Nursery, **kwargs: Any) -> trio.
         trio.run_process, [str(SCRIPT), *argv], stdout=-1, stderr=-1, env=cli_env(),
         check=False, **kwargs))
     return proc
+
+
+# --------------------------------------------------------------------------- 2: HTTP/2, not gRPC
+
+
+@contextlib.contextmanager
+def http2_404_server() -> Iterator[str]:
+    """An HTTP/2 server with no route (an ingress that answers every request ``:status
+    404``), on a free port of 127.0.0.1; yields its address."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import h2.exceptions
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+
+    def handle(sock: socket.socket) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        with sock:
+            try:
+                sock.sendall(conn.data_to_send())
+                while data := sock.recv(65536):
+                    for event in conn.receive_data(data):
+                        if isinstance(event, h2.events.RequestReceived):
+                            conn.send_headers(event.stream_id, [(":status", "404"),
+                                                                ("content-length", "0")],
+                                              end_stream=True)
+                        elif isinstance(event, h2.events.DataReceived):
+                            conn.acknowledge_received_data(event.flow_controlled_length,
+                                                           event.stream_id)
+                    sock.sendall(conn.data_to_send())
+            except (OSError, h2.exceptions.ProtocolError):
+                return
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(sock,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+async def test_an_http2_server_that_is_not_grpc(tmp_path: Path, dry_run: bool) -> None:
+    src = make_tree(tmp_path / "bot", {"a": b"1", "d/b": b"2"})
+    with http2_404_server() as target:
+        code, out, err = await cli("migrate", str(src), "--target", target,
+                                   *(["--dry-run"] * dry_run))
+    assert code == 3, (out, err)
+    assert f"{target} is not a gRPC server (HTTP/2 status 404)" in err, err
+    assert src.is_dir()
 
 
 # --------------------------------------------------------------------------- 9: --dest

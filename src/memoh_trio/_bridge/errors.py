@@ -8,6 +8,7 @@ Also the two internal errors a call raises about its *source* (not the server), 
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 
@@ -45,9 +46,32 @@ def describe_os_error(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+#: grpclib's messages for an HTTP/2 answer that is not gRPC (grpclib/client.py, Stream:
+#: ``_raise_for_status``, ``_raise_for_content_type``).
+_HTTP_STATUS = re.compile(r"^Received :status = '(\d+)'$")
+_CONTENT_TYPE = re.compile(r"^(?:Missing content-type header|Invalid content-type: (.*))$")
+
+
+def not_grpc_answer(message: str) -> str | None:
+    """What an HTTP/2 answer that is no gRPC answer was, from grpclib's message (pure):
+    ``"HTTP/2 status 404"``, ``"HTTP/2 answer with content-type 'text/html'"``, else ``None``."""
+    match = _HTTP_STATUS.match(message)
+    if match:
+        return f"HTTP/2 status {match.group(1)}"
+    match = _CONTENT_TYPE.match(message)
+    if match:
+        return ("HTTP/2 answer without a content-type" if match.group(1) is None
+                else f"HTTP/2 answer with content-type {match.group(1)}")
+    return None
+
+
 def map_error(exc: BaseException, method: str, target: str) -> BaseException:
     """Translate grpclib/transport exceptions into memoh-trio errors (others pass unchanged)."""
     if isinstance(exc, grpclib.exceptions.GRPCError):
+        not_grpc = not_grpc_answer(exc.message or "")
+        if not_grpc is not None:  # an HTTP/2 server, but not a gRPC one (a proxy, an ingress)
+            return _errors.Unavailable(f"{target} is not a gRPC server ({not_grpc})",
+                                       method=method)
         return _errors.error_for_status(int(exc.status.value), exc.message or "", method=method)
     if isinstance(exc, grpclib.exceptions.StreamTerminatedError):
         return _errors.Unavailable(f"connection to {target} broke: {exc}", method=method)
