@@ -148,6 +148,28 @@ async def test_a_tiny_chunk_size_is_refused(tmp_path: Path, server: Peer, size: 
     assert code == 0, err
 
 
+# --------------------------------------------------------------------------- 14: serve --no-auth
+
+
+async def test_serve_without_auth_on_the_network_needs_the_risk_flag(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    root.mkdir()
+    code, out, err = await cli("serve", "--root", str(root), "--listen", "0.0.0.0:0",
+                               "--no-auth", token=None)
+    assert code == 2 and "--insecure-no-auth-on-network" in err, (out, err)
+    code, out, _err = await cli("serve", "--help")
+    assert "--insecure-no-auth-on-network" in out and "RISK" in " ".join(out.split())
+    src = make_tree(tmp_path / "bot", {"a": b"hello"})
+    async with memoh_trio_server(root, "--listen", "0.0.0.0:0", "--no-auth",
+                                 "--insecure-no-auth-on-network", token=None) as peer:
+        assert peer.target.startswith("0.0.0.0:")
+        port = peer.target.rpartition(":")[2]
+        code, _out, err = await cli("migrate", str(src), "--target", f"127.0.0.1:{port}",
+                                    token=None)
+    assert code == 0, err
+    assert (root / "a").read_bytes() == b"hello"
+
+
 # --------------------------------------------------------------------------- 17: smaller things
 
 

@@ -97,33 +97,40 @@ def is_loopback(sockaddr_host: str) -> bool:
         return False
 
 
-def check_exposure(host: str, addresses: list[str], *, token: str | None, tls: bool) -> None:
-    """Refuse to listen beyond loopback with neither a token nor TLS (pure).
+def check_exposure(host: str, addresses: list[str], *, token: str | None, tls: bool,
+                   insecure_no_auth_on_network: bool = False) -> None:
+    """Refuse to listen beyond loopback with neither a token nor TLS, unless the caller said
+    so explicitly (pure).
 
     Args:
         host: the listen address as given (for the message).
         addresses: the numeric addresses it resolved to.
+        insecure_no_auth_on_network: the caller accepts that anyone who reaches the port runs
+            commands (the server inside an isolated container, as Memoh runs its own).
 
     Raises:
         ConfigError: some address is not loopback and there is neither a token nor TLS.
     """
-    if token is not None or tls:
+    if token is not None or tls or insecure_no_auth_on_network:
         return
     exposed = [a for a in addresses if not is_loopback(a)]
     if exposed:
         raise ConfigError(
             f"refusing to listen on {host!r} ({', '.join(exposed)}) without a token or TLS: "
-            "anyone on the network could call the server; hint: listen on 127.0.0.1, or give a "
-            "token (--token-file F) or TLS (--tls-cert/--tls-key)")
+            "anyone on the network could call the server and run commands; hint: listen on "
+            "127.0.0.1, or give a token (--token-file F) or TLS (--tls-cert/--tls-key); inside "
+            "an isolated container (as Memoh runs its server) add --insecure-no-auth-on-network")
 
 
-async def _listen(host: str, port: int, *, token: str | None, tls: bool) -> socket.socket:
+async def _listen(host: str, port: int, *, token: str | None, tls: bool,
+                  insecure_no_auth_on_network: bool) -> socket.socket:
     try:
         infos = await trio.socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except OSError as exc:
         raise ConfigError(f"cannot resolve listen address {host!r}: {exc}") from exc
-    check_exposure(host, [str(info[4][0]) for info in infos], token=token, tls=tls)
+    check_exposure(host, [str(info[4][0]) for info in infos], token=token, tls=tls,
+                   insecure_no_auth_on_network=insecure_no_auth_on_network)
     last: OSError | None = None
     for family, _type, _proto, _name, sockaddr in infos:
         # IPPROTO_TCP explicitly: grpclib sets TCP_NODELAY only on such sockets.
@@ -161,6 +168,7 @@ async def serve(
     *,
     token: str | None = None,
     allow_unauthenticated: bool = False,
+    insecure_no_auth_on_network: bool = False,
     allow_exec: bool = True,
     tls: ServerTLS | None = None,
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -184,7 +192,11 @@ async def serve(
         allow_unauthenticated: serve without a token, explicitly: any client that reaches the
             port may then run commands through Exec as this process's user. Meant for a server
             inside an isolated container (as Memoh runs its own). Still refused on a
-            non-loopback address without TLS.
+            non-loopback address without TLS, unless ``insecure_no_auth_on_network``.
+        insecure_no_auth_on_network: with ``allow_unauthenticated``, also listen without a
+            token or TLS on a non-loopback address (the container's own interface, as Memoh
+            runs its server: port 9090, no token, no TLS). Anyone who reaches the port then
+            runs commands as this user: only inside an isolated container.
         allow_exec: ``False`` answers every Exec with UNIMPLEMENTED ("Exec is disabled"), as
             a server without Exec would; the migrator then streams every file and cannot
             apply modes and mtimes or ask for a ``sync``.
@@ -218,6 +230,10 @@ async def serve(
     connections are closed, then the cancellation propagates.
     """
     check_token(token, allow_unauthenticated)
+    if insecure_no_auth_on_network and not allow_unauthenticated:
+        raise ConfigError("insecure_no_auth_on_network (--insecure-no-auth-on-network) goes with "
+                          "allow_unauthenticated (--no-auth); hint: add --no-auth, or drop it "
+                          "and give a token")
     if not 0 < max_message_size < 2**31:
         raise ConfigError(f"max_message_size must be in 1..2**31-1, not {max_message_size}")
     if not 16384 <= max_frame_size <= _MAX_FRAME_SIZE_LIMIT:
@@ -230,7 +246,8 @@ async def serve(
     ssl_context = tls.context() if tls is not None else None
     root_fd = _open_root(root)
     try:
-        sock = await _listen(host, port, token=token, tls=tls is not None)
+        sock = await _listen(host, port, token=token, tls=tls is not None,
+                             insecure_no_auth_on_network=insecure_no_auth_on_network)
         try:
             bound = sock.getsockname()
             address = ServerAddress(str(bound[0]), int(bound[1]))

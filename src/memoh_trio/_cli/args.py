@@ -252,7 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_token_options(p, "bearer token every call must carry")
     p.add_argument("--no-auth", action="store_true",
                    help="serve WITHOUT a token: any client that reaches the port may run "
-                   "commands (Exec); only for a server inside an isolated container")
+                   "commands (Exec); only for a server inside an isolated container; refused "
+                   "on a non-loopback address unless --insecure-no-auth-on-network")
+    p.add_argument("--insecure-no-auth-on-network", action="store_true",
+                   help="with --no-auth: listen without token or TLS on a non-loopback "
+                   "address too, as Memoh runs its server (the container's own interface, "
+                   "port 9090). RISK: anyone who reaches the port runs commands as this user; "
+                   "only inside an isolated container")
     p.add_argument("--no-exec", dest="allow_exec", action="store_false",
                    help="turn Exec off (every Exec call fails with UNIMPLEMENTED)")
     p.add_argument("--tls-cert", type=Path, help="server certificate (PEM)")

@@ -242,6 +242,8 @@ async def _cmd_serve(args: argparse.Namespace, session: Session) -> int:
         addr = await nursery.start(functools.partial(serve, args.root, host, port,
                                                      token=token,
                                                      allow_unauthenticated=args.no_auth,
+                                                     insecure_no_auth_on_network=(
+                                                         args.insecure_no_auth_on_network),
                                                      allow_exec=args.allow_exec, tls=tls,
                                                      durable=args.durable,
                                                      direct_io=args.direct_io,
