@@ -125,3 +125,22 @@ def test_console_script_start_up_turns_the_collector_back_on() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True, timeout=60)
     assert done.stdout.split() == ["False", "True", "True"]
+
+
+@pytest.mark.parametrize("command", ["migrate", "migrate-bot", "migrate-all", "serve", "demo"])
+def test_help_ends_with_examples_that_parse(command: str) -> None:
+    """``memoh-trio COMMAND --help`` ends with examples (as ``kubectl cp --help`` does), and
+    every example is an invocation the parser takes."""
+    import shlex
+
+    done = run_cli(command, "--help")
+    assert done.returncode == 0
+    _head, sep, examples = done.stdout.rstrip().partition("\nexamples:\n")
+    assert sep and "examples:" not in examples, done.stdout
+    runs = [line for line in examples.replace("\\\n", " ").splitlines()
+            if line.strip().startswith("memoh-trio ")]
+    assert runs, examples
+    for line in runs:
+        argv = shlex.split(line)[1:]
+        assert argv[0] == command, line
+        build_parser().parse_args(argv)  # a usage error would exit 2 here

@@ -178,3 +178,20 @@ def test_report_lines_say_when_mtimes_are_whole_seconds() -> None:
     assert any("mtimes: whole seconds" in line for line in report_lines([busybox], limit=5))
     exact = MigrationReport("/s", status="migrated", mtime_precision="ns")
     assert not any("mtimes" in line for line in report_lines([exact], limit=5))
+
+
+def test_progress_says_100_percent_only_when_everything_finished() -> None:
+    """All bytes sent while 2 of 5 bots (or a file's placement) still finish: 99%, not 100%
+    (issue 26)."""
+    from memoh_trio._display import progress_text
+    from memoh_trio._progress import ProgressState
+
+    fleet = ProgressState(files_done=10, files_total=10, bytes_done=100, bytes_total=100,
+                          scanning=False, bots_done=3, bots_total=5)
+    assert " 99%" in progress_text(fleet, None)
+    one = ProgressState(files_done=9, files_total=10, bytes_done=100, bytes_total=100,
+                        scanning=False)
+    assert " 99%" in progress_text(one, None)
+    done = ProgressState(files_done=10, files_total=10, bytes_done=100, bytes_total=100,
+                         scanning=False, bots_done=5, bots_total=5)
+    assert " 100%" in progress_text(done, None)

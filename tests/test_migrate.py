@@ -535,7 +535,7 @@ async def test_migrate_bot_seed_semantics(target: Target, tmp_path: Path) -> Non
         assert again.status == "already-migrated" and again.ok
         with pytest.raises(ConfigError):
             await migrate_bot("../etc", data, client)
-    assert list_bots(data) == ["done", "empty"]
+    assert list_bots(data) == ["b1", "done", "empty"]  # b1.migrated too: every bot found
 
 
 @pytest.mark.parametrize("via", ["pool", "address-map"])
@@ -557,11 +557,12 @@ async def test_migrate_all_one_failing_bot(target: Target, tmp_path: Path, via: 
     with trio.fail_after(20):
         if via == "pool":
             async with Pool(addresses, connect_timeout=2) as pool:
-                reports = await migrate_all(data, pool, bot_concurrency=2, file_concurrency=2)
+                reports = await migrate_all(data, pool, bot_concurrency=2, concurrency=2)
         else:
             reports = await migrate_all(data, addresses, bot_concurrency=2)
     by_bot = {Path(r.source).name: r for r in reports}
-    assert [Path(r.source).name for r in reports] == ["a", "b", "c"]
+    assert [Path(r.source).name for r in reports] == ["a", "b", "c", "z"]
+    assert by_bot["z"].status == "already-migrated"  # listed, as every bot found
     assert by_bot["a"].status == by_bot["c"].status == "migrated", (
         by_bot["a"].failures, by_bot["c"].failures)
     assert by_bot["b"].status == "incomplete" and by_bot["b"].error
@@ -569,6 +570,21 @@ async def test_migrate_all_one_failing_bot(target: Target, tmp_path: Path, via: 
     assert (data / "bots" / "b").is_dir()
     assert (data / "bots" / "a.migrated").is_dir() and (data / "bots" / "c.migrated").is_dir()
     assert (target.root / "f").read_bytes() in (b"a", b"b", b"c")  # one shared container
+
+
+async def test_migrate_all_takes_concurrency_as_migrate_does(target: Target,
+                                                             tmp_path: Path) -> None:
+    """One name for one thing (issue 26): ``concurrency`` as for migrate; the old
+    ``file_concurrency`` still works, with a DeprecationWarning."""
+    data = tmp_path / "data"
+    write_tree(data / "bots" / "a", {"f": b"a"})
+    with pytest.warns(DeprecationWarning, match="concurrency="):
+        reports = await migrate_all(data, {"a": target.address}, file_concurrency=2)
+    assert [r.status for r in reports] == ["migrated"]
+    write_tree(data / "bots" / "b", {"g": b"b"})
+    reports = await migrate_all(data, {"b": target.address}, concurrency=2)
+    assert [(r.bot_id, r.status) for r in reports] == [("a", "already-migrated"),
+                                                       ("b", "migrated")]
 
 
 # --------------------------------------------------------------------------- the guarantee

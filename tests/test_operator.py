@@ -282,6 +282,12 @@ async def test_itemize_needs_dry_run(tmp_path: Path, server: Peer) -> None:
 # --------------------------------------------------------------------------- fleet runs
 
 
+def also(target: str) -> str:
+    """The same server under another name (two bots may not share one address: one container
+    would take both bots' files; here their files do not collide)."""
+    return target.replace("127.0.0.1", "localhost")
+
+
 def fleet(tmp_path: Path, bots: dict[str, dict[str, bytes]]) -> Path:
     data = tmp_path / "data"
     for bot, files in bots.items():
@@ -300,7 +306,8 @@ async def test_json_is_an_array_with_bot_ids(tmp_path: Path, server: Peer) -> No
     code, out, err = await cli("migrate-all", "--data-root", str(data), "--targets",
                                str(targets), "--json")
     assert code == 0, err
-    assert [(r["bot_id"], r["status"]) for r in json.loads(out)] == [("b2", "migrated")]
+    assert [(r["bot_id"], r["status"]) for r in json.loads(out)] == [
+        ("b1", "already-migrated"), ("b2", "migrated")]
 
 
 async def test_fleet_lines_and_failed_lines_name_the_bot(tmp_path: Path, server: Peer) -> None:
@@ -308,7 +315,7 @@ async def test_fleet_lines_and_failed_lines_name_the_bot(tmp_path: Path, server:
     (data / "bots" / "bad" / "\udcff".encode("utf-8", "surrogateescape").decode(
         "utf-8", "surrogateescape")).write_bytes(b"z")
     targets = tmp_path / "t.json"
-    targets.write_text(json.dumps({"good": server.target, "bad": server.target}))
+    targets.write_text(json.dumps({"good": server.target, "bad": also(server.target)}))
     code, out, err = await cli("migrate-all", "--data-root", str(data), "--targets",
                                str(targets))
     assert code == 1, err
@@ -329,7 +336,7 @@ async def test_sigterm_mid_fleet_reports_what_was_renamed(tmp_path: Path,
     try:
         targets = tmp_path / "t.json"
         targets.write_text(json.dumps({
-            "a1": server.target, "a2": server.target,
+            "a1": server.target, "a2": also(server.target),
             "z-slow": f"127.0.0.1:{stuck.getsockname()[1]}"}))
         for as_json in (False, True):
             for done in (data / "bots").glob("*.migrated"):  # the first round renamed them

@@ -22,7 +22,7 @@ def test_json_shape() -> None:
         "skipped": [{"path": "pipe", "reason": "named pipe (FIFO): not copied, never opened"}],
         "failures": [{"path": "bad-\\xff", "error": "name is not valid UTF-8"}],
         "error": "1 entry failed", "seconds": 1.235, "mtime_precision": None, "flushed": None,
-        "ok": False,
+        "cause": None, "ok": False,
     }
 
 

@@ -30,6 +30,8 @@ from ._server import serve
 
 DEMO_BOT = "demo-bot"
 LARGE_FILE_SIZE = 24 * 1024 * 1024
+#: Files of the sample bot beside the ``files`` small ones: config.json, empty.txt, the large one.
+EXTRA_FILES = 3
 
 
 def build_sample_bot(root: Path, *, files: int, seed: int = 7) -> None:
@@ -92,8 +94,10 @@ async def run_demo(*, files: int = 400, show_progress: bool = False) -> Migratio
         async with trio.open_nursery() as nursery:
             token = secrets.token_hex(16)  # the demo server is authenticated like any other
             addr = await nursery.start(functools.partial(serve, container, token=token))
-            print(f"demo: migrating a sample bot ({files} small files, a large one) into a "
-                  f"container root served on {addr}", file=sys.stderr, flush=True)
+            print(f"demo: migrating a sample bot ({files + EXTRA_FILES} files: {files} small "
+                  "ones, a large one, a config file and an empty one; an empty directory and a "
+                  f"symlink) into a container root served on {addr}", file=sys.stderr,
+                  flush=True)
             async with (
                 connect(str(addr), token=token) as client,
                 _maybe_progress(progress, show_progress),

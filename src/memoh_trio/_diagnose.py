@@ -40,8 +40,13 @@ def classify_answer(data: bytes) -> Answer:
     return "other"
 
 
-def explain(answer: Answer, target: str, *, client_tls: bool) -> str | None:
-    """One sentence for the operator, or ``None`` when the probe found nothing wrong (pure)."""
+def explain(answer: Answer, target: str, *, client_tls: bool,
+            spoke_grpc: bool = False) -> str | None:
+    """One sentence for the operator, or ``None`` when the probe found nothing wrong (pure).
+
+    ``spoke_grpc``: the target answered gRPC calls earlier in this run (the connection was
+    lost later): a target that now stays silent or hangs up stopped answering, it is not some
+    other kind of server."""
     if answer == "refused":
         return (f"nothing listens on {target} (connection refused): is the server running "
                 f"(`memoh-trio serve --listen {target}` or the container's), and on this port?")
@@ -59,6 +64,12 @@ def explain(answer: Answer, target: str, *, client_tls: bool) -> str | None:
                 "drop --tls-ca/--tls-cert/--tls-key, or start the server with TLS")
     if answer == "http1":
         return f"{target} is not a gRPC server: it answered in HTTP/1 (a web server?)"
+    if answer in ("closed", "silent") and spoke_grpc:
+        now = {"closed": "now accepts a connection and closes it without a word",
+               "silent": f"now sends nothing within {PROBE_TIMEOUT:g} s of a new connection"}
+        return (f"the server at {target} answered earlier and {now[answer]}: is it stopped, "
+                "overloaded or restarting? run again once it answers (resume skips what is "
+                "there)")
     if answer in ("closed", "other", "silent") and not client_tls:
         what = {"closed": "it accepted the connection and closed it without a word",
                 "other": "it answered with something that is not HTTP/2",
@@ -120,10 +131,12 @@ async def speaks_tls(host: str, port: int) -> bool:
     return False
 
 
-async def diagnose(host: str, port: int, *, client_tls: bool) -> str | None:
-    """A sentence that says what is wrong with the target, if the probe can tell."""
+async def diagnose(host: str, port: int, *, client_tls: bool,
+                   spoke_grpc: bool = False) -> str | None:
+    """A sentence that says what is wrong with the target, if the probe can tell
+    (``spoke_grpc``: see :func:`explain`)."""
     answer = await probe(host, port)
-    if answer in ("closed", "other", "silent") and not client_tls and await speaks_tls(
-            host, port):
+    if answer in ("closed", "other", "silent") and not client_tls and not spoke_grpc \
+            and await speaks_tls(host, port):
         answer = "tls"  # a TLS server drops a plaintext preface without a word
-    return explain(answer, f"{host}:{port}", client_tls=client_tls)
+    return explain(answer, f"{host}:{port}", client_tls=client_tls, spoke_grpc=spoke_grpc)

@@ -26,6 +26,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from ._plan import escape_name
 from ._progress import Progress, ProgressState
 from ._report import MigrationReport
 from ._units import format_size
@@ -39,8 +40,8 @@ TERMINAL_LIST_LIMIT = 20
 #: Widest and narrowest progress bar drawn before the text of the progress line.
 BAR_WIDTH = 30
 MIN_BAR_WIDTH = 8
-#: Width of the report when stdout is not a terminal.
-PIPE_WIDTH = 100
+#: Width of the report when stdout is not a terminal (and the most it takes on a wider one).
+PIPE_WIDTH = 80
 
 
 class RateMeter:
@@ -89,7 +90,10 @@ def progress_text(state: ProgressState, rate: float | None, *, dry_run: bool = F
     parts.append(f"{state.files_done:,}/{state.files_total:,}{more} files")
     parts.append(f"{_size_pair(state.bytes_done, state.bytes_total)}{more}")
     if state.bytes_total:
-        parts.append(f"{min(100, 100 * state.bytes_done // state.bytes_total)}%")
+        percent = min(100, 100 * state.bytes_done // state.bytes_total)
+        if not _all_done(state):
+            percent = min(percent, 99)  # the bytes are there; files or bots still finish
+        parts.append(f"{percent}%")
     if rate is not None:
         parts.append(f"{format_size(rate)}/s")
         left = state.bytes_total - state.bytes_done
@@ -98,6 +102,14 @@ def progress_text(state: ProgressState, rate: float | None, *, dry_run: bool = F
     if state.failures:
         parts.append(f"{state.failures:,} failed")
     return "  ".join(parts)
+
+
+def _all_done(state: ProgressState) -> bool:
+    """Whether every file (and every bot of a fleet) is finished: only then 100%."""
+    if state.finished:
+        return True
+    return (not state.scanning and state.files_done >= state.files_total
+            and state.bots_done >= state.bots_total)
 
 
 def _size_pair(done: int, total: int) -> str:
@@ -138,15 +150,36 @@ class _Line:
         yield grid
 
 
+class LiveLine:
+    """The progress line while it is drawn: :attr:`console` prints lines above it;
+    :meth:`stop` clears it for good (a stopped run: its message starts a clean line and no
+    frame follows)."""
+
+    def __init__(self, console: Console, live: Live) -> None:
+        self.console = console
+        self._live = live
+        self.stopped = False
+
+    def stop(self) -> None:
+        """Erase the progress line and draw it no more (idempotent)."""
+        if not self.stopped:
+            self.stopped = True
+            self._live.transient = True  # rich erases a transient display as it stops
+            self._live.stop()
+
+
 @contextlib.asynccontextmanager
 async def live_progress(progress: Progress, *, console: Console | None = None,
-                        dry_run: bool = False) -> AsyncIterator[Console]:
-    """Show the progress line on stderr while the block runs; yields the console, on which
-    lines can be printed above the progress line (the fleet's per-bot lines)."""
+                        dry_run: bool = False) -> AsyncIterator[LiveLine]:
+    """Show the progress line on stderr while the block runs; yields a :class:`LiveLine`, on
+    whose console lines can be printed above the progress line (the fleet's per-bot lines)."""
     console = console or Console(stderr=True, highlight=False)
     line = _Line(progress, trio.current_time(), dry_run)
-    with Live(line, console=console, refresh_per_second=REFRESH_PER_SECOND,
-              transient=False, redirect_stdout=False, redirect_stderr=False) as live:
+    live = Live(line, console=console, refresh_per_second=REFRESH_PER_SECOND,
+                transient=False, redirect_stdout=False, redirect_stderr=False)
+    handle = LiveLine(console, live)
+    live.start()
+    try:
         async with trio.open_nursery() as nursery:
 
             async def sample() -> None:
@@ -156,19 +189,30 @@ async def live_progress(progress: Progress, *, console: Console | None = None,
 
             nursery.start_soon(sample)
             try:
-                yield console
+                yield handle
             finally:
                 nursery.cancel_scope.cancel()
-                line.sample(trio.current_time())
-                live.refresh()
+                if not handle.stopped:  # the last frame: final counts (none after a stop)
+                    line.sample(trio.current_time())
+                    live.refresh()
+    finally:
+        if not handle.stopped:
+            handle.stopped = True
+            live.stop()
 
 
 # --- reports -----------------------------------------------------------------------------------
 
 
+def _name(report: MigrationReport) -> str:
+    """What names a report's row: its bot id, else its source's last component (escaped)."""
+    return escape_name(report.bot_id or os.path.basename(report.source.rstrip("/"))
+                       or report.source)
+
+
 def bot_line(report: MigrationReport) -> str:
     """One line for a bot that just finished (``migrate-all``)."""
-    name = report.bot_id or os.path.basename(report.source.rstrip("/")) or report.source
+    name = _name(report)
     text = f"{name}: {report.status}"
     if report.status in ("migrated", "incomplete", "dry-run"):
         text += f", {_count(report.files, 'file')}, {format_size(report.bytes)}"
@@ -192,21 +236,23 @@ def _rate(r: MigrationReport) -> str:
     return f"{r.bytes / r.seconds / 2**20:.1f}"
 
 
-def report_table(reports: Sequence[MigrationReport]) -> Table:
-    """The summary table; fits 80 columns (headers never truncated)."""
+def report_table(reports: Sequence[MigrationReport], *, fleet: bool = False) -> Table:
+    """The summary table; fits 80 columns (headers never truncated, names never cut: a long
+    bot id wraps within its column, every character shown)."""
     table = Table(title="memoh-trio migration", box=box.SIMPLE_HEAD, show_edge=False,
                   pad_edge=False, padding=(0, 1))
-    # Only the name column gives way on a narrow terminal (cut with an ellipsis); the others
-    # keep their width, so no header is ever truncated.
-    table.add_column("bot" if any(r.bot_id for r in reports) else "source",
-                     overflow="ellipsis", min_width=6)
+    # Only the name column gives way on a narrow terminal (it wraps: the id is the only thing
+    # that names the row, it is never cut); the others keep their width, so no header is ever
+    # truncated.
+    table.add_column("bot" if fleet or any(r.bot_id for r in reports) else "source",
+                     overflow="fold", min_width=6)
     for name in ("status", "files", "size", "skipped", "failed", "time", "MiB/s"):
         table.add_column(name, justify="left" if name == "status" else "right", no_wrap=True,
                          min_width=len(name))
     for r in reports:
         idle = r.status in ("already-migrated", "nothing-to-do")
         table.add_row(
-            r.bot_id or os.path.basename(r.source.rstrip("/")) or r.source, r.status,
+            _name(r), r.status,
             "-" if idle else f"{r.files:,}", "-" if idle else format_size(r.bytes),
             f"{len(r.skipped):,}", f"{len(r.failures):,}",
             "-" if idle else f"{r.seconds:.1f}s", _rate(r),
@@ -219,7 +265,7 @@ def report_lines(reports: Sequence[MigrationReport], *, limit: int | None) -> li
     (at most ``limit`` of each per report, then ``… and N more``), errors. Pure."""
     out: list[str] = []
     for r in reports:
-        who = f"{r.bot_id}: " if r.bot_id else ""
+        who = f"{escape_name(r.bot_id)}: " if r.bot_id else ""
         also = [text for n, text in (
             (r.unchanged, f"{r.unchanged:,} unchanged (already in the container)"),
             (r.dirs, _count(r.dirs, "empty directory").replace("directorys", "directories")),
@@ -231,29 +277,34 @@ def report_lines(reports: Sequence[MigrationReport], *, limit: int | None) -> li
             out.append(f"{who}mtimes: whole seconds (the container's touch takes no "
                        "nanoseconds and it has no python3)")
         if r.renamed_to:
-            out.append(f"renamed  {r.source} → {os.path.basename(r.renamed_to)}")
+            out.append(f"renamed  {escape_name(r.source)} → "
+                       f"{escape_name(os.path.basename(r.renamed_to))}")
             if r.flushed is False:
                 out.append(f"{who}not flushed: the container could not be asked to sync (no "
                            "Exec); renamed as --rename-without-flush said")
-        for label, items in (("skipped", [f"{s.path}: {s.reason}" for s in r.skipped]),
-                             ("FAILED ", [f"{f.path}: {f.error}" for f in r.failures])):
+        for label, items in (("skipped", [f"{escape_name(s.path)}: {s.reason}"
+                                          for s in r.skipped]),
+                             ("FAILED ", [f"{escape_name(f.path)}: {escape_name(f.error)}"
+                                          for f in r.failures])):
             shown = items if limit is None else items[:limit]
             out += [f"{label}  {who}{item}" for item in shown]
             if len(items) > len(shown):
                 out.append(f"{label}  {who}… and {len(items) - len(shown):,} more "
                            "(--json lists them all)")
         if r.error:
-            out.append(f"{r.source}: not renamed: {r.error}")
+            out.append(f"{escape_name(r.source)}: not renamed: {escape_name(r.error)}")
     return out
 
 
-def print_reports(reports: Sequence[MigrationReport], out: TextIO) -> None:
-    """Print the summary table, then the lines of :func:`report_lines` (lists capped on a
-    terminal)."""
+def print_reports(reports: Sequence[MigrationReport], out: TextIO, *,
+                  fleet: bool = False) -> None:
+    """Print the summary table (at most :data:`PIPE_WIDTH` wide), then the lines of
+    :func:`report_lines` (lists capped on a terminal)."""
     tty = out.isatty()
     console = Console(file=out, highlight=False, soft_wrap=True,
                       width=None if tty else PIPE_WIDTH)
     lines = report_lines(reports, limit=TERMINAL_LIST_LIMIT if tty else None)
-    console.print(Group(report_table(reports)))
+    console.print(Group(report_table(reports, fleet=fleet)), width=min(console.width,
+                                                                       PIPE_WIDTH))
     for line in lines:
         console.print(line, markup=False)

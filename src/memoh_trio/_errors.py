@@ -10,6 +10,7 @@ This module does no I/O and imports neither asyncio nor grpclib: the bridge maps
 from __future__ import annotations
 
 import enum
+from typing import Literal
 
 
 class Status(enum.IntEnum):
@@ -161,3 +162,19 @@ class SourceChanged(MemohError):
 
 class Stalled(MemohError):
     """A transfer made no progress for longer than its stall timeout; the stream was cancelled."""
+
+
+#: Why a migration could not go on with its container (:func:`connection_cause`).
+Cause = Literal["unreachable", "refused"]
+
+
+def connection_cause(exc: BaseException) -> Cause | None:
+    """``"unreachable"`` for an error that says the container could not be reached, does not
+    speak gRPC (or TLS as configured) or stopped answering; ``"refused"`` for one that says it
+    refused our credentials or the call; ``None`` for any other (pure: one place decides; the
+    CLI's exit codes 3 and 4 follow it)."""
+    if isinstance(exc, Unauthenticated | PermissionDenied):
+        return "refused"
+    if isinstance(exc, Unavailable | DeadlineExceeded):
+        return "unreachable"
+    return None

@@ -122,6 +122,23 @@ def display_path(name: str) -> str:
     return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
+def escape_name(name: str) -> str:
+    """A name on one line of terminal output, as rsync prints one (pure): invalid UTF-8 bytes
+    as ``\\xNN`` (:func:`display_path`), control characters (a newline, a tab, an escape) as
+    ``\\#ooo`` in octal (a newline is ``\\#012``), and a backslash before ``#`` as ``\\#134``
+    so an escape is never ambiguous."""
+    text = display_path(name)
+    if text.isprintable() and "\\#" not in text:
+        return text
+    out = []
+    for i, ch in enumerate(text):
+        if (not ch.isprintable() and ch != " ") or (ch == "\\" and text[i + 1:i + 2] == "#"):
+            out.append("".join(f"\\#{b:03o}" for b in ch.encode("utf-8", "surrogateescape")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
 def describe_os_error(err: OSError) -> str:
     """An OSError in plain words, without repeating the path (the report names it)."""
     if err.strerror:

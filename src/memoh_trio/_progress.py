@@ -23,8 +23,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from trio_util import AsyncValue
+
+if TYPE_CHECKING:
+    from ._report import MigrationReport
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,8 @@ class Progress:
         self._parent: Progress | None = None
         self._unscanned = 0  # fleet: bots whose walk is not over yet
         self._scan_reported = False
+        self._report: MigrationReport | None = None  # the run's report, as it is filled in
+        self._children: list[Progress] = []  # fleet: one per bot started
 
     @property
     def state(self) -> ProgressState:
@@ -154,6 +160,7 @@ class Progress:
         """A progress for one bot of the fleet: its counts add into this one."""
         child = Progress()
         child._parent = self
+        self._children.append(child)
         return child
 
     def _bot_done(self) -> None:
@@ -177,3 +184,21 @@ def bot_progress(fleet: Progress) -> Progress:
 def bot_done(fleet: Progress) -> None:
     """One more bot of ``fleet`` finished (whatever its outcome)."""
     fleet._bot_done()
+
+
+# --- what was done so far, for a report of a run that is stopped (memoh_trio._migrate)
+
+
+def watch_report(progress: Progress, report: MigrationReport) -> None:
+    """``report`` is the one the run counted by ``progress`` fills in (its ledger's): a run
+    stopped before it returns is reported from it (:func:`live_reports`)."""
+    progress._report = report
+
+
+def live_reports(progress: Progress) -> list[MigrationReport]:
+    """The reports of the runs counted by ``progress`` (a fleet: every bot started), as they
+    stand now: what they confirmed copied, unchanged and failed."""
+    found = [progress._report] if progress._report is not None else []
+    for child in progress._children:
+        found += live_reports(child)
+    return found

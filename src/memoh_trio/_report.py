@@ -58,6 +58,9 @@ class MigrationReport:
         flushed: whether the container flushed the copy to its disk before the rename was
             decided (``sync -f``); ``False`` where it could not be asked (no Exec: the source
             is then kept unless ``rename_without_flush``); ``None`` when no rename was due.
+        cause: :func:`memoh_trio.migrate_all` only: ``"unreachable"`` when the bot's container
+            could not be reached, does not speak gRPC or the connection was lost,
+            ``"refused"`` when it refused our credentials; ``None`` otherwise.
     """
 
     source: str
@@ -76,6 +79,7 @@ class MigrationReport:
     mtime_precision: Literal["ns", "s"] | None = None
     bot_id: str | None = None
     flushed: bool | None = None
+    cause: Literal["unreachable", "refused"] | None = None
 
     @property
     def ok(self) -> bool:

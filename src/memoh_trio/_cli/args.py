@@ -39,14 +39,21 @@ if TYPE_CHECKING:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and a pointer to ``--help``, not the usage."""
 
+    #: ``--json`` was on the command line: a usage error is also one JSON object on stdout.
+    json_errors = False
+
     def error(self, message: str) -> NoReturn:
         # self.prog is "memoh-trio" or "memoh-trio COMMAND" (subparsers inherit this class).
-        self.exit(EXIT_USAGE, f"memoh-trio: error: {message}\n"
-                              f"see '{self.prog} --help'\n")
+        hint = f"see '{self.prog} --help'"
+        if _Parser.json_errors:
+            print(json.dumps({"error": message, "hint": hint, "exit_code": EXIT_USAGE,
+                              "ok": False, "reports": []}, indent=2, ensure_ascii=False))
+        self.exit(EXIT_USAGE, f"memoh-trio: error: {message}\n{hint}\n")
 
     def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
                    namespace: None = None) -> argparse.Namespace:
         """Like argparse's, but an unknown option points at its command's ``--help``."""
+        _Parser.json_errors = "--json" in (sys.argv[1:] if args is None else args)
         parsed, extra = self.parse_known_args(args, namespace)
         if extra:
             command = self.commands.get(getattr(parsed, "command", None) or "", self)
@@ -203,10 +210,68 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("-v", "--itemize", action="store_true",
                    help="with --dry-run: print one line per entry it would send, like "
                    "rsync -n -i ('>f+++++++++ new file', '>f.st...... changed file', "
-                   "'cd+++++++++ dir/', 'cL+++++++++ link -> target')")
+                   "'cd+++++++++ dir/', 'cL+++++++++ link -> target'; migrate-all: each line "
+                   "starts with 'BOT_ID: '); unprintable characters in names as rsync shows "
+                   "them (a newline is \\#012)")
     g.add_argument("--json", action="store_true",
                    help="print the report as JSON on stdout (an array of reports, each with "
-                   "bot_id, for migrate-bot and migrate-all; one object for migrate)")
+                   "bot_id, for migrate-bot and migrate-all; one object for migrate); after an "
+                   "error, one object with error, hint, exit_code and reports")
+
+
+#: The examples that end each command's ``--help`` (as ``kubectl cp --help`` does).
+EXAMPLES: dict[str, str] = {
+    "migrate": """\
+  # Preview what would be sent (rsync -n -i style), then migrate; the token from a file
+  memoh-trio migrate ./bots/3f9a6c1e --target 10.0.0.7:9090 --token-file token --dry-run -v
+  memoh-trio migrate ./bots/3f9a6c1e --target 10.0.0.7:9090 --token-file token
+
+  # Into a subdirectory of the container's root (Memoh's containers: /data/imported)
+  memoh-trio migrate ./tree --target 10.0.0.7:9090 --dest imported
+
+  # A report for scripts: one JSON object on stdout (also after an error)
+  memoh-trio migrate ./tree --target 10.0.0.7:9090 --json""",
+    "migrate-bot": """\
+  # Migrate DATA_ROOT/bots/BOT_ID; a rerun says already-migrated
+  memoh-trio migrate-bot 3f9a6c1e --data-root /var/lib/memoh --target bot-3f9a6c1e:9090
+
+  # Preview first, with every entry it would send
+  memoh-trio migrate-bot 3f9a6c1e --data-root /var/lib/memoh --target bot-3f9a6c1e:9090 \\
+      --dry-run -v""",
+    "migrate-all": """\
+  # Every bot, its container's address from its id (one container per bot)
+  memoh-trio migrate-all --data-root /var/lib/memoh --target-template '{bot_id}.bots.internal:9090'
+
+  # Addresses from a file, two bots at a time, a JSON array of reports
+  echo '{"alpha": "10.0.0.7:9090", "beta": "10.0.0.8:9090"}' > targets.json
+  memoh-trio migrate-all --data-root /var/lib/memoh --targets targets.json \\
+      --bot-concurrency 2 --json
+
+  # Preview every bot: one line per entry, each starting with its bot id
+  memoh-trio migrate-all --data-root /var/lib/memoh --targets targets.json --dry-run -v""",
+    "serve": """\
+  # On loopback, with a token from a file (the client gives the same file)
+  openssl rand -hex 32 > token
+  memoh-trio serve --root /srv/bot --listen 127.0.0.1:9090 --token-file token
+
+  # Inside an isolated container, as Memoh runs its server: no token, its own interface
+  memoh-trio serve --root /data --listen 0.0.0.0:9090 --no-auth --insecure-no-auth-on-network
+
+  # Port 0: any free port (printed as 'listening on HOST:PORT')
+  memoh-trio serve --root /srv/bot --listen 127.0.0.1:0 --token-file token""",
+    "demo": """\
+  # The whole job on a sample bot, in a temporary directory
+  memoh-trio demo
+
+  # A bigger sample, the report as JSON
+  memoh-trio demo --files 5000 --json""",
+}
+
+
+def _examples(command: str) -> dict[str, Any]:
+    """``add_parser`` keywords that end the command's help with its examples."""
+    return {"epilog": "examples:\n" + EXAMPLES[command].replace("%", "%%"),
+            "formatter_class": argparse.RawDescriptionHelpFormatter}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,33 +284,45 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"memoh-trio {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("migrate", help="copy one directory tree into a container")
+    p = sub.add_parser("migrate", help="copy one directory tree into a container",
+                       **_examples("migrate"))
     p.add_argument("src", type=Path, metavar="SRC", help="directory to migrate")
     p.add_argument("--target", required=True, type=_target_arg, metavar="HOST:PORT")
     _add_copy_options(p)
     _add_connection_options(p)
 
-    p = sub.add_parser("migrate-bot", help="migrate DATA_ROOT/bots/BOT_ID (the seed's semantics)")
+    p = sub.add_parser("migrate-bot", help="migrate DATA_ROOT/bots/BOT_ID (the seed's semantics)",
+                       **_examples("migrate-bot"))
     p.add_argument("bot_id", metavar="BOT_ID")
     p.add_argument("--data-root", required=True, type=Path, metavar="DIR")
     p.add_argument("--target", required=True, type=_target_arg, metavar="HOST:PORT")
     _add_copy_options(p)
     _add_connection_options(p)
 
-    p = sub.add_parser("migrate-all", help="migrate every bot under DATA_ROOT/bots/")
+    p = sub.add_parser("migrate-all", help="migrate every bot under DATA_ROOT/bots/",
+                       description="Migrate every bot under DATA_ROOT/bots/ (bots migrated "
+                       "already are listed as such). One exit code for the fleet: 0 when every "
+                       "bot is ok; 3 (4) when no bot was migrated and every incomplete one could "
+                       "not reach (was refused by) its container; otherwise 1 when any bot is "
+                       "incomplete.", **_examples("migrate-all"))
     p.add_argument("--data-root", required=True, type=Path, metavar="DIR")
     t = p.add_mutually_exclusive_group(required=True)
     t.add_argument("--target-template", metavar="TEMPLATE", type=_template_arg,
                    help=f"HOST:PORT with {{bot_id}} in the host, e.g. '{TEMPLATE_EXAMPLE}'"
                    .replace("%", "%%"))
     t.add_argument("--targets", type=Path, metavar="FILE.json",
-                   help='JSON object {"bot_id": "host:port", ...}')
-    p.add_argument("--bots", type=_positive_int, default=DEFAULT_BOT_CONCURRENCY, metavar="N",
-                   help=f"bots migrated at once (default: {DEFAULT_BOT_CONCURRENCY})")
+                   help='JSON object {"bot_id": "host:port", ...}; a key that names no bot, '
+                   "or two bots with one address (one would overwrite the other's files), "
+                   "is refused")
+    p.add_argument("--bot-concurrency", "--bots", type=_positive_int,
+                   default=DEFAULT_BOT_CONCURRENCY, metavar="N",
+                   help=f"bots migrated at once (default: {DEFAULT_BOT_CONCURRENCY}; --bots is "
+                   "its old name)")
     _add_copy_options(p)
     _add_connection_options(p)
 
-    p = sub.add_parser("serve", help="run the ContainerService over a root directory")
+    p = sub.add_parser("serve", help="run the ContainerService over a root directory",
+                       **_examples("serve"))
     p.add_argument("--root", required=True, type=Path, metavar="DIR")
     p.add_argument("--listen", type=_listen_arg, default=("127.0.0.1", 9090), metavar="HOST:PORT",
                    help="address to listen on (port 0: any free port; default 127.0.0.1:9090)")
@@ -275,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "calls wait, and HTTP/2 flow control holds their clients back (default: "
                    f"{DEFAULT_BUDGET // 2**20})")
 
-    p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server")
+    p = sub.add_parser("demo", help="migrate a sample bot tree into an in-process server",
+                       **_examples("demo"))
     p.add_argument("--files", type=_positive_int, default=400, metavar="N",
                    help="small files in the sample tree (default: 400)")
     p.add_argument("--json", action="store_true", help="print one JSON report on stdout")

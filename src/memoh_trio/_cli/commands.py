@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -29,38 +30,59 @@ def print_error(message: str) -> None:
 
 
 class Session:
-    """What one command has to say if it is stopped half-way: the reports of what finished and
-    the sources still running or waiting (SIGINT/SIGTERM print a partial report from this)."""
+    """What one command has to say if it is stopped half-way or fails: the reports of what
+    finished and of the sources still running or waiting (SIGINT/SIGTERM and ``--json`` errors
+    print a partial report from this)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.start = time.monotonic()
         self.planned: list[tuple[str, str | None]] = []  # (source, bot_id) in report order
         self.finished: dict[str, Any] = {}  # source -> MigrationReport
         self.stopped: dict[str, Any] = {}  # source -> its MigrationReport as it was stopped
-        self.progress: Any = None  # the Progress of a single migrate / migrate-bot
+        self.progress: Any = None  # the Progress of the migration, or of the whole fleet
         self.signal_name: str | None = None
+        self.display: Any = None  # the progress line (a LiveLine) while it is drawn
+        self.console_script = False  # the process is ours: a second signal may exit at once
 
-    def partial_reports(self) -> list[Any]:
-        from .._migrate import stopped_report
-        from .._progress import ProgressState
+    def stop_display(self) -> None:
+        """Erase the progress line for good (before a message of ours on stderr)."""
+        if self.display is not None:
+            self.display.stop()
 
+    def partial_reports(self, error: str | None = None) -> list[Any]:
+        """One report per planned source: finished ones as they are, the others incomplete with
+        what they had confirmed and ``error`` (default: stopped by the signal received; a bot
+        of a fleet that never started says so)."""
+        from .._migrate import NOT_STARTED, STOPPED, stopped_report
+        from .._progress import live_reports
+        from .._report import MigrationReport
+
+        signal = self.signal_name or "a signal"
+        fleet = self.args.command == "migrate-all"
+        elapsed = time.monotonic() - self.start
+        running = {r.source for r in live_reports(self.progress)} if self.progress else set()
         out = []
         for source, bot_id in self.planned:
             report = self.finished.get(source)
-            if report is None:
-                # What it had copied: its own count (migrate-all tells each bot's as it
-                # stops), else the single migration's progress, else nothing yet (waiting).
-                report = self.stopped.get(source) or stopped_report(
-                    source, bot_id,
-                    self.progress.state if self.progress is not None else ProgressState(), 0.0)
-                report = dataclasses.replace(
-                    report, error=f"stopped by {self.signal_name} before it finished")
-            out.append(report)
+            if report is not None:
+                out.append(report)
+                continue
+            report = self.stopped.get(source)
+            if report is None and (not fleet or source in running
+                                   or os.path.realpath(source) in running):
+                report = stopped_report(source, bot_id, self.progress, elapsed)
+            if report is None:  # a bot of the fleet whose turn had not come
+                why = error or NOT_STARTED.replace("the run was stopped", f"stopped by {signal}")
+                out.append(MigrationReport(source=source, bot_id=bot_id, error=why))
+                continue
+            why = error or STOPPED.replace("stopped", f"stopped by {signal}")
+            out.append(dataclasses.replace(report, error=why))
         return out
 
 
 @contextlib.asynccontextmanager
-async def _progress_display(progress: Any, enabled: bool,
+async def _progress_display(session: Session, progress: Any, enabled: bool,
                             dry_run: bool = False) -> AsyncIterator[Any]:
     """Draw the progress line from the library's progress state while the block runs; yields
     the console to print lines above it, or ``None``."""
@@ -69,14 +91,18 @@ async def _progress_display(progress: Any, enabled: bool,
         return
     from .._display import live_progress
 
-    async with live_progress(progress, dry_run=dry_run) as console:
-        yield console
+    async with live_progress(progress, dry_run=dry_run) as line:
+        session.display = line
+        try:
+            yield line.console
+        finally:
+            session.display = None
 
 
 def emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
-                  single: bool = False) -> None:
+                  single: bool = False, fleet: bool = False) -> None:
     """Print the reports: a JSON array (one object for plain ``migrate``: ``single``), or the
-    table."""
+    table (its first column titled "bot" for a ``fleet``, even when empty)."""
     payload: Any = reports[0].to_dict() if single else [r.to_dict() for r in reports]
     # A reader that went away (`... | head`) wanted no more: not an error of the migration.
     # (rich reports a broken pipe as SystemExit(1) after pointing stdout at /dev/null.)
@@ -86,7 +112,17 @@ def emit_reports(reports: Sequence[Any], *, as_json: bool, out: TextIO,
         else:
             from .._display import print_reports  # rich: 17 ms of imports, not for --json
 
-            print_reports(reports, out)
+            print_reports(reports, out, fleet=fleet)
+
+
+def emit_error(message: str, hint: str | None, code: int, reports: Sequence[Any]) -> None:
+    """``--json`` after an error: one JSON object on stdout with the error, its hint, the exit
+    code and the reports of what was done (each bot's or the source's, incomplete where the
+    error stopped it; ``[]`` when nothing had started)."""
+    payload = {"error": message, "hint": hint, "exit_code": code, "ok": False,
+               "reports": [r.to_dict() for r in reports]}
+    with contextlib.suppress(BrokenPipeError):
+        print(json.dumps(payload, indent=2, ensure_ascii=False), file=sys.stdout, flush=True)
 
 
 def _report_exit_code(reports: Sequence[Any]) -> int:
@@ -115,6 +151,27 @@ def _itemizer(args: argparse.Namespace) -> Callable[[str], None] | None:
     return itemize
 
 
+async def target_hint(cause: str | None, target: str, args: argparse.Namespace, *,
+                      spoke_grpc: bool = False) -> str | None:
+    """A hint for a connection failure of ``cause`` (see
+    :func:`memoh_trio._errors.connection_cause`) with ``target``: what the target turns out to
+    be (probed), or where the token goes."""
+    if cause == "refused":
+        return ("give the server's token with --token-file F, --token or the "
+                f"{TOKEN_ENV} environment variable")
+    if cause != "unreachable":
+        return None
+    from .._diagnose import diagnose
+    from .args import client_tls
+
+    host, port = parse_target(target)
+    try:
+        return await diagnose(host, port, client_tls=client_tls(args) is not None,
+                              spoke_grpc=spoke_grpc)
+    except (OSError, errors.MemohError):
+        return None
+
+
 # --- commands ----------------------------------------------------------------------------------
 
 
@@ -140,7 +197,7 @@ async def _cmd_migrate(args: argparse.Namespace, session: Session) -> int:
     source = session.planned[0][0]
     async with (
         connect(args.target, **connect_kwargs(args)) as client,
-        _progress_display(progress, show and itemize is None, args.dry_run),
+        _progress_display(session, progress, show and itemize is None, args.dry_run),
     ):
         if args.command == "migrate":
             report = await _migrate.migrate(args.src, client, progress=progress,
@@ -177,28 +234,32 @@ def _load_targets(args: argparse.Namespace) -> dict[str, str] | Callable[[str], 
     return functools.partial(fill_target_template, template)
 
 
+#: Unreachable targets a fleet run probes for its hints (each probe takes up to 3 s).
+FLEET_HINTS = 3
+
+
 async def _cmd_migrate_all(args: argparse.Namespace, session: Session) -> int:
     from .. import _migrate
     from .._display import bot_line
     from .._pool import Pool
     from .._progress import Progress
+    from .exits import fleet_exit_code
 
-    if args.itemize:
-        raise errors.ConfigError("--itemize (-v) is for migrate and migrate-bot; for a fleet, "
-                                 "use migrate-all --dry-run, then migrate-bot -v --dry-run")
     targets = _load_targets(args)
     _migrate.check_data_root(args.data_root)
+    _migrate.norm_dest(args.dest)
+    bots = _migrate.list_bots(args.data_root)
+    given = (f"targets file {args.targets}" if args.targets is not None
+             else f"--target-template {args.target_template!r}")
+    _migrate.check_targets(bots, targets, dest=args.dest, source=given)
+    itemize = _itemizer(args)
     kwargs = migrate_kwargs(args)
-    file_concurrency = kwargs.pop("concurrency", None)
-    if file_concurrency is not None:
-        kwargs["file_concurrency"] = file_concurrency
-    session.planned = [(_migrate.bot_source(args.data_root, b), b)
-                       for b in _migrate.list_bots(args.data_root)]
-    progress = Progress()
-    show = sys.stderr.isatty() and not args.json
+    session.planned = [(_migrate.bot_source(args.data_root, b), b) for b in bots]
+    progress = session.progress = Progress()
+    show = sys.stderr.isatty() and not args.json and itemize is None
     async with (
         Pool(targets, **connect_kwargs(args)) as pool,
-        _progress_display(progress, show, args.dry_run) as console,
+        _progress_display(session, progress, show, args.dry_run) as console,
     ):
 
         def on_report(report: Any) -> None:
@@ -211,11 +272,33 @@ async def _cmd_migrate_all(args: argparse.Namespace, session: Session) -> int:
         def on_stopped(report: Any) -> None:
             session.stopped[report.source] = report
 
-        reports = await _migrate.migrate_all(args.data_root, pool, bot_concurrency=args.bots,
-                                             progress=progress, on_report=on_report,
-                                             on_stopped=on_stopped, **kwargs)
-    emit_reports(reports, as_json=args.json, out=sys.stdout)
-    return _report_exit_code(reports)
+        reports = await _migrate.migrate_all(
+            args.data_root, pool, bot_concurrency=args.bot_concurrency, progress=progress,
+            on_report=on_report, on_stopped=on_stopped, itemize=itemize, **kwargs)
+    emit_reports(reports, as_json=args.json, out=sys.stdout, fleet=True)
+    await _fleet_hints(reports, pool, args)
+    return fleet_exit_code(reports)
+
+
+async def _fleet_hints(reports: Sequence[Any], pool: Any, args: argparse.Namespace) -> None:
+    """A hint line per unreachable target (the first few), one for refused credentials."""
+    seen: set[str] = set()
+    for report in reports:
+        if report.cause is None or report.bot_id is None:
+            continue
+        try:
+            target = pool.address_of(report.bot_id)
+        except errors.ConfigError:
+            continue
+        key = target if report.cause == "unreachable" else "refused"
+        if key in seen or len(seen) >= FLEET_HINTS:
+            continue
+        seen.add(key)
+        hint = await target_hint(report.cause, target, args)
+        if hint:
+            who = f"bot {report.bot_id} ({target})" if report.cause == "unreachable" else \
+                "bots refused"
+            print(f"memoh-trio: hint: {who}: {hint}", file=sys.stderr, flush=True)
 
 
 async def _cmd_serve(args: argparse.Namespace, session: Session) -> int:

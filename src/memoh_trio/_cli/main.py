@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import gc
 import importlib
@@ -15,9 +16,8 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
 from .. import _errors as errors
-from .._units import parse_target
-from .args import TOKEN_ENV, build_parser, client_tls
-from .commands import COMMANDS, MODULES, Session, emit_reports, print_error
+from .args import build_parser
+from .commands import COMMANDS, MODULES, Session, emit_error, emit_reports, print_error
 from .exits import EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, exit_code_for
 
 
@@ -38,7 +38,8 @@ def _stop_message(args: argparse.Namespace, name: str) -> str:
 
 async def _run(args: argparse.Namespace, session: Session) -> int:
     """Run one command; SIGINT/SIGTERM cancel it cleanly (cleanup runs) and set the exit code:
-    a stopped migration prints what finished and what did not; ``serve`` stops with 0."""
+    a stopped migration prints what finished and what did not; ``serve`` stops with 0. A second
+    signal stops at once: the report of what was confirmed so far, then the exit."""
     import trio
 
     received: list[int] = []
@@ -50,9 +51,10 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
                 task_status.started()
                 async for signum in signals:
                     if received:  # a second signal: stop waiting for cleanup
-                        raise _Interrupted(signum)
+                        _stop_at_once(args, session, received[0], signum)
                     received.append(signum)
                     session.signal_name = signal.Signals(signum).name
+                    session.stop_display()  # the message starts a clean line; no frame after
                     print(_stop_message(args, session.signal_name), file=sys.stderr,
                           flush=True)
                     command_scope.cancel()
@@ -67,36 +69,69 @@ async def _run(args: argparse.Namespace, session: Session) -> int:
             return EXIT_OK  # a server's clean stop
         if args.command != "demo" and session.planned:
             emit_reports(session.partial_reports(), as_json=args.json, out=sys.stdout,
-                          single=args.command == "migrate")
-        return EXIT_INTERRUPTED if received[0] == signal.SIGINT else EXIT_TERMINATED
+                          single=args.command == "migrate",
+                          fleet=args.command == "migrate-all")
+        return _signal_exit(received[0])
     return code
 
 
-def _hint(exc: BaseException, args: argparse.Namespace) -> str | None:
+def _signal_exit(signum: int) -> int:
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_TERMINATED
+
+
+def _stop_at_once(args: argparse.Namespace, session: Session, first: int,
+                  signum: int) -> NoReturn:
+    """A second signal: report what was confirmed so far (cleanup is not waited for), exit."""
+    name = signal.Signals(signum).name
+    session.signal_name = signal.Signals(first).name
+    print(f"memoh-trio: {name} again: stopping at once", file=sys.stderr, flush=True)
+    if args.command not in ("serve", "demo") and session.planned:
+        why = (f"stopped at once by a second signal ({name}): not cleaned up; entries on their "
+               "way may be in the container too (a rerun checks and resumes)")
+        reports = [r if r.ok else dataclasses.replace(r, error=why)
+                   for r in session.partial_reports()]
+        emit_reports(reports, as_json=args.json, out=sys.stdout,
+                     single=args.command == "migrate", fleet=args.command == "migrate-all")
+    if session.console_script:
+        _leave(_signal_exit(first))
+    raise _Interrupted(first)
+
+
+def _spoke_grpc(session: Session) -> bool:
+    """Whether the run had got answers from the container before it failed."""
+    if session.progress is None:
+        return False
+    from .._progress import live_reports
+
+    return any(r.files or r.unchanged or r.dirs or r.symlinks or r.failures
+               for r in live_reports(session.progress))
+
+
+def _hint(exc: BaseException, args: argparse.Namespace, session: Session) -> str | None:
     """A second line for an error, when we can say more than the error itself."""
-    if isinstance(exc, errors.Unauthenticated):
-        return ("give the server's token with --token-file F, --token or the "
-                f"{TOKEN_ENV} environment variable")
-    if isinstance(exc, errors.Unavailable) and getattr(args, "target", None):
-        from .._diagnose import diagnose
+    import trio
 
-        host, port = parse_target(args.target)
-        try:
-            import trio
+    from .commands import target_hint
 
-            return trio.run(functools.partial(diagnose, host, port,
-                                              client_tls=client_tls(args) is not None))
-        except (OSError, errors.MemohError):
-            return None
-    return None
+    target = getattr(args, "target", None)
+    cause = errors.connection_cause(exc)
+    if cause is None or (cause == "unreachable" and not target) or \
+            isinstance(exc, errors.DeadlineExceeded):
+        return None
+    return trio.run(functools.partial(target_hint, cause, target or "", args,
+                                      spoke_grpc=_spoke_grpc(session)))
 
 
-def _fail(exc: errors.MemohError, args: argparse.Namespace) -> int:
+def _fail(exc: errors.MemohError, args: argparse.Namespace, session: Session) -> int:
     print_error(str(exc))
-    hint = _hint(exc, args)
+    hint = _hint(exc, args, session)
     if hint:
         print(f"memoh-trio: hint: {hint}", file=sys.stderr, flush=True)
-    return exit_code_for(exc)
+    code = exit_code_for(exc)
+    if getattr(args, "json", False):
+        emit_error(str(exc), hint, code, session.partial_reports(error=str(exc))
+                   if session.planned else [])
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
@@ -111,18 +146,21 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     import trio
 
     session = Session(args)
+    session.console_script = argv is None
     try:
         code = trio.run(_run, args, session)
     except KeyboardInterrupt:
         code = EXIT_INTERRUPTED
     except _Interrupted as exc:
-        code = EXIT_INTERRUPTED if exc.signum == signal.SIGINT else EXIT_TERMINATED
+        code = _signal_exit(exc.signum)
     except errors.MemohError as exc:
-        code = _fail(exc, args)
+        code = _fail(exc, args, session)
     except BaseExceptionGroup as group:
         first = _first_leaf(group)
-        if isinstance(first, errors.MemohError):
-            code = _fail(first, args)
+        if isinstance(first, _Interrupted):
+            code = _signal_exit(first.signum)
+        elif isinstance(first, errors.MemohError):
+            code = _fail(first, args, session)
         else:
             raise
     if argv is None:

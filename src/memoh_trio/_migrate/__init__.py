@@ -21,7 +21,7 @@ Its parts, each owning one thing and never calling back up:
   temporaries, hash checks;
 * :mod:`.preflight` -- the source: reruns, typos, empty sources, data roots; its final rename;
 * :mod:`.bots` -- :func:`migrate_bot`, :func:`migrate_all`, :func:`list_bots`,
-  :func:`stopped_report`.
+  :func:`check_targets`, :func:`stopped_report`.
 
 Every container-side script, and the parser of its output, is in :mod:`memoh_trio._scripts`.
 
@@ -68,8 +68,11 @@ Error handling:
 """
 
 
+from .bots import NOT_STARTED as NOT_STARTED
+from .bots import STOPPED as STOPPED
 from .bots import ClientSource as ClientSource
 from .bots import bot_source as bot_source
+from .bots import check_targets as check_targets
 from .bots import list_bots as list_bots
 from .bots import migrate_all as migrate_all
 from .bots import migrate_bot as migrate_bot

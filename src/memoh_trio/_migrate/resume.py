@@ -19,7 +19,7 @@ import trio
 from .. import _scripts, _source
 from .._dirindex import DirIndex, Listed
 from .._errors import ConfigError, FailedPrecondition, MemohError, NotFound, RPCError, Status
-from .._plan import Action, Kind, display_path
+from .._plan import Action, Kind, escape_name
 from .._tarbatch import TAR_PREFIX
 from .context import (
     CLEANUP_TIMEOUT,
@@ -225,12 +225,13 @@ async def local_hashes(batch: Sequence[Action]) -> dict[str, str]:
 
 
 def itemize_line(action: Action, existing: Listed | None) -> str:
-    """One ``rsync -n -i`` line for an entry a dry run would send (pure)."""
-    name = display_path(action.rel)
+    """One ``rsync -n -i`` line for an entry a dry run would send (pure); names escaped as
+    rsync does (:func:`memoh_trio._plan.escape_name`: a newline is ``\\#012``)."""
+    name = escape_name(action.rel)
     if action.kind in (Kind.DIR, Kind.MKDIR):
         return f"cd+++++++++ {name}/"
     if action.kind is Kind.SYMLINK:
-        return f"cL+++++++++ {name} -> {display_path(action.link_target or '')}"
+        return f"cL+++++++++ {name} -> {escape_name(action.link_target or '')}"
     if existing is None or existing.is_dir:
         return f">f+++++++++ {name}"
     size = "." if existing.size == action.size else "s"

@@ -18,7 +18,7 @@ from .._finalize import decide, stopped_error
 from .._lock import single_flight
 from .._paths import symlink_on_the_way
 from .._plan import Action, Kind, LargestFirst, Route, WalkEntry, classify, route
-from .._progress import Progress
+from .._progress import Progress, watch_report
 from .._report import Failure, MigrationReport
 from .._tarbatch import MAX_MEMBER_SIZE, Batcher
 from .._tasks import with_helpers
@@ -71,6 +71,7 @@ class _Run:
         if opts.stall_timeout is not None:
             client = cast("Client", Deadlined(client, control_timeout(opts.stall_timeout)))
         self.ledger = Ledger(MigrationReport(source=src, dest=opts.dest), progress)
+        watch_report(progress, self.ledger.report)  # a stopped run is reported from it
         self.ctx = Context(client, opts, self.ledger, trio.CapacityLimiter(opts.concurrency))
         self.report = self.ledger.report
         self.existing = DirIndex()
