@@ -157,7 +157,7 @@ async def target_hint(cause: str | None, target: str, args: argparse.Namespace, 
     :func:`memoh_trio._errors.connection_cause`) with ``target``: what the target turns out to
     be (probed), or where the token goes."""
     if cause == "refused":
-        return ("give the server's token with --token-file F, --token or the "
+        return ("check the server's token: give it with --token-file F, --token or the "
                 f"{TOKEN_ENV} environment variable")
     if cause != "unreachable":
         return None
