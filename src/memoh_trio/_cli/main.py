@@ -88,7 +88,7 @@ def _stop_at_once(args: argparse.Namespace, session: Session, first: int,
     if args.command not in ("serve", "demo") and session.planned:
         why = (f"stopped at once by a second signal ({name}): not cleaned up; entries on their "
                "way may be in the container too (a rerun checks and resumes)")
-        reports = [r if r.ok else dataclasses.replace(r, error=why)
+        reports = [r if r.source in session.finished else dataclasses.replace(r, error=why)
                    for r in session.partial_reports()]
         emit_reports(reports, as_json=args.json, out=sys.stdout,
                      single=args.command == "migrate", fleet=args.command == "migrate-all")

@@ -222,7 +222,9 @@ async def migrate_all(
     Args:
         data_root: the directory holding ``bots/``.
         targets: a pool (``get(bot_id)``), or an address map / function from which a
-            :class:`memoh_trio.Pool` is built.
+            :class:`memoh_trio.Pool` is built. Two bots with one address would share a
+            container (and ``dest``): :func:`check_targets` refuses that and a key that names
+            no bot; the CLI calls it before the run, a library caller may too.
         bot_concurrency: bots migrated at once (the CLI's ``--bot-concurrency``).
         concurrency: file streams and tar batches at once within each bot, as for
             :func:`memoh_trio.migrate` (the CLI's ``--concurrency``).
