@@ -58,9 +58,12 @@ class Client:
 
     Attributes:
         target: ``"host:port"`` of the server.
+        answered: the server has answered a call on this connection (a result, or a gRPC
+            status it sent): it speaks gRPC, whatever happens to the connection later.
     """
 
     target: str
+    answered: bool
 
     def __init__(
         self, channel: bridge.BridgeChannel, *, timeout: float | None, chunk_size: int
@@ -72,6 +75,7 @@ class Client:
         self._active = 0
         self._retired = False
         self._on_unavailable: Callable[[Client], None] | None = None
+        self.answered = False
 
     @classmethod
     async def _open(
@@ -119,6 +123,11 @@ class Client:
             if self._on_unavailable is not None:
                 self._on_unavailable(self)
             raise
+        except _errors.RPCError as exc:  # a status from the server (a deadline is ours)
+            self.answered = self.answered or not isinstance(exc, _errors.DeadlineExceeded)
+            raise
+        else:
+            self.answered = True
         finally:
             self._active -= 1
             if self._retired and self._active == 0:

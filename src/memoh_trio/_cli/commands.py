@@ -43,6 +43,7 @@ class Session:
         self.progress: Any = None  # the Progress of the migration, or of the whole fleet
         self.signal_name: str | None = None
         self.display: Any = None  # the progress line (a LiveLine) while it is drawn
+        self.client: Any = None  # the Client of migrate / migrate-bot, once connected
         self.console_script = False  # the process is ours: a second signal may exit at once
 
     def stop_display(self) -> None:
@@ -199,6 +200,7 @@ async def _cmd_migrate(args: argparse.Namespace, session: Session) -> int:
         connect(args.target, **connect_kwargs(args)) as client,
         _progress_display(session, progress, show and itemize is None, args.dry_run),
     ):
+        session.client = client
         if args.command == "migrate":
             report = await _migrate.migrate(args.src, client, progress=progress,
                                             itemize=itemize, **migrate_kwargs(args))

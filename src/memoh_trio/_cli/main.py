@@ -98,13 +98,8 @@ def _stop_at_once(args: argparse.Namespace, session: Session, first: int,
 
 
 def _spoke_grpc(session: Session) -> bool:
-    """Whether the run had got answers from the container before it failed."""
-    if session.progress is None:
-        return False
-    from .._progress import live_reports
-
-    return any(r.files or r.unchanged or r.dirs or r.symlinks or r.failures
-               for r in live_reports(session.progress))
+    """Whether the container had answered a call of this run before it failed."""
+    return bool(getattr(session.client, "answered", False))
 
 
 def _hint(exc: BaseException, args: argparse.Namespace, session: Session) -> str | None:
