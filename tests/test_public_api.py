@@ -106,9 +106,9 @@ async def test_progress_without_trio_util(tmp_path: Path) -> None:
 
 def test_one_options_type_for_the_three_entry_points() -> None:
     """``migrate``, ``migrate_bot`` and ``migrate_all`` build one :class:`Options` from their
-    keyword arguments: each option of the type is a keyword of each (``migrate_all`` calls
-    ``concurrency`` ``file_concurrency``), with the same default, and nothing else but the
-    per-call ones (progress, lock, itemize, fleet)."""
+    keyword arguments: each option of the type is a keyword of each, by the same name and with
+    the same default, and nothing else but the per-call ones (progress, lock, itemize, fleet)
+    and ``migrate_all``'s deprecated ``file_concurrency`` (the old name of ``concurrency``)."""
     import dataclasses
     import inspect
 
@@ -117,9 +117,8 @@ def test_one_options_type_for_the_three_entry_points() -> None:
 
     fields = {f.name: f.default for f in dataclasses.fields(Options)}
     per_call = {"progress", "lock_wait", "itemize", "on_report", "on_stopped",
-                "bot_concurrency"}
-    for fn, rename in ((run.migrate, {}), (bots.migrate_bot, {}),
-                       (bots.migrate_all, {"file_concurrency": "concurrency"})):
-        params = {rename.get(n, n): p.default for n, p in inspect.signature(fn).parameters.items()
+                "bot_concurrency", "file_concurrency"}
+    for fn in (run.migrate, bots.migrate_bot, bots.migrate_all):
+        params = {n: p.default for n, p in inspect.signature(fn).parameters.items()
                   if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in per_call}
         assert params == fields, fn.__name__
