@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+from containertools import snapshot
 from helpers import PythonFirst
 from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
 
@@ -68,23 +68,6 @@ def build_tree(src: Path, *, scale: int = 1000) -> None:
         t = OLD + n * 1_000_000_007 + 123_456_789
         os.utime(p, ns=(t, t), follow_symlinks=False)
     os.chmod(src / "modes" / "private", 0o700)
-
-
-def snapshot(root: Path, precision: str | None) -> dict[str, tuple[Any, ...]]:
-    """Every entry under ``root`` (not ``root`` itself): type, mode, mtime, bytes or target."""
-    out: dict[str, tuple[Any, ...]] = {}
-    for p in root.rglob("*"):
-        st = p.lstat()
-        rel = p.relative_to(root).as_posix()
-        if stat.S_ISLNK(st.st_mode):
-            out[rel] = ("link", os.readlink(p))
-            continue
-        mtime = st.st_mtime_ns if precision == "ns" else st.st_mtime_ns // 10**9
-        if stat.S_ISDIR(st.st_mode):
-            out[rel] = ("dir", stat.S_IMODE(st.st_mode), mtime)
-        else:
-            out[rel] = ("file", stat.S_IMODE(st.st_mode), mtime, p.read_bytes())
-    return out
 
 
 @contextlib.asynccontextmanager
