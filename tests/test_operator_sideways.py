@@ -92,8 +92,10 @@ async def test_a_second_signal_stops_at_once_with_a_report(tmp_path: Path, serve
 
 async def _signal_when(proc: trio.Process, ready: Any, settle: float,
                        signals: list[int]) -> tuple[str, str]:
-    """Read the child's output; send ``signals`` back to back ``settle`` seconds after
-    ``ready()``; return (stdout, stderr) once it exits."""
+    """Read the child's output; send ``signals`` ``settle`` seconds after ``ready()``, each
+    after the child said it is stopping for the one before (sent back to back, the two would
+    race inside the child: which one is "second" is then a matter of microseconds); return
+    (stdout, stderr) once it exits."""
     assert proc.stdout is not None and proc.stderr is not None
     out, err = bytearray(), bytearray()
 
@@ -108,7 +110,10 @@ async def _signal_when(proc: trio.Process, ready: Any, settle: float,
             while not ready():  # noqa: ASYNC110
                 await trio.sleep(0.05)
             await trio.sleep(settle)
-            for signum in signals:
+            for n, signum in enumerate(signals):
+                if n:
+                    while b"stopping" not in err:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
                 proc.send_signal(signum)
             await proc.wait()
     return out.decode(), err.decode()
