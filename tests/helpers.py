@@ -116,3 +116,32 @@ class PythonFirst:
 def is_place(command: str) -> bool:
     """The python3 mover run on parked files (a tar batch's mover travels in its archive)."""
     return "def whole(g,p,rs)" in command and "tar -x" not in command
+
+
+async def signal_when(proc: trio.Process, ready: Any, settle: float,
+                       signals: list[int]) -> tuple[str, str]:
+    """Read the child's output; send ``signals`` ``settle`` seconds after ``ready()``, each
+    after the child said it is stopping for the one before (sent back to back, the two would
+    race inside the child: which one is "second" is then a matter of microseconds); return
+    (stdout, stderr) once it exits."""
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = bytearray(), bytearray()
+
+    async def pump(stream: trio.abc.ReceiveStream, buf: bytearray) -> None:
+        while chunk := await stream.receive_some(65536):
+            buf += chunk
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pump, proc.stdout, out)
+            nursery.start_soon(pump, proc.stderr, err)
+            while not ready():  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            await trio.sleep(settle)
+            for n, signum in enumerate(signals):
+                if n:
+                    while b"stopping" not in err:  # noqa: ASYNC110
+                        await trio.sleep(0.01)
+                proc.send_signal(signum)
+            await proc.wait()
+    return out.decode(), err.decode()

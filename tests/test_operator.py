@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import trio
+from helpers import signal_when
 from peers import TEST_TOKEN, Peer, memoh_trio_server
 
 SCRIPT = Path(sys.executable).parent / "memoh-trio"
@@ -412,23 +413,7 @@ async def _terminate_when(proc: trio.Process, ready: Callable[[], bool],
                           settle: float) -> tuple[str, str]:
     """Read the child's output; SIGTERM it ``settle`` seconds after ``ready()`` turned true;
     return (stdout, stderr) when it exits."""
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = bytearray(), bytearray()
-
-    async def pump(stream: trio.abc.ReceiveStream, buf: bytearray) -> None:
-        while chunk := await stream.receive_some(65536):
-            buf += chunk
-
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, proc.stdout, out)
-            nursery.start_soon(pump, proc.stderr, err)
-            while not ready():  # noqa: ASYNC110
-                await trio.sleep(0.05)
-            await trio.sleep(settle)
-            proc.send_signal(signal.SIGTERM)
-            await proc.wait()
-    return out.decode(), err.decode()
+    return await signal_when(proc, ready, settle, [signal.SIGTERM])
 
 
 # --------------------------------------------------------------------------- errors

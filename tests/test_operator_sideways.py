@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import trio
 from faultproxy import open_fault_proxy
+from helpers import signal_when
 from peers import Peer, memoh_trio_server
 from test_operator import (
     SCRIPT,
@@ -76,7 +77,7 @@ async def test_a_second_signal_stops_at_once_with_a_report(tmp_path: Path, serve
         argv = ["migrate", str(src), "--target", proxy.target, *(["--json"] * as_json)]
         async with trio.open_nursery() as nursery:
             proc = await _start(argv, nursery)
-            out, err = await _signal_when(proc, lambda: parts_in(server.root), 0.3,
+            out, err = await signal_when(proc, lambda: parts_in(server.root), 0.3,
                                           [signal.SIGINT, signal.SIGTERM])
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "ExceptionGroup" not in err, err
@@ -88,35 +89,6 @@ async def test_a_second_signal_stops_at_once_with_a_report(tmp_path: Path, serve
     else:
         assert "not renamed: stopped at once by a second signal" in out, out
     assert src.is_dir() and not (tmp_path / "bot.migrated").exists()
-
-
-async def _signal_when(proc: trio.Process, ready: Any, settle: float,
-                       signals: list[int]) -> tuple[str, str]:
-    """Read the child's output; send ``signals`` ``settle`` seconds after ``ready()``, each
-    after the child said it is stopping for the one before (sent back to back, the two would
-    race inside the child: which one is "second" is then a matter of microseconds); return
-    (stdout, stderr) once it exits."""
-    assert proc.stdout is not None and proc.stderr is not None
-    out, err = bytearray(), bytearray()
-
-    async def pump(stream: trio.abc.ReceiveStream, buf: bytearray) -> None:
-        while chunk := await stream.receive_some(65536):
-            buf += chunk
-
-    with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pump, proc.stdout, out)
-            nursery.start_soon(pump, proc.stderr, err)
-            while not ready():  # noqa: ASYNC110
-                await trio.sleep(0.05)
-            await trio.sleep(settle)
-            for n, signum in enumerate(signals):
-                if n:
-                    while b"stopping" not in err:  # noqa: ASYNC110
-                        await trio.sleep(0.01)
-                proc.send_signal(signum)
-            await proc.wait()
-    return out.decode(), err.decode()
 
 
 # --------------------------------------------------------------------------- 2: HTTP/2, not gRPC
