@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from memoh_trio._agent import command
-from memoh_trio._agent.agent import EXIT_PROTOCOL, EXIT_VERSION, encode_request
+from memoh_trio._agent import PROTOCOL_VERSION, command
+from memoh_trio._agent.agent import CHECK_FAILED, EXIT_PROTOCOL, EXIT_VERSION, encode_request
 from memoh_trio._agent.driver import AgentVersionMismatch, Driver, Record, Reply
 
 T0 = 1_577_836_800_123_456_789  # 2020-01-01 plus some nanoseconds
@@ -79,6 +79,11 @@ def agent(tmp_path: Path) -> Iterator[LocalAgent]:
     a = LocalAgent(tmp_path)
     yield a
     assert a.close() == 0
+
+
+def check_failed(record: Record) -> bool:
+    """The record is a failed content check (not a refusal)."""
+    return not record.ok and (record.error or "").startswith(CHECK_FAILED + ": ")
 
 
 def outside_untouched(outside: Path, before: dict[str, bytes]) -> None:
@@ -162,6 +167,7 @@ def test_a_symlink_on_the_way_fails_every_entry_and_nothing_lands_outside(
     for op, recs in checks.items():
         assert recs and all(not r.ok for r in recs), (op, recs)
         assert all("a symlink is in the way at 'd'" in (r.error or "") for r in recs), (op, recs)
+        assert not any(check_failed(r) for r in recs), (op, recs)  # a refusal, not a check
     outside_untouched(outside, {"victim": b"mine"})
     assert stat.S_IMODE((outside / "victim").stat().st_mode) != 0o777
     assert (dest / "real" / ".t").read_bytes() == b"12"  # a failed place leaves its temporary
@@ -238,6 +244,7 @@ def test_a_temporary_replaced_before_placement_is_refused(agent: LocalAgent,
         (dest / f".t{i}").write_bytes(b"fake")
         recs = agent.records("place", [{"tmp": f".t{i}", "path": "f", "size": 4}])
         assert not recs[0].ok and "replaced meanwhile" in (recs[0].error or ""), recs
+        assert not check_failed(recs[0])
         assert not (dest / "f").exists()
     # a temporary the agent did not write (WriteRaw's) is placed on its size alone
     (dest / ".w").write_bytes(b"server")
@@ -254,10 +261,10 @@ def test_bad_paths_are_refused(agent: LocalAgent) -> None:
 def test_a_temporary_of_the_wrong_size_is_not_placed(agent: LocalAgent, tmp_path: Path) -> None:
     assert agent.records("files", [{"path": ".t", "size": 3}], b"abc")[0].ok
     recs = agent.records("place", [{"tmp": ".t", "path": "f", "size": 4}])
-    assert not recs[0].ok and "has 3 bytes, not 4" in (recs[0].error or "")
+    assert check_failed(recs[0]) and "'.t' has 3 bytes, not 4" in (recs[0].error or ""), recs
     assert not (tmp_path / "dest" / "f").exists() and (tmp_path / "dest" / ".t").exists()
     recs = agent.records("files", [{"path": ".u", "size": 9}], b"abc")  # fewer bytes came
-    assert not recs[0].ok and "3 bytes arrived, not 9" in (recs[0].error or "")
+    assert check_failed(recs[0]) and "3 bytes arrived, not 9" in (recs[0].error or ""), recs
 
 
 def test_delete_removes_files_and_links_never_directories(agent: LocalAgent,
@@ -288,7 +295,7 @@ def test_another_protocol_version_is_refused(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("stream", "code", "message"), [
     (encode_request({"op": "hello", "id": 0, "version": 99}), EXIT_VERSION, b""),
     (b"GET / HTTP/1.1\r\n\r\n", EXIT_PROTOCOL, b"bad frame prefix"),
-    (encode_request({"op": "hello", "id": 0, "version": 1})
+    (encode_request({"op": "hello", "id": 0, "version": PROTOCOL_VERSION})
      + encode_request({"op": "mkdir", "id": 1})[:-2], EXIT_PROTOCOL, b"ended inside a frame"),
 ])
 def test_a_broken_stream_ends_the_agent_with_a_distinct_code(tmp_path: Path, stream: bytes,

@@ -16,7 +16,7 @@ import trio
 from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
 
 import memoh_trio
-from memoh_trio._agent import source
+from memoh_trio._agent import PROTOCOL_VERSION, source
 from memoh_trio._agent.driver import AgentCrashed, AgentUnavailable, AgentVersionMismatch
 from memoh_trio._agent.session import Agent, open_agent
 
@@ -69,7 +69,8 @@ async def test_the_agent_places_a_tree_in_busybox_python(name: str, tmp_path: Pa
     async with server(name, root) as (client, _):
         with trio.fail_after(60):
             async with open_agent(client, "bots/b1") as agent:
-                assert agent.info["version"] == 1 and agent.info["python"].startswith("3.")
+                assert agent.info["version"] == PROTOCOL_VERSION
+                assert agent.info["python"].startswith("3.")
                 assert await push(agent, files) == []
                 rec = await agent.write("d/.memoh-big", big)
                 assert rec.ok and rec.extra["size"] == len(big)
@@ -218,7 +219,7 @@ async def test_a_cut_stream_is_a_clear_failure(name: str, tmp_path: Path) -> Non
 
 @pytest.mark.parametrize("name", SERVERS)
 async def test_another_protocol_version_is_a_clear_failure(name: str, tmp_path: Path) -> None:
-    other = source().replace("PROTOCOL_VERSION = 1\n", "PROTOCOL_VERSION = 99\n")
+    other = source().replace(f"PROTOCOL_VERSION = {PROTOCOL_VERSION}\n", "PROTOCOL_VERSION = 99\n")
     assert other != source()
     async with server(name, tmp_path) as (client, _):
         with trio.fail_after(30), pytest.raises(AgentVersionMismatch, match="version 99"):

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from memoh_trio._agent import PROTOCOL_VERSION, command, source
 from memoh_trio._agent.agent import (
+    CHECK_FAILED,
     MAX_DATA,
     FrameDecoder,
     FrameError,
@@ -32,6 +33,7 @@ from memoh_trio._agent.driver import (
     Driver,
     State,
 )
+from memoh_trio._scripts import records
 
 
 def frames_of(stream: bytes) -> list[tuple[dict[str, Any], bytes]]:
@@ -265,3 +267,9 @@ def test_the_command_runs_the_shipped_source_as_python3_itself() -> None:
     assert set(imports) <= {"__future__", "errno", "marshal", "os", "stat", "struct",
                             "sys"}, imports  # and nothing heavy: not json, not typing
     assert len(command("d").encode()) < 128 * 1024  # one argv string (MAX_ARG_STRLEN)
+
+
+def test_check_failed_is_the_one_the_lifecycle_tells_apart() -> None:
+    # the lifecycle reads a record's error beginning with it as "the bytes were bad", as it
+    # reads the python3 mover's; the agent cannot import it (it runs alone in the container)
+    assert CHECK_FAILED == records.CHECK_FAILED

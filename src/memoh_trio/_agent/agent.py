@@ -33,6 +33,10 @@ atime_ns?}]}`` (directories and files; symlinks get times only); ``delete`` ``{p
 links, never directories); ``flush`` ``{how: "syncfs"|"fsync"}``: ``syncfs(2)`` of DEST's file
 system, or ``fsync`` of every file this agent wrote and of their directories; ``bye``.
 
+Version 2: every record error that is a failed content check (a size not the one expected)
+begins with :data:`CHECK_FAILED` and ``": "``, so the client tells it (the bytes are bad: send
+them again) from a refusal (a symlink in the way, a bad path, ...), whose error never begins so.
+
 Security (issue 25): no path is ever resolved by name from DEST. Each component is opened
 relative to its parent's descriptor with ``O_NOFOLLOW``, directories with ``O_DIRECTORY``;
 files are created with ``O_NOFOLLOW``; renames, links, deletions and times go through the parent
@@ -58,7 +62,11 @@ if TYPE_CHECKING:  # the agent starts without typing (4 ms of CPU)
     from typing import Any
 
 #: Version of the protocol this file speaks (both sides): bumped on any incompatible change.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+#: How a record's error begins (then ``": "``) when a content check failed: a size or a
+#: ``sha256`` not the one expected. Equal to :data:`memoh_trio._scripts.CHECK_FAILED` (the same
+#: meaning as the shell mover's records); no other error begins with it.
+CHECK_FAILED = "verification failed in the container"
 #: ``u32 header length | u32 data length``.
 PREFIX = struct.Struct(">II")
 #: Largest header and data a frame may carry (a bigger prefix is a broken stream).
@@ -170,6 +178,10 @@ class FrameDecoder:
 
 class EntryError(Exception):
     """One entry failed; the message says why (and nothing was written through a link)."""
+
+
+def _check_failed(why: str) -> EntryError:
+    return EntryError(f"{CHECK_FAILED}: {why}")
 
 
 def _why(exc: OSError, where: str) -> str:
@@ -373,7 +385,8 @@ class Agent:
 
     def _one_file(self, entry: dict[str, Any], chunk: memoryview) -> dict[str, Any]:
         if len(chunk) != int(entry["size"]):
-            raise EntryError(f"{entry['path']!r}: {len(chunk)} bytes arrived, not {entry['size']}")
+            raise _check_failed(f"{entry['path']!r}: {len(chunk)} bytes arrived, not "
+                                f"{entry['size']}")
         fd = self._create(entry["path"])
         try:
             _write_all(fd, chunk)
@@ -404,8 +417,8 @@ class Agent:
                         raise EntryError(f"{entry['tmp']!r} is not the file this agent wrote "
                                          "(replaced meanwhile)")
                     if "size" in entry and st.st_size != int(entry["size"]):
-                        raise EntryError(f"{entry['tmp']!r} has {st.st_size} bytes, not "
-                                         f"{entry['size']}")
+                        raise _check_failed(f"{entry['tmp']!r} has {st.st_size} bytes, not "
+                                            f"{entry['size']}")
                     if "mode" in entry:
                         os.fchmod(fd, int(entry["mode"]) & 0o7777)
                     _set_times(entry, fd=fd)
