@@ -4,6 +4,7 @@ every component opened relative to its parent without following links)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import select
 import stat
@@ -79,6 +80,10 @@ def agent(tmp_path: Path) -> Iterator[LocalAgent]:
     a = LocalAgent(tmp_path)
     yield a
     assert a.close() == 0
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def check_failed(record: Record) -> bool:
@@ -265,6 +270,63 @@ def test_a_temporary_of_the_wrong_size_is_not_placed(agent: LocalAgent, tmp_path
     assert not (tmp_path / "dest" / "f").exists() and (tmp_path / "dest" / ".t").exists()
     recs = agent.records("files", [{"path": ".u", "size": 9}], b"abc")  # fewer bytes came
     assert check_failed(recs[0]) and "3 bytes arrived, not 9" in (recs[0].error or ""), recs
+
+
+def test_place_checks_the_sha256_before_anything_changes(agent: LocalAgent,
+                                                         tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    data = os.urandom(2 * 1024 * 1024 + 5)  # more than one read of the agent's
+    (dest / "f").write_bytes(b"old")
+    for tmp in (".good", ".bad"):
+        assert agent.call("write", {"path": tmp, "first": True, "last": True}, data).ok
+    (dest / ".raw").write_bytes(b"by WriteRaw")  # a temporary the agent did not write
+    entry = {"path": "f", "size": len(data), "mode": 0o644, "mtime_ns": T0}
+    wrong = sha256(data[:-1] + b"X")
+    recs = agent.records("place", [{**entry, "tmp": ".bad", "sha256": wrong}])
+    assert check_failed(recs[0]), recs
+    assert f"'.bad' has sha256 {sha256(data)}, not {wrong}" in (recs[0].error or "")
+    assert (dest / "f").read_bytes() == b"old"  # nothing renamed
+    bad = (dest / ".bad").stat()  # the temporary is left as it was: no mode, no times
+    assert bad.st_size == len(data) and stat.S_IMODE(bad.st_mode) == 0o600
+    assert bad.st_mtime_ns != T0
+    recs = agent.records("place", [{**entry, "tmp": ".good", "sha256": sha256(data)},
+                                   {"tmp": ".raw", "path": "g", "size": 11,
+                                    "sha256": sha256(b"by WriteRaw")}])
+    assert [r.ok for r in recs] == [True, True], recs
+    assert recs[0].extra == {"size": len(data), "mode": 0o644, "mtime_ns": T0,
+                             "sha256": sha256(data)}
+    assert (dest / "f").read_bytes() == data and (dest / "g").read_bytes() == b"by WriteRaw"
+    assert not (dest / ".good").exists() and not (dest / ".raw").exists()
+    # a sha256 that is not one is refused (not a failed check), before anything is opened
+    for bad_hash in ("A" * 64, "ab", 7):
+        (dest / ".t").write_bytes(b"x")
+        recs = agent.records("place", [{"tmp": ".t", "path": "h", "size": 1,
+                                        "sha256": bad_hash}])
+        assert not recs[0].ok and not check_failed(recs[0]), recs
+        assert "bad sha256" in (recs[0].error or "") and not (dest / "h").exists()
+
+
+def test_files_checks_the_sha256_of_what_it_wrote(agent: LocalAgent, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    recs = agent.records("files", [
+        {"path": ".a", "size": 3, "sha256": sha256(b"abc"), "final": "a", "mode": 0o640},
+        {"path": ".b", "size": 3, "sha256": sha256(b"xyz"), "final": "b"},  # "def" came
+        {"path": ".c", "size": 3, "sha256": sha256(b"ghi")},  # written, not placed
+        {"path": ".d", "size": 3, "sha256": sha256(b"xyz")},
+        {"path": ".e", "size": 0, "sha256": sha256(b""), "final": "e"},
+        {"path": ".f", "size": 3, "sha256": "0" * 63, "final": "f"},
+    ], b"abcdefghijklmno")
+    assert [(r.path, r.ok) for r in recs] == [("a", True), ("b", False), (".c", True),
+                                             (".d", False), ("e", True), ("f", False)]
+    assert recs[0].extra == {"size": 3, "mode": 0o640, "mtime_ns": recs[0].extra["mtime_ns"],
+                             "sha256": sha256(b"abc")}
+    assert recs[2].extra == {"size": 3, "sha256": sha256(b"ghi")}
+    assert check_failed(recs[1]) and check_failed(recs[3]), recs
+    assert f"'.b' has sha256 {sha256(b'def')}, not {sha256(b'xyz')}" in (recs[1].error or "")
+    assert not check_failed(recs[5]) and "bad sha256" in (recs[5].error or "")
+    assert (dest / "a").read_bytes() == b"abc" and (dest / "e").read_bytes() == b""
+    assert not (dest / "b").exists() and not (dest / "f").exists()
+    assert (dest / ".c").read_bytes() == b"ghi"
 
 
 def test_delete_removes_files_and_links_never_directories(agent: LocalAgent,

@@ -16,6 +16,7 @@ from memoh_trio._agent import PROTOCOL_VERSION, command, source
 from memoh_trio._agent.agent import (
     CHECK_FAILED,
     MAX_DATA,
+    EntryError,
     FrameDecoder,
     FrameError,
     decode_reply,
@@ -23,6 +24,7 @@ from memoh_trio._agent.agent import (
     encode_reply,
     encode_request,
     to_json,
+    wanted_sha256,
 )
 from memoh_trio._agent.driver import (
     AgentCrashed,
@@ -273,3 +275,17 @@ def test_check_failed_is_the_one_the_lifecycle_tells_apart() -> None:
     # the lifecycle reads a record's error beginning with it as "the bytes were bad", as it
     # reads the python3 mover's; the agent cannot import it (it runs alone in the container)
     assert CHECK_FAILED == records.CHECK_FAILED
+
+
+@pytest.mark.parametrize("value", ["0" * 64, "0123456789abcdef" * 4, None])
+def test_a_sha256_is_64_lowercase_hex_digits(value: str | None) -> None:
+    entry = {"path": "x"} if value is None else {"path": "x", "sha256": value}
+    assert wanted_sha256(entry) == value
+
+
+@pytest.mark.parametrize("value", ["0" * 63, "0" * 65, "A" * 64, "g" * 64, "", 1, ["0" * 64],
+                                   " " + "0" * 63])
+def test_anything_else_is_refused_and_not_a_failed_check(value: object) -> None:
+    with pytest.raises(EntryError, match="bad sha256") as err:
+        wanted_sha256({"path": "x", "sha256": value})
+    assert not str(err.value).startswith(CHECK_FAILED)

@@ -24,16 +24,20 @@ Operations (every path is relative to DEST, ``/``-separated, no ``.``/``..``/emp
 
 ``hello`` ``{version}``; ``mkdir`` ``{entries: [{path, mode?}]}`` (missing components created one
 at a time); ``write`` ``{path, first, last}`` + bytes (a file, in one or more frames; the caller
-names a temporary); ``files`` ``{entries: [{path, size, final?, mode?, mtime_ns?, atime_ns?}]}`` +
-the entries' bytes back to back (a batch of small files, each written to ``path`` and, with
-``final``, placed); ``place`` ``{entries: [{tmp, path, size, mode?, mtime_ns?, atime_ns?}]}`` (size
-checked, mode and times set on the open file, renamed into place); ``symlink`` ``{entries: [{path,
-target, tmp, mtime_ns?, atime_ns?}]}``; ``meta`` ``{entries: [{path, mode?, mtime_ns?,
-atime_ns?}]}`` (directories and files; symlinks get times only); ``delete`` ``{paths}`` (files and
-links, never directories); ``flush`` ``{how: "syncfs"|"fsync"}``: ``syncfs(2)`` of DEST's file
-system, or ``fsync`` of every file this agent wrote and of their directories; ``bye``.
+names a temporary); ``files`` ``{entries: [{path, size, sha256?, final?, mode?, mtime_ns?,
+atime_ns?}]}`` + the entries' bytes back to back (a batch of small files, each written to
+``path``, checked and, with ``final``, placed); ``place`` ``{entries: [{tmp, path, size, sha256?,
+mode?, mtime_ns?, atime_ns?}]}`` (size and content checked, mode and times set on the open file,
+renamed into place); ``symlink`` ``{entries: [{path, target, tmp, mtime_ns?, atime_ns?}]}``;
+``meta`` ``{entries: [{path, mode?, mtime_ns?, atime_ns?}]}`` (directories and files; symlinks
+get times only); ``delete`` ``{paths}`` (files and links, never directories); ``flush`` ``{how:
+"syncfs"|"fsync"}``: ``syncfs(2)`` of DEST's file system, or ``fsync`` of every file this agent
+wrote and of their directories; ``bye``.
 
-Version 2: every record error that is a failed content check (a size not the one expected)
+Version 2 (version 1 had none of these): ``sha256`` (64 lowercase hex digits) in ``place`` and
+``files`` entries, checked against the file's bytes read back through the agent's own
+descriptor before anything is renamed, and echoed in the record when it matched; and every
+record error that is a failed content check (a size or a ``sha256`` not the one expected)
 begins with :data:`CHECK_FAILED` and ``": "``, so the client tells it (the bytes are bad: send
 them again) from a refusal (a symlink in the way, a bad path, ...), whose error never begins so.
 
@@ -82,6 +86,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: a process put there (``O_NONBLOCK`` changes nothing for a regular file's reads and writes).
 _FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _READ_CHUNK = 1 << 20
+_HEX = frozenset("0123456789abcdef")
 
 
 class FrameError(Exception):
@@ -335,7 +340,7 @@ class Agent:
                 pass
             except IsADirectoryError:
                 raise EntryError(f"{path!r} is a directory") from None
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600, dir_fd=pfd)
             return fd
         except OSError as exc:
@@ -384,6 +389,7 @@ class Agent:
         return records
 
     def _one_file(self, entry: dict[str, Any], chunk: memoryview) -> dict[str, Any]:
+        want = wanted_sha256(entry)
         if len(chunk) != int(entry["size"]):
             raise _check_failed(f"{entry['path']!r}: {len(chunk)} bytes arrived, not "
                                 f"{entry['size']}")
@@ -391,14 +397,21 @@ class Agent:
         try:
             _write_all(fd, chunk)
             self._written(entry["path"], fd)
+            if want is not None:
+                _check_sha256(fd, want, entry["path"])  # the bytes on disk, read back
         finally:
             os.close(fd)
-        if entry.get("final"):
-            return self.place({**entry, "tmp": entry["path"], "path": entry["final"]})
-        return {"size": len(chunk)}
+        done = {} if want is None else {"sha256": want}
+        if entry.get("final"):  # placed as it is: checked already
+            placed = {k: v for k, v in entry.items() if k != "sha256"}
+            return {**self.place({**placed, "tmp": entry["path"], "path": entry["final"]}),
+                    **done}
+        return {"size": len(chunk), **done}
 
     def place(self, entry: dict[str, Any]) -> dict[str, Any]:
-        """Check the temporary's size, give it its mode and times, rename it to ``path``."""
+        """Check the temporary's size and content, give it its mode and times, rename it to
+        ``path``."""
+        want = wanted_sha256(entry)
         tree = self.tree
         spfd, sname, _ = tree.parent(entry["tmp"], create=False)
         try:
@@ -419,6 +432,8 @@ class Agent:
                     if "size" in entry and st.st_size != int(entry["size"]):
                         raise _check_failed(f"{entry['tmp']!r} has {st.st_size} bytes, not "
                                             f"{entry['size']}")
+                    if want is not None:
+                        _check_sha256(fd, want, entry["tmp"])
                     if "mode" in entry:
                         os.fchmod(fd, int(entry["mode"]) & 0o7777)
                     _set_times(entry, fd=fd)
@@ -429,8 +444,12 @@ class Agent:
                     tree.still_there(dpfd, dparts)
                     tree.written[entry["path"]] = None
                     tree.dirs["/".join(dparts)] = None
-                    return {"size": placed.st_size, "mode": stat.S_IMODE(placed.st_mode),
-                            "mtime_ns": placed.st_mtime_ns}
+                    done: dict[str, Any] = {"size": placed.st_size,
+                                            "mode": stat.S_IMODE(placed.st_mode),
+                                            "mtime_ns": placed.st_mtime_ns}
+                    if want is not None:
+                        done["sha256"] = want
+                    return done
                 finally:
                     os.close(fd)
             finally:
@@ -548,6 +567,36 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def wanted_sha256(entry: dict[str, Any]) -> str | None:
+    """The entry's ``sha256`` (None without one); EntryError unless 64 lowercase hex digits."""
+    want = entry.get("sha256")
+    if want is not None and not (isinstance(want, str) and len(want) == 64
+                                 and _HEX.issuperset(want)):
+        raise EntryError(f"bad sha256 {want!r}: must be 64 lowercase hex digits")
+    return want
+
+
+def _sha256(fd: int) -> tuple[str, int]:
+    """``(sha256 hex, bytes)`` of the file ``fd`` refers to, read from its start with
+    ``pread`` (the descriptor's offset is left alone)."""
+    import hashlib  # only when a hash is asked for: the agent starts without it
+
+    digest = hashlib.sha256()
+    offset = 0
+    while True:
+        data = os.pread(fd, _READ_CHUNK, offset)
+        if not data:
+            return digest.hexdigest(), offset
+        digest.update(data)
+        offset += len(data)
+
+
+def _check_sha256(fd: int, want: str, path: str) -> None:
+    got, _ = _sha256(fd)
+    if got != want:
+        raise _check_failed(f"{path!r} has sha256 {got}, not {want}")
 
 
 def _syncfs(fd: int) -> bool:
