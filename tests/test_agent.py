@@ -39,23 +39,25 @@ class LocalAgent:
         self.proc.stdin.write(frame)
         self.proc.stdin.flush()
 
-    def _reply(self) -> Reply:
+    def _reply(self, timeout: float = 20) -> Reply:
         assert self.proc.stdout is not None
         while (reply := self.driver.next_reply()) is None:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 20)
-            assert ready, "the agent did not answer in 20 s"
+            ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+            assert ready, f"the agent did not answer in {timeout} s"
             data = os.read(self.proc.stdout.fileno(), 65536)
             assert data, self.proc.stderr.read() if self.proc.stderr else "eof"
             self.driver.receive_data(data)
         return reply
 
-    def call(self, op: str, fields: dict[str, Any] | None = None, data: bytes = b"") -> Reply:
+    def call(self, op: str, fields: dict[str, Any] | None = None, data: bytes = b"",
+             timeout: float = 20) -> Reply:
         self._write(self.driver.send(op, fields, data)[1])
-        return self._reply()
+        return self._reply(timeout)
 
-    def records(self, op: str, entries: list[Any], data: bytes = b"") -> list[Record]:
-        key = "paths" if op == "delete" else "entries"
-        return list(self.call(op, {key: entries}, data).records)
+    def records(self, op: str, entries: list[Any], data: bytes = b"",
+                timeout: float = 20) -> list[Record]:
+        key = "paths" if op in ("delete", "hash") else "entries"
+        return list(self.call(op, {key: entries}, data, timeout).records)
 
     def close(self) -> int:
         """Say bye and wait for the exit code; an agent that does not end is killed (-9)."""
@@ -327,6 +329,49 @@ def test_files_checks_the_sha256_of_what_it_wrote(agent: LocalAgent, tmp_path: P
     assert (dest / "a").read_bytes() == b"abc" and (dest / "e").read_bytes() == b""
     assert not (dest / "b").exists() and not (dest / "f").exists()
     assert (dest / ".c").read_bytes() == b"ghi"
+
+
+def test_hash_reads_regular_files_only_and_never_follows_a_link(agent: LocalAgent,
+                                                                tmp_path: Path,
+                                                                outside: Path) -> None:
+    dest = tmp_path / "dest"
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    (dest / "sub").mkdir()
+    (dest / "sub" / "big").write_bytes(data)
+    (dest / "empty").write_bytes(b"")
+    (dest / "link").symlink_to(outside / "victim")
+    (dest / "dlink").symlink_to(outside)
+    os.mkfifo(dest / "fifo")
+    paths = ["sub/big", "empty", "link", "dlink/victim", "fifo", "sub", "gone", "no/dir/x",
+             "../x"]
+    recs = agent.records("hash", paths, timeout=10)  # a FIFO opened would block it for good
+    assert [r.path for r in recs] == paths
+    by = dict(zip(paths, recs, strict=True))
+    assert by["sub/big"].ok and by["sub/big"].extra == {"sha256": sha256(data),
+                                                        "size": len(data)}
+    assert by["empty"].extra == {"sha256": sha256(b""), "size": 0}
+    refused = {"link": "is not a regular file (a symlink, not followed)",
+               "dlink/victim": "a symlink is in the way at 'dlink'",
+               "fifo": "is not a regular file (a FIFO)",
+               "sub": "is not a regular file (a directory)",
+               "../x": "bad path"}
+    for path, why in refused.items():
+        rec = by[path]
+        assert not rec.ok and why in (rec.error or ""), rec
+        assert rec.extra == {} and not check_failed(rec), rec  # nothing of the target's
+    for path in ("gone", "no/dir/x"):
+        assert not by[path].ok and by[path].extra == {"absent": True}, by[path]
+    assert not check_failed(by["gone"])
+    outside_untouched(outside, {"victim": b"mine"})
+
+
+def test_hash_never_opens_a_device(agent: LocalAgent, tmp_path: Path) -> None:
+    try:
+        os.mknod(tmp_path / "dest" / "null", stat.S_IFCHR | 0o600, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod needs CAP_MKNOD")
+    rec = agent.records("hash", ["null"], timeout=10)[0]
+    assert not rec.ok and "(a character device)" in (rec.error or "") and rec.extra == {}
 
 
 def test_delete_removes_files_and_links_never_directories(agent: LocalAgent,

@@ -289,3 +289,16 @@ def test_anything_else_is_refused_and_not_a_failed_check(value: object) -> None:
     with pytest.raises(EntryError, match="bad sha256") as err:
         wanted_sha256({"path": "x", "sha256": value})
     assert not str(err.value).startswith(CHECK_FAILED)
+
+
+def test_a_hash_reply_carries_the_digest_and_absent_in_its_records() -> None:
+    d = ready_driver()
+    rid, frame = d.send("hash", {"paths": ["a", "gone"]})
+    assert frames_of(frame) == [({"paths": ["a", "gone"], "op": "hash", "id": rid}, b"")]
+    d.receive_data(agent_reply({"op": "hash", "id": rid, "ok": False, "records": [
+        {"path": "a", "ok": True, "sha256": "ab" * 32, "size": 3},
+        {"path": "gone", "ok": False, "error": "'gone' does not exist", "absent": True}]}))
+    reply = d.next_reply()
+    assert reply is not None and not reply.ok
+    assert [(r.ok, r.extra) for r in reply.records] == [
+        (True, {"sha256": "ab" * 32, "size": 3}), (False, {"absent": True})]

@@ -30,16 +30,18 @@ atime_ns?}]}`` + the entries' bytes back to back (a batch of small files, each w
 mode?, mtime_ns?, atime_ns?}]}`` (size and content checked, mode and times set on the open file,
 renamed into place); ``symlink`` ``{entries: [{path, target, tmp, mtime_ns?, atime_ns?}]}``;
 ``meta`` ``{entries: [{path, mode?, mtime_ns?, atime_ns?}]}`` (directories and files; symlinks
-get times only); ``delete`` ``{paths}`` (files and links, never directories); ``flush`` ``{how:
-"syncfs"|"fsync"}``: ``syncfs(2)`` of DEST's file system, or ``fsync`` of every file this agent
-wrote and of their directories; ``bye``.
+get times only); ``delete`` ``{paths}`` (files and links, never directories); ``hash`` ``{paths}``
+(``sha256`` and ``size`` of regular files); ``flush`` ``{how: "syncfs"|"fsync"}``: ``syncfs(2)`` of
+DEST's file system, or ``fsync`` of every file this agent wrote and of their directories; ``bye``.
 
 Version 2 (version 1 had none of these): ``sha256`` (64 lowercase hex digits) in ``place`` and
 ``files`` entries, checked against the file's bytes read back through the agent's own
-descriptor before anything is renamed, and echoed in the record when it matched; and every
-record error that is a failed content check (a size or a ``sha256`` not the one expected)
-begins with :data:`CHECK_FAILED` and ``": "``, so the client tells it (the bytes are bad: send
-them again) from a refusal (a symlink in the way, a bad path, ...), whose error never begins so.
+descriptor before anything is renamed, and echoed in the record when it matched; the ``hash``
+operation (a missing path: ``ok: false`` and ``absent: true``; a symlink, FIFO, directory or
+device: refused, never followed or opened); and every record error that is a failed content
+check (a size or a ``sha256`` not the one expected) begins with :data:`CHECK_FAILED` and ``": "``,
+so the client tells it (the bytes are bad: send them again) from a refusal (a symlink in the
+way, a bad path, ...), whose error never begins so.
 
 Security (issue 25): no path is ever resolved by name from DEST. Each component is opened
 relative to its parent's descriptor with ``O_NOFOLLOW``, directories with ``O_DIRECTORY``;
@@ -182,7 +184,16 @@ class FrameDecoder:
 
 
 class EntryError(Exception):
-    """One entry failed; the message says why (and nothing was written through a link)."""
+    """One entry failed; the message says why (and nothing was written through a link).
+    ``extra``: more fields for its record (``absent``)."""
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
+class Missing(EntryError):
+    """A directory on an entry's way does not exist."""
 
 
 def _check_failed(why: str) -> EntryError:
@@ -262,7 +273,7 @@ class Tree:
         try:
             return self.open_dir(parts[:-1], create), parts[-1], parts[:-1]
         except FileNotFoundError as exc:
-            raise EntryError(_why(exc, "/".join(parts[:-1]))) from None
+            raise Missing(_why(exc, "/".join(parts[:-1]))) from None
 
     def still_there(self, fd: int, parts: list[str]) -> None:
         """EntryError unless directory ``parts`` is still the one ``fd`` refers to."""
@@ -319,7 +330,7 @@ class Agent:
                 extra = step(entry) or {}
                 records.append({"path": path, "ok": True, **extra})
             except EntryError as exc:
-                records.append({"path": path, "ok": False, "error": str(exc)})
+                records.append({"path": path, "ok": False, "error": str(exc), **exc.extra})
             except OSError as exc:
                 records.append({"path": path, "ok": False, "error": _why(exc, str(path))})
         return records
@@ -513,6 +524,38 @@ class Agent:
             os.close(pfd)
         return None
 
+    def hash(self, path: str) -> dict[str, Any]:
+        """``sha256`` and ``size`` of the regular file at ``path``; a symlink, FIFO, directory
+        or device is refused without being followed or opened, a missing path is ``absent``."""
+        try:
+            pfd, name, _ = self.tree.parent(path, create=False)
+        except Missing as exc:
+            raise EntryError(str(exc), absent=True) from None
+        try:
+            try:
+                st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise EntryError(f"{path!r} does not exist", absent=True) from None
+            if not stat.S_ISREG(st.st_mode):
+                raise EntryError(f"{path!r} is not a regular file ({_kind(st.st_mode)}): "
+                                 "not hashed")
+            fd = os.open(name, _FILE_READ, dir_fd=pfd)
+        except FileNotFoundError:
+            raise EntryError(f"{path!r} does not exist", absent=True) from None
+        except OSError as exc:
+            raise EntryError(_why(exc, path)) from None
+        finally:
+            os.close(pfd)
+        try:
+            now = os.fstat(fd)
+            same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
+            if not (same and stat.S_ISREG(now.st_mode)):
+                raise EntryError(f"{path!r} changed while it was opened: not hashed")
+            digest, size = _sha256(fd)
+        finally:
+            os.close(fd)
+        return {"sha256": digest, "size": size}
+
     def flush(self, how: str) -> dict[str, Any]:
         if how == "syncfs" and _syncfs(self.tree.root_fd):
             return {"ok": True, "how": "syncfs"}
@@ -550,9 +593,9 @@ class Agent:
             reply = {"records": self.files(header, data)}
         elif op == "flush":
             reply = self.flush(str(header.get("how", "syncfs")))
-        elif op in ("mkdir", "place", "symlink", "meta", "delete"):
+        elif op in ("mkdir", "place", "symlink", "meta", "delete", "hash"):
             step = getattr(self, op)
-            entries = header.get("paths" if op == "delete" else "entries", [])
+            entries = header.get("paths" if op in ("delete", "hash") else "entries", [])
             reply = {"records": self.each(entries, step)}
         else:
             reply = {"ok": False, "error": f"unknown operation {op!r}"}
@@ -567,6 +610,15 @@ def _write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+def _kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISLNK, "a symlink, not followed"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return f"type {stat.S_IFMT(mode):o}"
 
 
 def wanted_sha256(entry: dict[str, Any]) -> str | None:

@@ -180,6 +180,12 @@ class Agent:
     async def delete(self, paths: Sequence[str]) -> list[Record]:
         return await self._records("delete", {"paths": list(paths)})
 
+    async def hash(self, paths: Sequence[str]) -> list[Record]:
+        """``sha256`` (hex) and ``size`` of each regular file, in its record's ``extra``; a
+        missing path fails with ``absent: True``, anything but a regular file (a symlink, never
+        followed; a FIFO, a directory) fails."""
+        return await self._records("hash", {"paths": list(paths)})
+
     async def flush(self, how: str = "syncfs") -> Reply:
         """Make what this agent wrote durable: ``syncfs`` of the destination's file system
         (where libc has it), else ``fsync`` of every file it placed and their directories."""
