@@ -6,6 +6,7 @@ another protocol version."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import stat
 from collections.abc import AsyncIterator
@@ -17,6 +18,7 @@ from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
 
 import memoh_trio
 from memoh_trio._agent import PROTOCOL_VERSION, source
+from memoh_trio._agent.agent import CHECK_FAILED
 from memoh_trio._agent.driver import AgentCrashed, AgentUnavailable, AgentVersionMismatch
 from memoh_trio._agent.session import Agent, open_agent
 
@@ -181,6 +183,51 @@ async def test_bytes_by_writeraw_at_the_top_placed_by_the_agent(name: str,
                     else:
                         assert all(r.ok for r in placed), placed
     assert files_under(root / "bot") == big
+
+
+@pytest.mark.parametrize("name", SERVERS)
+async def test_contents_checked_by_sha256_and_hashed_in_the_container(name: str,
+                                                                      tmp_path: Path) -> None:
+    # Protocol v2: WriteRaw's bytes placed only when their sha256 is the one sent; a batch of
+    # files checked as written; hash reads regular files only (a link is refused, not followed).
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "bot").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not yours")
+    data = os.urandom(2 * 1024 * 1024 + 3)
+    digest = hashlib.sha256(data).hexdigest()
+    async with server(name, root) as (client, _):
+        with trio.fail_after(60):
+            async with open_agent(client, "bot") as agent:
+                for tmp in (".memoh-tmp-0", ".memoh-tmp-1"):
+                    assert (await client.write_raw(f"bot/{tmp}", data)).bytes_written \
+                        == len(data)
+                wrong = hashlib.sha256(data + b"!").hexdigest()
+                bad, good = await agent.place([
+                    {"tmp": ".memoh-tmp-0", "path": "media/a.bin", "size": len(data),
+                     "sha256": wrong},
+                    {"tmp": ".memoh-tmp-1", "path": "media/b.bin", "size": len(data),
+                     "sha256": digest, "mode": 0o600, "mtime_ns": T0}])
+                assert not bad.ok and (bad.error or "").startswith(f"{CHECK_FAILED}: "), bad
+                assert good.ok and good.extra["sha256"] == digest, good
+                batch = await agent.files(
+                    [{"path": "d/.memoh-tmp-2", "size": 2, "final": "d/ok",
+                      "sha256": hashlib.sha256(b"ok").hexdigest()},
+                     {"path": "d/.memoh-tmp-3", "size": 2, "final": "d/ko",
+                      "sha256": hashlib.sha256(b"??").hexdigest()}], b"okko")
+                assert [r.ok for r in batch] == [True, False], batch
+                assert (batch[1].error or "").startswith(f"{CHECK_FAILED}: ")
+                await container_sh(client, f"ln -s {outside}/secret bot/media/link")
+                hashed = await agent.hash(["media/b.bin", "d/ok", "media/link", "media/a.bin"])
+    assert [r.ok for r in hashed] == [True, True, False, False], hashed
+    assert hashed[0].extra == {"sha256": digest, "size": len(data)}
+    assert hashed[1].extra == {"sha256": hashlib.sha256(b"ok").hexdigest(), "size": 2}
+    assert "symlink" in (hashed[2].error or "") and "sha256" not in hashed[2].extra
+    assert not (hashed[2].error or "").startswith(CHECK_FAILED)
+    assert hashed[3].extra == {"absent": True}
+    assert files_under(root / "bot") == {"media/b.bin": data, "d/ok": b"ok",
+                                         ".memoh-tmp-0": data, "d/.memoh-tmp-3": b"ko"}
+    assert (root / "bot/media/b.bin").stat().st_mtime_ns == T0
 
 
 async def test_a_crashing_agent_is_a_clear_failure(tmp_path: Path) -> None:
