@@ -59,7 +59,6 @@ import errno
 import marshal
 import os
 import stat
-import struct
 import sys
 
 TYPE_CHECKING = False
@@ -73,8 +72,9 @@ PROTOCOL_VERSION = 2
 #: ``sha256`` not the one expected. Equal to :data:`memoh_trio._scripts.CHECK_FAILED` (the same
 #: meaning as the shell mover's records); no other error begins with it.
 CHECK_FAILED = "verification failed in the container"
-#: ``u32 header length | u32 data length``.
-PREFIX = struct.Struct(">II")
+#: Bytes of a frame's ``u32 header length | u32 data length`` (big-endian; read and written
+#: with ``int.from_bytes``/``to_bytes``: the agent starts without importing ``struct``).
+PREFIX_SIZE = 8
 #: Largest header and data a frame may carry (a bigger prefix is a broken stream).
 MAX_HEADER = 1 << 20
 MAX_DATA = 64 << 20
@@ -102,7 +102,7 @@ MARSHAL_VERSION = 2
 def _frame(head: bytes, data: bytes | memoryview) -> bytes:
     if len(head) > MAX_HEADER or len(data) > MAX_DATA:
         raise FrameError(f"frame too large ({len(head)} B header, {len(data)} B data)")
-    return PREFIX.pack(len(head), len(data)) + head + bytes(data)
+    return len(head).to_bytes(4, "big") + len(data).to_bytes(4, "big") + head + bytes(data)
 
 
 def encode_request(header: dict[str, Any], data: bytes = b"") -> bytes:
@@ -160,21 +160,22 @@ class FrameDecoder:
         return len(self._buf)
 
     def next(self) -> tuple[dict[str, Any], bytes] | None:
-        if len(self._buf) < PREFIX.size:
+        if len(self._buf) < PREFIX_SIZE:
             return None
-        hlen, dlen = PREFIX.unpack_from(self._buf)
+        hlen = int.from_bytes(self._buf[:4], "big")
+        dlen = int.from_bytes(self._buf[4:PREFIX_SIZE], "big")
         if hlen > MAX_HEADER or dlen > MAX_DATA:
             raise FrameError(f"bad frame prefix ({hlen} B header, {dlen} B data): not a frame")
-        end = PREFIX.size + hlen + dlen
+        end = PREFIX_SIZE + hlen + dlen
         if len(self._buf) < end:
             return None
         try:
-            header = self._decode(bytes(self._buf[PREFIX.size:PREFIX.size + hlen]))
+            header = self._decode(bytes(self._buf[PREFIX_SIZE:PREFIX_SIZE + hlen]))
         except (ValueError, EOFError, TypeError) as exc:
             raise FrameError(f"bad frame header: {exc}") from None
         if not isinstance(header, dict):
             raise FrameError("bad frame header: not an object")
-        data = bytes(self._buf[PREFIX.size + hlen:end])
+        data = bytes(self._buf[PREFIX_SIZE + hlen:end])
         del self._buf[:end]
         return header, data
 
