@@ -4,8 +4,10 @@ every component opened relative to its parent without following links)."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
+import re
 import select
 import stat
 import subprocess
@@ -26,8 +28,9 @@ T0 = 1_577_836_800_123_456_789  # 2020-01-01 plus some nanoseconds
 class LocalAgent:
     """The agent as a child process in ``cwd``, spoken to through a :class:`Driver`."""
 
-    def __init__(self, cwd: Path, dest: str = "dest", version: int | None = None) -> None:
-        self.proc = subprocess.Popen(["sh", "-c", command(dest, python=sys.executable)],
+    def __init__(self, cwd: Path, dest: str = "dest", version: int | None = None,
+                 python: str = sys.executable) -> None:
+        self.proc = subprocess.Popen(["sh", "-c", command(dest, python=python)],
                                      cwd=cwd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
         self.driver = Driver() if version is None else Driver(version=version)
@@ -411,6 +414,46 @@ def test_a_broken_stream_ends_the_agent_with_a_distinct_code(tmp_path: Path, str
                           input=stream, capture_output=True, timeout=30)
     assert done.returncode == code, done.stderr
     assert message in done.stderr
+
+
+_PYTHON_VERSION = re.compile(r"/(?:versions/3\.(\d+)\.\d+/bin/python3|python3\.(\d+))$")
+
+
+def other_pythons() -> dict[str, str]:
+    """One python3 per version from 3.8 on this machine (pyenv's, the system's), by version:
+    the agent runs on the container's python3 (alpine's is 3.12), not on the client's."""
+    found: dict[str, str] = {}
+    for path in (sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.*/bin/python3")))
+                 + sorted(glob.glob("/usr/bin/python3.*"))):
+        m = _PYTHON_VERSION.search(path)
+        if m and int(minor := m.group(1) or m.group(2)) >= 8 and os.access(path, os.X_OK):
+            found.setdefault(f"3.{minor}", path)
+    return dict(sorted(found.items(), key=lambda item: int(item[0][2:])))
+
+
+PYTHONS = other_pythons()
+
+
+@pytest.mark.parametrize("version", list(PYTHONS) or [pytest.param("3.8", marks=pytest.mark.skip(
+    reason="no python3 >= 3.8 in ~/.pyenv/versions or as /usr/bin/python3.N"))])
+def test_the_agent_runs_on_every_python3_from_3_8(version: str, tmp_path: Path) -> None:
+    agent = LocalAgent(tmp_path, python=PYTHONS[version])
+    try:
+        assert agent.hello.ok and agent.hello.header["python"].startswith(version + ".")
+        recs = agent.records("files", [{"path": ".t", "size": 3, "sha256": sha256(b"abc"),
+                                        "final": "d/f", "mode": 0o640, "mtime_ns": T0}], b"abc")
+        assert recs[0].ok and recs[0].extra["sha256"] == sha256(b"abc"), recs
+        assert agent.call("write", {"path": ".u", "first": True, "last": True}, b"xy").ok
+        recs = agent.records("place", [{"tmp": ".u", "path": "d/g", "size": 2,
+                                        "sha256": sha256(b"xy")}])
+        assert recs[0].ok, recs
+        recs = agent.records("hash", ["d/f", "d/gone"])
+        assert recs[0].extra == {"sha256": sha256(b"abc"), "size": 3}
+        assert recs[1].extra == {"absent": True}
+        assert agent.call("flush", {"how": "syncfs"}).ok
+    finally:
+        assert agent.close() == 0
+    assert (tmp_path / "dest/d/f").stat().st_mtime_ns == T0
 
 
 def test_a_destination_behind_a_symlink_is_refused(tmp_path: Path, outside: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import marshal
 import shlex
@@ -269,6 +270,12 @@ def test_the_command_runs_the_shipped_source_as_python3_itself() -> None:
     assert set(imports) <= {"__future__", "errno", "marshal", "os", "stat",
                             "sys"}, imports  # and nothing heavy: not json, typing, struct
     assert len(command("d").encode()) < 128 * 1024  # one argv string (MAX_ARG_STRLEN)
+
+
+def test_the_agent_is_python_3_8_syntax() -> None:
+    # it runs on the container's python3, which may be older than the client's (3.11+);
+    # tests/test_agent.py runs it on every python3 from 3.8 the machine has
+    ast.parse(source(), feature_version=(3, 8))
 
 
 def test_check_failed_is_the_one_the_lifecycle_tells_apart() -> None:
