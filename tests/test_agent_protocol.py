@@ -309,3 +309,34 @@ def test_a_hash_reply_carries_the_digest_and_absent_in_its_records() -> None:
     assert reply is not None and not reply.ok
     assert [(r.ok, r.extra) for r in reply.records] == [
         (True, {"sha256": "ab" * 32, "size": 3}), (False, {"absent": True})]
+
+
+async def test_a_request_whose_caller_is_cancelled_is_still_sent_whole() -> None:
+    """The driver counts a request as sent once its frames are made: a caller cancelled while
+    they go down the stream must not leave one unsent, or the next reply is out of order and
+    the agent is lost (seen under load: the early flush, cancelled with the copy it ran beside,
+    lost the agent for the run's last metadata batch)."""
+    import trio
+
+    from memoh_trio._agent.agent import FrameDecoder, decode_request
+    from memoh_trio._agent.session import Agent
+
+    send, receive = trio.open_memory_channel[bytes](0)  # nobody reads yet: the send waits
+    agent = Agent(Driver(), send)
+    agent._driver.hello()
+    got: list[bytes] = []
+
+    async def read_later() -> None:
+        await trio.sleep(0.3)
+        with trio.move_on_after(1):
+            got.append(await receive.receive())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_later)
+        with trio.move_on_after(0.1) as scope:
+            await agent.call("flush", {"how": "syncfs"})
+    assert scope.cancelled_caught and len(got) == 1, got
+    decoder = FrameDecoder(decode_request)
+    decoder.feed(got[0])
+    frame = decoder.next()
+    assert frame is not None and frame[0]["op"] == "flush"

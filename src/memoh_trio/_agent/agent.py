@@ -406,19 +406,42 @@ class Agent:
             raise _check_failed(f"{entry['path']!r}: {len(chunk)} bytes arrived, not "
                                 f"{entry['size']}")
         fd = self._create(entry["path"])
+        ident = None
         try:
-            _write_all(fd, chunk)
-            self._written(entry["path"], fd)
-            if want is not None:
-                _check_sha256(fd, want, entry["path"])  # the bytes on disk, read back
-        finally:
-            os.close(fd)
-        done = {} if want is None else {"sha256": want}
-        if entry.get("final"):  # placed as it is: checked already
-            placed = {k: v for k, v in entry.items() if k != "sha256"}
-            return {**self.place({**placed, "tmp": entry["path"], "path": entry["final"]}),
-                    **done}
+            try:
+                _write_all(fd, chunk)
+                self._written(entry["path"], fd)
+                ident = self.created[entry["path"]]
+                if want is not None:
+                    _check_sha256(fd, want, entry["path"])  # the bytes on disk, read back
+            finally:
+                os.close(fd)
+            done = {} if want is None else {"sha256": want}
+            if entry.get("final"):  # placed as it is: checked already
+                placed = {k: v for k, v in entry.items() if k != "sha256"}
+                return {**self.place({**placed, "tmp": entry["path"], "path": entry["final"]}),
+                        **done}
+        except BaseException:
+            if entry.get("final"):  # a temporary of ours, never placed: not left behind
+                self._discard(entry["path"], ident)
+            raise
         return {"size": len(chunk), **done}
+
+    def _discard(self, path: str, ident: tuple[int, int, int] | None) -> None:
+        """Unlink the temporary ``path`` this agent wrote (``ident``: its identity), reached
+        through descriptors; nothing else at that name is touched. Best effort."""
+        try:
+            pfd, name, _ = self.tree.parent(path, create=False)
+        except (EntryError, OSError):
+            return
+        try:
+            st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+            if ident is None or (st.st_dev, st.st_ino) == ident[:2]:
+                os.unlink(name, dir_fd=pfd)
+        except OSError:
+            pass
+        finally:
+            os.close(pfd)
 
     def place(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Check the temporary's size and content, give it its mode and times, rename it to
@@ -480,8 +503,15 @@ class Agent:
             except FileNotFoundError:
                 pass
             os.symlink(entry["target"], tmp, dir_fd=pfd)
-            _set_times(entry, name=tmp, dir_fd=pfd)
-            os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            try:
+                _set_times(entry, name=tmp, dir_fd=pfd)
+                os.rename(tmp, name, src_dir_fd=pfd, dst_dir_fd=pfd)
+            except OSError:
+                try:  # noqa: SIM105 (our temporary link is not left behind)
+                    os.unlink(tmp, dir_fd=pfd)
+                except OSError:
+                    pass
+                raise
             self.tree.still_there(pfd, parts)
             self.tree.dirs["/".join(parts)] = None
         finally:

@@ -27,6 +27,12 @@ WRITE_CHUNK = 1024 * 1024
 AGENT_TIMEOUT = 7 * 24 * 3600
 #: Seconds the agent has to end after its stdin closed.
 ENDING_TIMEOUT = 10.0
+#: Seconds an agent left after an error or a cancellation has to end before its Exec call is
+#: cancelled (the server then ends its process).
+ABANDON_TIMEOUT = 1.0
+#: Seconds the agent has to answer its hello (python3 starts in ~30 ms; a server that runs a
+#: command only once its whole stdin arrived would never let it answer).
+HELLO_TIMEOUT = 20.0
 
 
 class ExecClient(Protocol):
@@ -115,11 +121,15 @@ class Agent:
             for rid, _ in sent:
                 waits.append((trio.Event(), []))
                 self._waiting[rid] = waits[-1]
-            try:
-                for _, frame in sent:
-                    await self._send.send(frame)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass  # the agent has ended: the failure says how
+            # The driver counts these requests as sent: a caller cancelled half-way must not
+            # leave one unsent (the next reply would then be out of order, and the agent
+            # lost). A dead link does not hold this up: its end closes the channel.
+            with trio.CancelScope(shield=True):
+                try:
+                    for _, frame in sent:
+                        await self._send.send(frame)
+                except (trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass  # the agent has ended: the failure says how
         replies = []
         for event, slot in waits:
             await event.wait()
@@ -233,18 +243,29 @@ async def open_agent(client: ExecClient, dest: str = "", *, python: str = "pytho
             agent._ended(result, error)
 
     error: Exception | None = None
+    graceful = False
     async with trio.open_nursery() as nursery:
         nursery.start_soon(run_exec)
         try:
-            await agent.hello()
+            with trio.move_on_after(HELLO_TIMEOUT) as waited:
+                await agent.hello()
+            if waited.cancelled_caught:
+                raise AgentCrashed(f"the container's agent did not answer its hello within "
+                                   f"{HELLO_TIMEOUT:g} s (does the server run a command before "
+                                   "its input ends?)")
             yield agent
             if agent._failure is None:
-                await agent.bye()
+                with trio.move_on_after(ENDING_TIMEOUT):
+                    await agent.bye()
+            graceful = True
         except Exception as exc:  # raised as itself below, not in an ExceptionGroup
             error = exc
         finally:
             send.close()  # end of stdin: an agent still reading ends too
-            with trio.move_on_after(ENDING_TIMEOUT, shield=True):
+            # After bye, it ends at once; else (an error, a cancellation, a dead link) its Exec
+            # call is cancelled soon, and the server ends its process.
+            with trio.move_on_after(ENDING_TIMEOUT if graceful else ABANDON_TIMEOUT,
+                                    shield=True):
                 await agent.ended.wait()
             nursery.cancel_scope.cancel()
     if error is not None:
