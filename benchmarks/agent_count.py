@@ -3,13 +3,14 @@
     python -m benchmarks.agent_count [--smoke] [--cache-dir DIR]
 
 One bot of the fleet scenario (``benchmarks/fleet.py``: 356 files, ~12 MB; ``--smoke``: 12) is
-migrated three ways into Memoh's Go server under ``run-in.sh busybox-python``, the server run
-under ``strace -f -e trace=execve``: memoh-trio today (``memoh_trio.migrate_bot``, in process),
-the container agent doing the same work (:func:`push_tree`: one Exec, every file, mode, mtime,
-link and the flush through ``memoh_trio._agent``), and Memoh's Go migrator (WriteRaw only) for
-reference. Prints, for each: the processes started in the container (PIDs other than the
-server's), the successful ``execve`` calls by program, and whether the destination equals the
-source (content, modes, mtimes to the ns).
+migrated four ways into Memoh's Go server under ``run-in.sh busybox-python``, the server run
+under ``strace -f -e trace=execve``: memoh-trio today (``memoh_trio.migrate_bot``, in process:
+the container agent does the container's work), the same with ``agent=False`` (a process per
+step), the prototype of the agent doing the same work (:func:`push_tree`: one Exec, every file,
+mode, mtime, link and the flush through ``memoh_trio._agent``), and Memoh's Go migrator
+(WriteRaw only) for reference. Prints, for each: the processes started in the container (PIDs
+other than the server's), the successful ``execve`` calls by program, and whether the
+destination equals the source (content, modes, mtimes to the ns).
 """
 
 from __future__ import annotations
@@ -148,11 +149,11 @@ def count_execs(trace: Path, server_pid: int) -> tuple[int, collections.Counter[
     return len(pids - {server_pid}), programs
 
 
-async def _migrate_today(bot: str, data_root: Path, target: str) -> None:
+async def _migrate_today(bot: str, data_root: Path, target: str, agent: bool) -> None:
     import memoh_trio
 
     async with memoh_trio.connect(target) as client:
-        report = await memoh_trio.migrate_bot(bot, data_root, client)
+        report = await memoh_trio.migrate_bot(bot, data_root, client, agent=agent)
     assert report.ok and report.renamed_to, (report.status, report.failures[:3], report.error)
 
 
@@ -182,8 +183,8 @@ def traced(way: str, src_tree: Path, work: Path) -> dict[str, Any]:
         server = fleet.Server(argv, log)
         try:
             server.await_listening(time.monotonic() + fleet.LISTEN_TIMEOUT)
-            if way == "today":
-                trio.run(_migrate_today, bot, data_root, server.target)
+            if way in ("today", "per-step"):
+                trio.run(_migrate_today, bot, data_root, server.target, way == "today")
             elif way == "agent":
                 trio.run(_migrate_agent, src, server.target)
             else:
@@ -286,7 +287,8 @@ def replay_cpu(src: Path, work: Path, rounds: int,
     return rows
 
 
-WAYS = {"today": "memoh-trio today (migrate_bot)",
+WAYS = {"today": "memoh-trio today (migrate_bot: the agent)",
+        "per-step": "memoh-trio, a process per step (migrate_bot, agent=False)",
         "agent": "the agent doing the same work (one Exec)",
         "go-seed": "Memoh's Go migrator (WriteRaw only)"}
 

@@ -22,9 +22,9 @@ Contenders, interleaved round by round, each on fresh roots:
   defaults);
 - ``lib``: the library's ``migrate_all`` in process (``benchmarks/fleet_client.py``; imports and
   interpreter start excluded);
-- ``agent-proto``: a prototype, not a migrator: each bot copied through the container agent
-  (``memoh_trio._agent``, one Exec per bot; ``benchmarks.agent_count.push_tree``) and renamed,
-  in process: what one process in the container would buy before the lifecycle uses it.
+- ``cli-no-agent``: ``memoh-trio migrate-all ... --no-agent`` (whole process): a process in the
+  container per step (python3 or the shell) instead of the container agent, side by side with
+  the default in the same run.
 
 Measured per run: wall time; client CPU (``wait4``; the in-process contender its timed region);
 each server's own CPU and its reaped children's (the commands its Exec ran in the container) from
@@ -304,14 +304,15 @@ class FleetContender:
     def argv(self, data_root: Path, targets: Path) -> list[str]:
         if self.key.startswith("go-fleet"):
             return [str(MEMOH_GO_FLEET), str(data_root), str(targets)]
-        if self.key == "cli":
+        if self.key in ("cli", "cli-no-agent"):
             script = Path(PY).parent / "memoh-trio"
             launcher = [str(script)] if script.exists() else [PY, "-m", "memoh_trio"]
             return [*launcher, "migrate-all", "--data-root", str(data_root),
-                    "--targets", str(targets), "--json"]
-        if self.key in ("lib", "agent-proto"):
+                    "--targets", str(targets), "--json",
+                    *(["--no-agent"] if self.key == "cli-no-agent" else [])]
+        if self.key == "lib":
             return [PY, "-m", "benchmarks.fleet_client", "--data-root", str(data_root),
-                    "--targets", str(targets), *(["--agent"] if self.key != "lib" else [])]
+                    "--targets", str(targets)]
         raise ValueError(self.key)
 
 
@@ -320,12 +321,12 @@ CONTENDERS: tuple[FleetContender, ...] = (
     FleetContender("go-fleet+sync", "Memoh Go fleet migrator, then sync", then_sync=True),
     FleetContender("cli", "memoh-trio migrate-all (whole process)"),
     FleetContender("lib", "memoh-trio migrate_all (in process)"),
-    # Not a migrator: what the container agent alone would buy (issue 25's lead), for the
-    # lead's run; no target is taken from it.
-    FleetContender("agent-proto", "prototype: container agent, push_tree (in process)"),
+    # The same without the container agent (a process per container step), for comparison;
+    # no target is taken from it.
+    FleetContender("cli-no-agent", "memoh-trio migrate-all --no-agent (whole process)"),
 )
 #: Contenders timed as whole processes (the others report their timed region).
-WHOLE_PROCESS = {"go-fleet", "go-fleet+sync", "cli"}
+WHOLE_PROCESS = {"go-fleet", "go-fleet+sync", "cli", "cli-no-agent"}
 
 
 @dataclass

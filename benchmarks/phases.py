@@ -36,6 +36,8 @@ SERVER_ENV = {**os.environ, "PATH": CONTAINER_PATH}
 
 
 def _kind(command: str) -> str:
+    if "PROTOCOL_VERSION" in command:  # the container agent's program
+        return "agent"
     if "tar " in command and "-x" in command:
         return "tar-extract"
     if "os.rename(s,f)" in command:

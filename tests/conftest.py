@@ -82,3 +82,12 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
     return [exc]
+
+
+@pytest.fixture
+def per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The container steps carried out by a process each (python3 or the shell), as without
+    the container agent (a test of that executor: its Execs, its python3 scripts)."""
+    from memoh_trio._migrate import meta
+
+    monkeypatch.setattr(meta, "USE_AGENT", False)

@@ -18,7 +18,12 @@ import stat
 from pathlib import Path
 from typing import Any
 
+import trio
+
+import memoh_trio
 from memoh_trio import MigrationReport
+from memoh_trio._migrate import lifecycle
+from memoh_trio._migrate.lifecycle import Trace
 
 APPLETS = Path(os.environ.get("MEMOH_CONTAINERS", "/tmp/memoh-containers"))
 #: 2020-01-01T00:00:00Z plus some nanoseconds.
@@ -159,3 +164,66 @@ def check_run(report: MigrationReport, src: Path, dst: Path) -> None:
             assert source.is_file() and not source.is_symlink(), f"{rel}: not in the source"
             assert p.read_bytes() == source.read_bytes(), f"{rel}: torn at its final path"
     assert temporaries(dst) == [], temporaries(dst)
+
+
+class Container:
+    """One of Memoh's Go servers under ``kind``; :meth:`run` migrates a source into its own
+    destination directory with wrappers first on the Exec's ``PATH``, traced."""
+
+    def __init__(self, client: Any, kind: str, tmp_path: Path, root: Path) -> None:
+        self.client, self.kind, self.tmp_path, self.root = client, kind, tmp_path, root
+        self.traces: list[Trace] = []
+        self.clients: list[WithPath] = []  # each run's, with the Execs it made
+
+    async def run(self, src: Path, dest: str, tools: dict[str, str] | None = None,
+                  client: Any = None, **kw: Any) -> memoh_trio.MigrationReport:
+        path = (tools_path(self.tmp_path, self.kind, tools, name=dest) if tools
+                else fault_path(self.tmp_path, self.kind, None))
+        rec = WithPath(client if client is not None else self.client, path)
+        self.clients.append(rec)
+        with lifecycle.tracing() as trace, trio.fail_after(120):
+            report = await memoh_trio.migrate(src, rec, dest=dest, **kw)  # type: ignore[arg-type]
+        self.traces.append(trace)
+        return report
+
+
+def tree(src: Path, *, small: int = 0, streamed: int = 0, links: int = 0,
+         dirs: int = 0) -> None:
+    """``small`` files of a few bytes (tar), ``streamed`` files of 300 KiB, ``links`` symlinks
+    and ``dirs`` empty directories."""
+    src.mkdir(parents=True)
+    for i in range(small):
+        (src / "s").mkdir(exist_ok=True)
+        (src / "s" / f"s{i:02d}").write_bytes(b"small %d\n" % i)
+    for i in range(streamed):
+        (src / "m").mkdir(exist_ok=True)
+        (src / "m" / f"m{i:02d}").write_bytes(bytes([i + 1]) * (300 * 1024 + i))
+    for i in range(links):
+        (src / "l").mkdir(exist_ok=True)
+        (src / "l" / f"l{i:02d}").symlink_to(f"target-{i}")
+    for i in range(dirs):
+        (src / "e" / f"e{i:02d}").mkdir(parents=True)
+
+
+async def ways_of_ten_runs(tmp_path: Path, kind: str) -> dict[str, list[Any]]:
+    """The mixed tree into one Memoh Go server under ``kind``, ten times (each run migrated):
+    the container steps of each file in the first run, checked to be the same in all ten (the
+    way is chosen from what is known, never from which task finished first)."""
+    from peers import memoh_go_server
+
+    root = tmp_path / "root"
+    root.mkdir()
+    ways = []
+    async with memoh_go_server(root, kind=kind) as peer, \
+            memoh_trio.connect(peer.target) as client:
+        c = Container(client, kind, tmp_path, root)
+        for i in range(10):
+            src = tmp_path / f"src{i}"
+            mixed_tree(src)
+            report = await c.run(src, f"d{i}")
+            assert report.status == "migrated", (report.failures[:3], report.error)
+            ways.append(c.traces[-1].steps)
+    assert all(w == ways[0] for w in ways), [
+        (rel, [w.get(rel) for w in ways]) for rel in ways[0]
+        if any(w.get(rel) != ways[0][rel] for w in ways)][:3]
+    return dict(ways[0])

@@ -19,17 +19,19 @@ import pytest
 import trio
 from containertools import (
     PY_PROBE,
+    Container,
     WithPath,
     check_run,
     fault_path,
     mixed_tree,
     snapshot,
-    tools_path,
+    tree,
+    ways_of_ten_runs,
 )
 from peers import TEST_TOKEN, memoh_go_server, memoh_trio_server
 
 import memoh_trio
-from memoh_trio._migrate import lifecycle
+from memoh_trio._migrate import lifecycle, meta
 from memoh_trio._migrate.lifecycle import Event, Phase, Trace
 
 KINDS = ("busybox-python", "busybox")
@@ -70,49 +72,19 @@ ROWS_PYTHON: dict[str, set[Row]] = {
 ROWS_BUSYBOX: dict[str, set[Row]] = {}
 
 
+@pytest.fixture(autouse=True)
+def python3_per_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This module is the table carried out by a python3 process per step (and the shell),
+    as where the agent cannot start; ``test_lifecycle_agent.py`` is the agent's."""
+    monkeypatch.setattr(meta, "USE_AGENT", False)
+
+
 def assert_rows(name: str, kind: str, traces: list[Trace]) -> None:
     want = ROWS[name] | (ROWS_PYTHON if kind == "busybox-python" else ROWS_BUSYBOX).get(
         name, set())
     taken = set().union(*(t.rows_taken() for t in traces))
     missing = sorted(f"{p.name} --{e.name}->" for p, e in want - taken)
     assert missing == [], f"{name} under {kind}: rows not taken: {missing}"
-
-
-class Container:
-    """One of Memoh's Go servers under ``kind``; :meth:`run` migrates a source into its own
-    destination directory with wrappers first on the Exec's ``PATH``, traced."""
-
-    def __init__(self, client: Any, kind: str, tmp_path: Path, root: Path) -> None:
-        self.client, self.kind, self.tmp_path, self.root = client, kind, tmp_path, root
-        self.traces: list[Trace] = []
-
-    async def run(self, src: Path, dest: str, tools: dict[str, str] | None = None,
-                  client: Any = None, **kw: Any) -> memoh_trio.MigrationReport:
-        path = (tools_path(self.tmp_path, self.kind, tools, name=dest) if tools
-                else fault_path(self.tmp_path, self.kind, None))
-        rec = WithPath(client if client is not None else self.client, path)
-        with lifecycle.tracing() as trace, trio.fail_after(120):
-            report = await memoh_trio.migrate(src, rec, dest=dest, **kw)  # type: ignore[arg-type]
-        self.traces.append(trace)
-        return report
-
-
-def tree(src: Path, *, small: int = 0, streamed: int = 0, links: int = 0,
-         dirs: int = 0) -> None:
-    """``small`` files of a few bytes (tar), ``streamed`` files of 300 KiB, ``links`` symlinks
-    and ``dirs`` empty directories."""
-    src.mkdir(parents=True)
-    for i in range(small):
-        (src / "s").mkdir(exist_ok=True)
-        (src / "s" / f"s{i:02d}").write_bytes(b"small %d\n" % i)
-    for i in range(streamed):
-        (src / "m").mkdir(exist_ok=True)
-        (src / "m" / f"m{i:02d}").write_bytes(bytes([i + 1]) * (300 * 1024 + i))
-    for i in range(links):
-        (src / "l").mkdir(exist_ok=True)
-        (src / "l" / f"l{i:02d}").symlink_to(f"target-{i}")
-    for i in range(dirs):
-        (src / "e" / f"e{i:02d}").mkdir(parents=True)
 
 
 #: python3 killed at once (it answers the probe: there, run as this wrapper).
@@ -149,22 +121,8 @@ async def test_same_tree_same_ways_ten_times(kind: str, tmp_path: Path) -> None:
     steps each time (the way is chosen from what is known, not from which task finished
     first; 5306aab parked a streamed file or gave it a Stat and a Rename depending on whether
     python3's answer came before its last byte)."""
-    root = tmp_path / "root"
-    root.mkdir()
-    ways = []
-    async with memoh_go_server(root, kind=kind) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, kind, tmp_path, root)
-        for i in range(10):
-            src = tmp_path / f"src{i}"
-            mixed_tree(src)
-            report = await c.run(src, f"d{i}")
-            assert report.status == "migrated", (report.failures[:3], report.error)
-            ways.append(c.traces[-1].steps)
-    assert all(w == ways[0] for w in ways), [
-        (rel, [w.get(rel) for w in ways]) for rel in ways[0]
-        if any(w.get(rel) != ways[0][rel] for w in ways)][:3]
-    held = [rel for rel, steps in ways[0].items()
+    ways = await ways_of_ten_runs(tmp_path, kind)
+    held = [rel for rel, steps in ways.items()
             if lifecycle.Step.PLACE_PYTHON in steps]
     if kind == "busybox-python":
         assert len(held) == 12  # the ten streamed files and two empty ones, by python3

@@ -489,6 +489,7 @@ async def _cancel_once_held(target: Target, src: Path, name: str, hold: Callable
             run.cancel_scope.cancel()
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_a_staging_dir_made_after_the_cleanup_is_deleted_too(target: Target,
                                                                     src: Path) -> None:
     # A tar batch's Exec cancelled before it answered may still start its script on the
@@ -504,6 +505,7 @@ async def test_a_staging_dir_made_after_the_cleanup_is_deleted_too(target: Targe
     assert src.is_dir() and temp_files(target.root) == []
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_a_temporary_file_made_after_the_cleanup_is_deleted_too(target: Target,
                                                                        src: Path) -> None:
     # The same for a WriteRaw cancelled before its reply: the server may create the file
@@ -832,6 +834,7 @@ class _RecordingClient:
         return await self._client.exec(command, **kwargs)
 
 
+@pytest.mark.usefixtures("per_step")
 @pytest.mark.parametrize("mode", ["migrate", "no-rename", "dry-run"])
 async def test_early_writeback_syncs_while_copying(
     target: Target, src: Path, monkeypatch: pytest.MonkeyPatch, mode: str,
@@ -858,6 +861,7 @@ async def test_early_writeback_syncs_while_copying(
         assert syncs == 0, client.commands
 
 
+@pytest.mark.usefixtures("per_step")
 @pytest.mark.parametrize("verify", ["size", "sha256"])
 async def test_tar_batch_is_one_exec_where_python3_moves_it(target: Target, src: Path,
                                                             verify: str) -> None:
@@ -895,6 +899,7 @@ async def test_totals_are_final_once_the_scan_is_over(target: Target, src: Path)
     assert seen == [(n, sum(i % 5 for i in range(n)))]
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_early_writeback_once_everything_was_sent(target: Target, src: Path) -> None:
     # Small files only (one tar batch, far below WRITEBACK_BYTES): one early flush once the
     # walk is over and every byte was sent (it runs while the files are moved into place),
@@ -911,6 +916,7 @@ async def test_early_writeback_once_everything_was_sent(target: Target, src: Pat
     assert client.commands.index(flush_command()) > extract
 
 
+@pytest.mark.usefixtures("per_step")
 @pytest.mark.parametrize("small", [0, 3, _scripts.SHELL_META_MAX + 3])
 async def test_python3_asked_only_for_work_that_may_use_it(
     target: Target, src: Path, small: int
@@ -954,6 +960,7 @@ def _place_commands(commands: list[str]) -> list[str]:
     return [c for c in commands if is_place(c)]
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -> None:
     # Streamed files that end once python3 is known are parked beside their final names and
     # checked, given their modes and mtimes and moved in batches by the python3 mover: no Stat
@@ -972,6 +979,7 @@ async def test_streamed_files_are_placed_in_batches(target: Target, src: Path) -
     assert temp_files(target.root) == []
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_the_last_parked_files_are_placed_beside_a_running_placement(
     target: Target, src: Path
 ) -> None:
@@ -1001,6 +1009,7 @@ async def test_the_last_parked_files_are_placed_beside_a_running_placement(
     assert temp_files(target.root) == []
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_a_parked_file_that_fails_its_check_is_deleted_and_blocks_the_rename(
     target: Target, src: Path
 ) -> None:
@@ -1023,6 +1032,7 @@ async def test_a_parked_file_that_fails_its_check_is_deleted_and_blocks_the_rena
     assert (target.root / "mid" / "0" / "f0").read_bytes() == (src / "mid/0/f0").read_bytes()
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_parked_files_without_records_go_the_per_file_way(target: Target,
                                                                 src: Path) -> None:
     # The placement Exec printed nothing (a container whose python3 died, say): each parked
@@ -1041,6 +1051,7 @@ async def test_parked_files_without_records_go_the_per_file_way(target: Target,
     assert temp_files(target.root) == []
 
 
+@pytest.mark.usefixtures("per_step")
 async def test_a_run_stopped_while_placing_deletes_the_parked_files(target: Target,
                                                                    src: Path) -> None:
     _mixed_tree(src, streamed=5)

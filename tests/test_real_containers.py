@@ -142,6 +142,7 @@ async def check_big_tree(kind: str, tmp_path: Path, **kw: Any) -> None:
     assert temporaries(dst) == []
 
 
+@pytest.mark.usefixtures("per_step")
 @pytest.mark.parametrize("kind", KINDS)
 async def test_big_tree_into_each_container_kind(kind: str, tmp_path: Path) -> None:
     await check_big_tree(kind, tmp_path)
@@ -154,6 +155,7 @@ async def test_big_tree_without_tar_batches(kind: str, tmp_path: Path) -> None:
     await check_big_tree(kind, tmp_path, tar_batches=False)
 
 
+@pytest.mark.usefixtures("per_step")
 @pytest.mark.memoh_go
 async def test_big_tree_into_memoh_go_server(tmp_path: Path) -> None:
     await check_big_tree("memoh-go", tmp_path)
@@ -392,6 +394,7 @@ async def test_dest_directory_is_entered_by_the_scripts(kind: str, tar_batches: 
 
 @pytest.mark.parametrize("kind", ["plain", "busybox-python", "busybox",
                                   pytest.param("memoh-go", marks=pytest.mark.memoh_go)])
+@pytest.mark.usefixtures("per_step")
 async def test_large_tar_batch_with_conflicts(kind: str, tmp_path: Path) -> None:
     """A tar batch of more than SHELL_META_MAX files (moved by one python3 process where the
     container has python3, which also applies modes and mtimes): a directory symlink on the way
@@ -435,6 +438,7 @@ async def test_large_tar_batch_with_conflicts(kind: str, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("kind", ["busybox-python", pytest.param("memoh-go",
                                                                  marks=pytest.mark.memoh_go)])
+@pytest.mark.usefixtures("per_step")
 async def test_streamed_files_placed_by_the_containers_python3(kind: str,
                                                                tmp_path: Path) -> None:
     # 20 files of 300 KiB streamed once python3 is known: parked, then checked, given their

@@ -42,11 +42,12 @@ Layout (the decision logic is pure and apart from I/O, as in h11). Every module:
   sink), ``hooks`` (fault injection), ``errors`` (gRPC status codes);
 * the migrator: ``_walk``, ``_source`` (opening source files safely), ``_lock``, ``_progress``,
   and ``_migrate/``: ``run``, ``lifecycle`` (the per-file table), ``steps`` (its executor),
+  ``agentsteps`` (its python3 rows by the container agent),
   ``context``, ``outcomes``, ``ledger``, ``stream``, ``place``, ``tar``, ``meta``, ``resume``,
   ``preflight``, ``bots``;
 * the ``memoh-trio`` command line: ``_cli/`` (``args``: the parser; ``commands``; ``exits``:
   exit codes; ``main``), ``_display``, ``_diagnose`` (connection hints), ``_demo``, ``__main__``;
-* the container agent (issue 25; standalone, not yet used by the migrator): ``_agent/``:
+* the container agent (issue 25; the migrator's executor where python3 runs): ``_agent/``:
   ``agent`` (the stdlib-only program shipped to the container through Exec, and the frame
   codec both sides use), ``driver`` (the client's side of its protocol, pure), ``session``
   (:func:`open_agent` over a client's Exec stream, in Trio);

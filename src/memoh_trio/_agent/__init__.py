@@ -10,22 +10,23 @@
 Pure parts (``agent``'s codec, ``driver``, :func:`command`) are tested without sockets; the
 agent's operations against real python3 processes and through Memoh's Go server.
 
-How the lifecycle (issue 24's table) can use it; none of this is wired yet:
+How the migrator uses it (:mod:`memoh_trio._migrate.agentsteps`, the executor of the
+lifecycle's python3 rows; :meth:`memoh_trio._migrate.meta.Tools.start`):
 
-* one :func:`~.session.open_agent` per bot where today's probe would run: its hello replaces the
-  python3 probe (``AgentUnavailable``, exit 127: no python3, the shell rows of the table as
-  today; ``AgentVersionMismatch``/``AgentCrashed``: a capability lost, the entries without a
-  record go back to the table, never counted done);
-* small files: ``files`` batches with ``final`` (written, checked, given mode and times and
-  renamed in one request) instead of tar + the python3 mover + the metadata Exec;
-* large files: WriteRaw keeps the bytes, to temporaries in the destination's *top* directory
-  (no directory on their way a process could swap), then ``place`` moves each into its
-  directory through descriptors; bytes by ``write`` over Exec's stdin where WriteRaw is not
-  there. A WriteRaw to a temporary beside its final name goes by path in Memoh's server and can
-  be redirected, so it cannot keep the guarantee;
-* symlinks by ``symlink``, directories' modes and times by ``meta`` deepest first, leftovers by
-  ``delete``; one ``flush`` (``syncfs``) where the final ``sync`` is; a record is the only
-  evidence an entry was done, a reply's ``ok`` alone is not.
+* one :func:`~.session.open_agent` per migration where the probe would run: its hello stands
+  for the probe (``AgentUnavailable``, exit 127: no python3, the shell's rows of the table;
+  ``AgentCrashed`` and the others: python3 is lost, likewise); an agent lost mid-run is
+  ``PY_LOST`` for every entry it had not answered for, never counted done;
+* small files: ``files`` batches with ``final`` (written, checked, with ``verify="sha256"``
+  hashed back through the descriptor, given mode and times and renamed in one request);
+* large files: ``WriteRaw`` keeps the bytes, to temporaries in the destination's *top*
+  directory (no directory on their way a process could swap), then ``place`` checks each
+  (size; sha256 through the descriptor it renames) and moves it into its directory through
+  descriptors. A WriteRaw to a temporary beside its final name goes by path in Memoh's server
+  and can be redirected;
+* symlinks by ``symlink``, modes and times by ``meta`` (directories deepest first), empty
+  directories by ``mkdir``, resume's hashes by ``hash``; one ``flush`` (``syncfs``) before the
+  rename. A record is the only evidence an entry was done, a reply's ``ok`` alone is not.
 """
 
 from __future__ import annotations

@@ -205,6 +205,9 @@ def _add_copy_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-tar-batches", dest="tar_batches", action="store_false",
                    help="send every file through its own WriteRaw stream, never through tar "
                    "batches over Exec")
+    g.add_argument("--no-agent", dest="agent", action="store_false",
+                   help="no long-lived python3 in the container: a process per container "
+                   "step (python3 or the shell), as where python3 cannot start")
     g.add_argument("--dry-run", action="store_true",
                    help="walk and classify the source, copy nothing, rename nothing")
     g.add_argument("-v", "--itemize", action="store_true",
@@ -378,6 +381,7 @@ def migrate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "dest": args.dest, "verify": args.verify, "preserve": args.preserve,
         "rename": args.rename and not args.dry_run, "dry_run": args.dry_run,
         "tar_batches": args.tar_batches, "rename_without_flush": args.rename_without_flush,
+        "agent": args.agent,
     }
     if args.concurrency is not None:
         kwargs["concurrency"] = args.concurrency

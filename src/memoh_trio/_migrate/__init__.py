@@ -9,6 +9,8 @@ Its parts, each owning one thing and never calling back up:
   (a record, a failure, a capability learned) and the next phase; every choice between ways
   (hold for python3 or check at once, python3 or the shell) from what is known;
 * :mod:`.steps` -- the executor: carries out the steps the table names, in the copy nursery;
+* :mod:`.agentsteps` -- the table's python3 rows carried out by the container's agent (one
+  python3 for the run over one Exec, :mod:`memoh_trio._agent`), where it said hello;
 * :mod:`.context` -- the frozen options, the client with deadlines, shared constants;
 * :mod:`.outcomes` -- what the batch steps return, errors in plain words (a leaf);
 * :mod:`.ledger` -- the counts, failures and fatal error of a run: one method per counting rule;
@@ -53,6 +55,15 @@ How one :func:`migrate` runs:
 5. Symlinks are recreated and permission bits / mtimes applied in the container through batched
    ``Exec`` calls (one shell script per batch, not one RPC per entry); directories last, deepest
    first, once nothing more is written into them.
+
+   Where the container runs python3, one Exec starts the container's agent instead of the
+   probe, and it carries out every container step of the run over that one stream: small
+   files in batches (written, checked, given their modes and mtimes, renamed), the placement
+   of streamed files (whose bytes ``WriteRaw`` put in the destination's top directory),
+   symlinks, modes and mtimes, empty directories, resume's hashes and the flush; every path
+   opened through directory descriptors without following a symlink. An agent that is lost
+   mid-run leaves its unanswered entries to the shell's or the per-file way
+   (:mod:`.lifecycle`'s ``PY_LOST`` rows).
 6. After the copy nursery has exited, :func:`memoh_trio._finalize.decide` rules on the rename and
    ``os.rename`` follows with no checkpoint in between (and KeyboardInterrupt-protected), so a
    cancellation, an interrupt or a fatal error can never reach the rename after a partial copy;

@@ -91,6 +91,7 @@ async def migrate_bot(
     tar_batches: bool = True,
     itemize: Callable[[str], None] | None = None,
     rename_without_flush: bool = False,
+    agent: bool = True,
 ) -> MigrationReport:
     """Migrate ``DATA_ROOT/bots/<bot_id>`` with the seed's semantics.
 
@@ -117,7 +118,7 @@ async def migrate_bot(
     opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size, verify=verify,
                    preserve=preserve, rename=rename, dry_run=dry_run, resume=resume,
                    stall_timeout=stall_timeout, tar_batches=tar_batches,
-                   rename_without_flush=rename_without_flush)
+                   rename_without_flush=rename_without_flush, agent=agent)
     report = await migrate_with(src, client, opts, progress=progress, lock_wait=lock_wait,
                                 itemize=itemize)
     report.bot_id = bot_id
@@ -216,6 +217,7 @@ async def migrate_all(
     on_stopped: Callable[[MigrationReport], None] | None = None,
     rename_without_flush: bool = False,
     itemize: Callable[[str], None] | None = None,
+    agent: bool = True,
 ) -> list[MigrationReport]:
     """Migrate every bot under ``DATA_ROOT/bots/``, one report per bot, in bot-id order.
 
@@ -240,7 +242,8 @@ async def migrate_all(
         itemize: with ``dry_run``, called with one line per entry a bot's run would send,
             as for :func:`memoh_trio.migrate`, prefixed with the bot id and ``": "``.
         dest, chunk_size, verify, preserve, rename, dry_run, resume, stall_timeout,
-            tar_batches, rename_without_flush: as :func:`memoh_trio.migrate`, for every bot.
+            tar_batches, rename_without_flush, agent: as :func:`memoh_trio.migrate`, for
+            every bot.
 
     Returns:
         One report per bot (``bot_id`` set), in bot-id order (bots also start in that order).
@@ -261,7 +264,7 @@ async def migrate_all(
     opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size,
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
                    resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches,
-                   rename_without_flush=rename_without_flush)
+                   rename_without_flush=rename_without_flush, agent=agent)
     check_options(opts)
     check_data_root(data_root)
     bots = list_bots(data_root)

@@ -81,6 +81,7 @@ class Options:
     stall_timeout: float | None = DEFAULT_STALL_TIMEOUT
     tar_batches: bool = True
     rename_without_flush: bool = False
+    agent: bool = True
 
 
 def check_options(opts: Options) -> None:

@@ -48,15 +48,24 @@ LINK_SHELL the same, the shell's way                 OK -> DONE; LOST/REFUSED ->
 MKDIR      an empty directory (Mkdir)                OK -> DONE; REFUSED -> FAILED
 =========  ========================================  ========================================
 
-What an executor must be able to do, so that another one (a long-lived python3 agent in the
-container, spoken to over one Exec) can carry out the same table: TAR "unpack this archive in a
-staging directory, check each member against this size or SHA-256, move it to its final path
-(with its mode and mtime), a record each"; HELD "these parked files: check each holds N bytes,
-give it its mode and mtime, rename it onto its final name, a record each"; CHECK / RECHECK
-"Stat this temporary file, Rename it"; HASH "the SHA-256 of these regular files"; META / LINK
-"these modes and mtimes / these symlinks, never through a symlink, a record each"; and, outside
-the table, the flush before the rename. An agent answers with the same events (a record under a
-clean exit is ``OK``; anything it cannot vouch for is ``LOST``), and the run goes on as here.
+Two executors carry out the rows that name python3: one python3 process per step (an Exec
+each), or the container's agent (:mod:`memoh_trio._agent`: one python3 for the whole run, spoken
+to over one Exec, every path opened through directory descriptors), used wherever it said hello
+(:attr:`Known.agent`). The agent carries out TAR as a ``files`` request (each file written to a
+temporary, checked, given its mode and mtime and renamed: ``OK_META``), HELD as ``place`` (the
+streamed file's temporary in the destination's top directory), META and LINK as ``meta`` and
+``symlink``, and the flush; an agent that crashes or whose stream breaks is ``PY_LOST`` for
+every entry it had not answered for, exactly as a python3 step that died.
+
+What an executor must be able to do, so that another one can carry out the same table: TAR
+"unpack this archive in a staging directory, check each member against this size or SHA-256,
+move it to its final path (with its mode and mtime), a record each"; HELD "these parked files:
+check each holds N bytes, give it its mode and mtime, rename it onto its final name, a record
+each"; CHECK / RECHECK "Stat this temporary file, Rename it"; HASH "the SHA-256 of these regular
+files"; META / LINK "these modes and mtimes / these symlinks, never through a symlink, a record
+each"; and, outside the table, the flush before the rename. An agent answers with the same
+events (a record under a clean exit is ``OK``; anything it cannot vouch for is ``LOST``), and
+the run goes on as here.
 
 A regular file is counted copied when it enters MOVED (or DONE from OK_META), unchanged when it
 enters UNCHANGED, failed when it enters FAILED (:func:`counts_as`); the run counts in one place.
@@ -222,8 +231,9 @@ class Python(enum.Enum):
 class Known:
     """What the decisions read: capabilities learned, and the run's options."""
 
-    exec: bool = False  # the container's shell answered the probe: Exec steps can run
+    exec: bool = False  # the container's shell or agent answered: Exec steps can run
     python: Python = Python.UNKNOWN
+    agent: bool = False  # the container's agent said hello: it carries out python3's rows
     verify: Literal["size", "sha256"] = "size"
     preserve: bool = True
 
@@ -234,8 +244,8 @@ class Known:
         return replace(self, python=Python.YES if there else Python.NO)
 
     def python_lost(self) -> Known:
-        """Learned: a python3 step did not vouch for its entries."""
-        return replace(self, python=Python.LOST)
+        """Learned: a python3 step (or the agent) did not vouch for its entries."""
+        return replace(self, python=Python.LOST, agent=False)
 
     @property
     def python_usable(self) -> bool:
@@ -248,8 +258,10 @@ def after_sent(known: Known) -> Event:
     and renamed now. Held only with ``verify="size"`` (sha256 is checked in the container, one
     file at a time), where the container runs Exec steps and python3 is not known to be absent
     or lost. Whether python3 then places it is decided per batch (:func:`python_places`), from
-    counts that are final by then."""
-    if known.verify == "size" and known.exec and known.python in (Python.UNKNOWN, Python.YES):
+    counts that are final by then. With the agent, held with sha256 too: it hashes the file
+    through the descriptor it renames."""
+    if (known.verify == "size" or known.agent) and known.exec \
+            and known.python in (Python.UNKNOWN, Python.YES):
         return Event.HOLD
     return Event.CHECK
 
@@ -265,14 +277,36 @@ def python_wanted(batch: int, tar_files: int, held_total: int) -> bool:
 
 def python_places(known: Known, wanted: bool) -> bool:
     """Whether python3 places a batch of held files (their ``OK_META``/``OK`` records follow);
-    else each takes ``PER_FILE``."""
-    return wanted and known.python_usable
+    else each takes ``PER_FILE``. The agent places every batch (it starts no process)."""
+    return known.agent or (wanted and known.python_usable)
 
 
-def tar_mover(known: Known, n: int) -> Literal["python", "shell"]:
-    """Who checks and moves a tar batch of ``n`` files: python3 (with modes and mtimes) for more
-    than :data:`SHELL_META_MAX` files where it is usable, else a listing and ``mv``."""
+Executor = Literal["agent", "python", "shell"]
+
+
+def tar_mover(known: Known, n: int) -> Executor:
+    """Who checks and moves a batch of ``n`` small files: the agent (one ``files`` request),
+    python3 (with modes and mtimes) for more than :data:`SHELL_META_MAX` files where it is
+    usable, else a listing and ``mv``."""
+    if known.agent:
+        return "agent"
     return "python" if n > SHELL_META_MAX and known.python_usable else "shell"
+
+
+def agent_events(records: Sequence[tuple[bool, str | None]], n: int) -> list[Event]:
+    """The events of an agent request's ``n`` entries from its records, ``(ok, error)`` in
+    entry order (pure): ``OK``; ``BAD`` for a failed check (the error starts with
+    :data:`CHECK_FAILED`); ``REFUSED`` for any other error (a symlink or a non-directory in
+    the way); ``PY_LOST`` for an entry without a record."""
+    out: list[Event] = []
+    for i in range(n):
+        if i >= len(records):
+            out.append(Event.PY_LOST)
+            continue
+        ok, why = records[i]
+        out.append(Event.OK if ok else Event.BAD if (why or "").startswith(CHECK_FAILED)
+                   else Event.REFUSED)
+    return out
 
 
 def tar_asks_python(n_tar_files: int) -> bool:
@@ -392,6 +426,12 @@ class Step(enum.Enum):
     META_SHELL = "modes/mtimes by the shell"
     LINK_PYTHON = "symlink by python3"
     LINK_SHELL = "symlink by the shell"
+    TAR_AGENT = "agent: files"
+    PLACE_AGENT = "agent: place"
+    META_AGENT = "modes/mtimes by the agent"
+    LINK_AGENT = "symlink by the agent"
+    MKDIR_AGENT = "agent: mkdir"
+    HASH_AGENT = "resume: the agent's hash"
 
 
 @dataclass

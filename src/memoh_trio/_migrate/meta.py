@@ -14,18 +14,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, cast
 
 import trio
 
 from .. import _scripts
+from .._agent.driver import AgentError, AgentUnavailable
+from .._agent.session import Agent, ExecClient, open_agent
 from .._errors import MemohError, Unimplemented
 from .._plan import Action
 from .._progress import ProgressState
 from .._scripts import Capabilities, Precision
 from .._scripts.flush import flush_command, parse_flush
-from . import lifecycle, resume
-from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context, Verify, plain
+from . import agentsteps, lifecycle, resume
+from .context import (
+    EXEC_TIMEOUT,
+    FATAL_ERRORS,
+    Context,
+    Deadlined,
+    Verify,
+    control_timeout,
+    plain,
+)
 from .lifecycle import Event, Known, Phase, Python, Step
 from .outcomes import BatchResult as BatchResult
 from .outcomes import Job as Job
@@ -41,6 +51,9 @@ USE_PYTHON_META = True
 #: Batches of at most this many entries use the shell where it keeps the precision (see
 #: :func:`memoh_trio._scripts.meta_method`).
 SHELL_META_MAX = _scripts.SHELL_META_MAX
+#: Start the container's agent (one python3 for the run, :mod:`memoh_trio._agent`) where it
+#: runs; off, one python3 process per step as before (tests exercise both).
+USE_AGENT = True
 #: Early writeback: while files are being sent, the container is asked to ``sync`` each time
 #: this many more bytes went out, so the ``sync`` that must precede the rename only has the tail
 #: left to flush (it took a third of a 2 x 128 MiB migration when it flushed everything at the
@@ -74,6 +87,12 @@ class Tools:
         self._python_lost = False
         self._verify: Verify = verify
         self._preserve = preserve
+        #: the container's agent, while it carries out python3's rows (see :meth:`start`)
+        self.agent: Agent | None = None
+        self._agent_done = trio.Event()
+        self._agent_scope = trio.CancelScope()
+        self._shell_lock = trio.Lock()
+        self._shell_probed = False
 
     @property
     def known(self) -> Known:
@@ -85,16 +104,83 @@ class Tools:
         else:
             python = Python.YES if self.caps.python3 and USE_PYTHON_META else Python.NO
         return Known(exec=self.caps.probed, python=python, verify=self._verify,
-                     preserve=self._preserve)
+                     preserve=self._preserve,
+                     agent=self.agent is not None and not self._python_lost)
 
     def lose_python(self) -> None:
-        """A python3 step did not vouch for its entries: the rest of the run does without it
-        (the shell's way, or the per-file way)."""
+        """A python3 step (or the agent) did not vouch for its entries: the rest of the run
+        does without python3 (the shell's way, or the per-file way)."""
         self._python_lost = True
 
     async def probe(self, ctx: Context) -> None:
         """Ask the container for its tools, python3 aside (see :meth:`probe_python`)."""
         self.caps = await probe(ctx, python=False)
+
+    async def start(self, ctx: Context, client: ExecClient, nursery: trio.Nursery) -> None:
+        """Start the container's agent in ``nursery`` (it lives until :meth:`stop`); its hello
+        is the probe: python3 runs, Exec works. Without it, the shell is probed as before:
+        a container without python3 (exit 127), or an agent that could not start, takes the
+        shell's rows; a server without Exec has none. ``client``: without the control
+        deadline (the agent's Exec lasts the run)."""
+        use_agent = USE_AGENT and ctx.opts.agent
+        if use_agent:
+            try:
+                agent = await nursery.start(self._agent_task, client, ctx.opts.dest)
+            except AgentError as exc:
+                cause = exc.__cause__
+                if isinstance(cause, FATAL_ERRORS):
+                    raise cause from None
+                if isinstance(cause, Unimplemented):  # no Exec: nothing to probe
+                    self._python_asked = True
+                    self._python_known.set()
+                    return
+                if not isinstance(exc, AgentUnavailable):
+                    self._python_lost = True  # python3 is there but did not work
+            else:
+                stall = ctx.opts.stall_timeout
+                # Each request gets the control calls' deadline: a link that stops
+                # forwarding ends the run (Unavailable) instead of waiting for ever.
+                self.agent = agent if stall is None else cast(
+                    Agent, Deadlined(agent, control_timeout(stall)))
+                self.caps = Capabilities(probed=True, python3=True)
+                self._python_asked = True
+                self._python_known.set()
+                return
+        await self.probe(ctx)
+        if use_agent:  # its answer stands for python3's probe
+            self._python_asked = True
+            self._python_known.set()
+
+    async def _agent_task(self, client: ExecClient, dest: str, *,
+                          task_status: trio.TaskStatus[Agent]) -> None:
+        started = False
+        try:
+            with self._agent_scope:
+                async with open_agent(client, dest) as agent:
+                    task_status.started(agent)
+                    started = True
+                    await self._agent_done.wait()
+        except AgentError:
+            if not started:
+                raise
+            # Lost during the run: each request it did not answer was PY_LOST already.
+            self._python_lost = True
+
+    def stop(self, *, abandon: bool = False) -> None:
+        """The run needs the agent no more: it says bye and ends; ``abandon`` (the run failed,
+        or its link is lost): its Exec call is cancelled at once, and the server ends it."""
+        self._agent_done.set()
+        if abandon:
+            self._agent_scope.cancel()
+
+    async def shell(self, ctx: Context) -> Capabilities:
+        """The shell's tools, probed now if the agent stood for the probe (its loss sends the
+        rest of the run the shell's way)."""
+        async with self._shell_lock:
+            if self.agent is not None and not self._shell_probed:
+                self._shell_probed = True
+                self.caps = replace(await probe(ctx, python=False), python3=False)
+        return self.caps
 
     def ask_python(self, ctx: Context, nursery: trio.Nursery) -> None:
         """Start asking for python3 in ``nursery``, unless it was asked already."""
@@ -213,26 +299,42 @@ class Batches:
             Unavailable / Unauthenticated: fatal to the run.
         """
         tools = self._tools
-        caps = await tools.settled(self._ctx) if tools.python_may_serve(batch) else tools.caps
-        if not tools.known.python_usable:
-            caps = replace(caps, python3=False)
         actions = batch.actions
         if batch.job == "hash":
-            lifecycle.note([a.rel for a in actions], Step.RESUME_HASH)
-            found = await resume.check_hashes(self._ctx, actions)
+            lifecycle.note([a.rel for a in actions],
+                           Step.HASH_AGENT if tools.known.agent else Step.RESUME_HASH)
+            found = await resume.check_hashes(
+                self._ctx, actions, tools.agent if tools.known.agent else None)
+            if found.agent_lost:
+                tools.lose_python()
             lifecycle.step([a.rel for a in found.same], Phase.HASH, Event.OK)
             lifecycle.step([a.rel for a in found.resend], Phase.HASH, Event.LOST)
             return BatchResult("hash", done=found.same, resend=found.resend)
         job: Literal["links", "meta"] = batch.job
         first = Phase.LINK if job == "links" else Phase.META
-        failed, precision, events = await _per_entry(self._ctx, job, caps, actions)
+        failed: dict[int, str]
+        precision: Precision | None
+        agent = tools.agent
+        if agent is not None and tools.known.agent:
+            if job == "links":
+                failed, events = await agentsteps.links(agent, actions, self._preserve)
+                precision = None
+            else:
+                failed, events = await agentsteps.meta(agent, actions)
+                precision = "ns"
+        else:
+            caps = (await tools.settled(self._ctx) if tools.python_may_serve(batch)
+                    else await tools.shell(self._ctx))
+            if not tools.known.python_usable:
+                caps = replace(caps, python3=False)
+            failed, precision, events = await _per_entry(self._ctx, job, caps, actions)
         # LINK/META -> LINK_SHELL/META_SHELL: what python3 did not vouch for, the shell's way.
         again = [i for i, event in enumerate(events)
                  if lifecycle.step(actions[i].rel, first, event) in (Phase.LINK_SHELL,
                                                                       Phase.META_SHELL)]
         if again:
             tools.lose_python()
-            shell = replace(caps, python3=False)
+            shell = replace(await tools.shell(self._ctx), python3=False)
             retried, shell_precision, shell_events = await _per_entry(
                 self._ctx, job, shell, [actions[i] for i in again])
             second = Phase.LINK_SHELL if job == "links" else Phase.META_SHELL
@@ -243,7 +345,7 @@ class Batches:
                     failed[i] = retried[k]
                 else:
                     failed.pop(i, None)
-            if job == "meta" and shell_precision == "s":
+            if job == "meta" and (shell_precision == "s" or precision is None):
                 precision = "s"
         what = "cannot recreate the symlink" if job == "links" else \
             "cannot apply permissions/mtime"
@@ -334,7 +436,7 @@ NO_FLUSH = ("the container cannot be asked to flush (it has no Exec), so the cop
             "rename_without_flush=True) renames without it")
 
 
-async def flush(ctx: Context) -> tuple[bool, str | None]:
+async def flush(ctx: Context, agent: Agent | None = None) -> tuple[bool, str | None]:
     """Flush the destination's file system in the container before the source may be renamed
     (``sync -f DEST``: ``syncfs(2)`` of just that file system, a global ``sync`` where ``sync``
     knows no ``-f``; :func:`memoh_trio._scripts.flush.flush_command`).
@@ -344,7 +446,16 @@ async def flush(ctx: Context) -> tuple[bool, str | None]:
     for the whole tree, instead of an fsync per file on the server's hot path. A server
     without Exec (UNIMPLEMENTED) cannot be asked: the rename then waits for the operator's
     ``rename_without_flush`` (:data:`NO_FLUSH`).
+
+    ``agent``: the container's agent flushes instead (``syncfs`` of the destination, or an
+    ``fsync`` of everything it wrote); if it cannot, ``sync -f`` as without it.
     """
+    if agent is not None:
+        try:
+            await agent.flush()
+            return True, None
+        except AgentError:
+            pass  # the shell's way below
     try:
         res = await ctx.exec(flush_command(), timeout_seconds=EXEC_TIMEOUT)
     except FATAL_ERRORS:
@@ -371,15 +482,19 @@ def writeback_due(state: ProgressState, mark: int, synced: int) -> bool:
         and state.bytes_done > synced)
 
 
-async def writeback(ctx: Context) -> None:
-    """Early ``sync`` as :func:`writeback_due` says (runs beside the copy)."""
+async def writeback(ctx: Context, tools: Tools) -> None:
+    """Early ``sync`` as :func:`writeback_due` says (runs beside the copy; by the agent where
+    it runs)."""
     mark, synced = WRITEBACK_BYTES, 0
     while True:
         state = await ctx.progress.value.wait_value(
             lambda s, m=mark, d=synced: writeback_due(s, m, d))
         synced = state.bytes_done
         try:
-            await ctx.exec(flush_command(), timeout_seconds=EXEC_TIMEOUT)
+            if tools.agent is not None and tools.known.agent:
+                await tools.agent.flush()
+            else:
+                await ctx.exec(flush_command(), timeout_seconds=EXEC_TIMEOUT)
         except (MemohError, OSError):
             return  # no Exec, or it failed: the final sync reports what matters
         mark = ctx.progress.state.bytes_done + WRITEBACK_BYTES

@@ -20,15 +20,16 @@ its source. Nothing here records anything: :meth:`Placer.place` returns what hap
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import trio
 
 from .. import _scripts
+from .._agent.session import Agent
 from .._errors import MemohError
 from .._plan import Action
-from . import lifecycle
+from . import agentsteps, lifecycle
 from .context import EXEC_TIMEOUT, FATAL_ERRORS, Context
 from .lifecycle import Event, Phase, Step
 
@@ -91,7 +92,27 @@ class Placer:
         records = _scripts.parse_records(res.stdout, len(batch))
         events = lifecycle.events_of(records, res.exit_code, len(batch), python=True)
         out.python_lost = lifecycle.python_failed(records, res.exit_code)
-        for (action, part), event, record in zip(batch, events, records.values(), strict=True):
+        await self._settle(out, batch, events, list(records.values()))
+        return out
+
+    async def place_by_agent(self, batch: Sequence[tuple[Action, str]], agent: Agent,
+                             hashes: Mapping[str, str]) -> Placed:
+        """:meth:`place`, carried out by the container's agent (``hashes``: the sources'
+        SHA-256 by path, checked by the agent before each rename, with ``verify="sha256"``)."""
+        ctx = self._ctx
+        out = Placed(meta_applied=ctx.opts.preserve)
+        events, whys = await agentsteps.place(
+            ctx, agent, batch, dict(hashes) if ctx.opts.verify == "sha256" else None)
+        out.python_lost = Event.PY_LOST in events
+        await self._settle(out, batch, events, whys)
+        return out
+
+    async def _settle(self, out: Placed, batch: Sequence[tuple[Action, str]],
+                      events: Sequence[Event], whys: Sequence[str | None]) -> None:
+        """File each held file by its event: HELD -> DONE/MOVED (placed), RECHECK (unsure),
+        or FAILED (its temporary file deleted)."""
+        ctx = self._ctx
+        for (action, part), event, record in zip(batch, events, whys, strict=True):
             phase = lifecycle.step(action.rel, Phase.HELD, Event.OK_META if (
                 event is Event.OK and out.meta_applied) else event)
             if phase in (Phase.DONE, Phase.MOVED):
@@ -105,7 +126,6 @@ class Placer:
                 why = (why if why.startswith(_scripts.CHECK_FAILED)
                        else f"cannot move the file into place: {why}")
                 out.failed.append((action, why))
-        return out
 
     async def discard(self, held: Sequence[tuple[Action, str]]) -> None:
         """Delete the temporary files still held (a run that stops before placing them);

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import trio
 
 from .. import _scripts, _source
+from .._agent.driver import AgentError
+from .._agent.session import Agent
 from .._dirindex import DirIndex, Listed
 from .._errors import ConfigError, FailedPrecondition, MemohError, NotFound, RPCError, Status
 from .._plan import Action, Kind, escape_name
@@ -165,18 +167,36 @@ class HashCheck:
 
     same: list[Action] = field(default_factory=list)  # the container's copy hashes the same
     resend: list[Action] = field(default_factory=list)  # different, missing, or not checkable
+    agent_lost: bool = False  # the agent did not answer (the rest of the run does without it)
 
 
-async def check_hashes(ctx: Context, batch: Sequence[Action]) -> HashCheck:
+async def check_hashes(ctx: Context, batch: Sequence[Action],
+                       agent: Agent | None = None) -> HashCheck:
     """``--verify sha256`` on a rerun: a file resume would skip (same size and mtime) is only
     vouched for if the container's copy has the source's SHA-256 (one ``sha256sum`` Exec per
     batch, the path list on stdin). Anything else is sent again: a mismatch, a file the
     container cannot hash, a container without Exec or ``sha256sum``, a source that changed.
 
+    ``agent``: the container's agent hashes them instead (each opened through descriptors,
+    never through a symlink, never waiting on a FIFO; ``out.agent_lost`` if it could not).
+
     Raises:
         Unavailable / Unauthenticated: fatal to the run.
     """
     out = HashCheck()
+    if agent is not None:
+        try:
+            records = await agent.hash([a.rel for a in batch])
+        except AgentError:
+            out.agent_lost = True
+            out.resend.extend(batch)
+            return out
+        theirs = {a.rel: str(r.extra.get("sha256")) for a, r in zip(batch, records,
+                                                                     strict=False) if r.ok}
+        todo = [a for a in batch if a.rel in theirs]
+        out.resend.extend(a for a in batch if a.rel not in theirs)
+        await _compare(out, todo, theirs)
+        return out
     listable = [a for a in batch if "\n" not in a.rel and "\\" not in a.rel]
     out.resend.extend(a for a in batch if "\n" in a.rel or "\\" in a.rel)
     if not listable:
@@ -192,13 +212,18 @@ async def check_hashes(ctx: Context, batch: Sequence[Action]) -> HashCheck:
         remote = {}
     todo = [a for a in listable if a.rel in remote]
     out.resend.extend(a for a in listable if a.rel not in remote)
+    await _compare(out, todo, remote)
+    return out
+
+
+async def _compare(out: HashCheck, todo: Sequence[Action], remote: dict[str, str]) -> None:
+    """The source's hashes of ``todo`` against the container's: same, or sent again."""
     local = await local_hashes(todo)
     for action in todo:
         if local.get(action.rel) == remote[action.rel]:
             out.same.append(action)
         else:
             out.resend.append(action)
-    return out
 
 
 async def local_hashes(batch: Sequence[Action]) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, cast
@@ -66,6 +66,8 @@ class _Run:
         self.identity = preflight.source_identity(src)
         self.opts = opts
         self.itemize = itemize
+        self.raw_client = client  # the agent's Exec lasts the run: no control deadline
+        self.agents: trio.Nursery | None = None  # where the container's agent runs
         # Control calls (ListDir, Mkdir, Rename, DeleteFile, Exec) get a deadline derived from
         # the stall timeout; WriteRaw has its own progress-based stall detection.
         if opts.stall_timeout is not None:
@@ -84,17 +86,14 @@ class _Run:
         self.flow = self.steps.flow
 
     async def run(self) -> MigrationReport:
-        ledger, opts = self.ledger, self.opts
+        ledger = self.ledger
         start = time.monotonic()
         try:
             # The walk starts at once: the source is listed while the destination is surveyed
             # and the container probed (its entries wait in the channel to be routed).
             walked, entries = trio.open_memory_channel[list[WalkEntry]](
                 WALK_BUFFER // WALK_BATCH)
-            await with_helpers(partial(self._prepare_and_copy, entries),
-                               [partial(self._walk, walked)])
-            if not opts.dry_run and ledger.fatal is None:
-                await self._finish()
+            await self._with_agent(partial(self._copy_and_finish, walked, entries))
             # Checkpoint: any pending cancellation surfaces here, before the decision.
             await trio.lowlevel.checkpoint()
             self._finalize()
@@ -117,12 +116,36 @@ class _Run:
                                 failures=len(self.report.failures), source=self.src)
         return self.report
 
+    async def _with_agent(self, body: Callable[[], Awaitable[None]]) -> None:
+        """Run ``body`` with a nursery where the container's agent can live (started by
+        :meth:`_prepare`); once ``body`` ends, the agent says bye and ends. ``body``'s
+        exception comes out as itself (the agent's task never raises one)."""
+        error: Exception | None = None
+        async with trio.open_nursery() as self.agents:
+            try:
+                await body()
+            except Exception as exc:
+                error = exc
+            finally:
+                self.tools.stop(abandon=error is not None or self.ledger.fatal is not None)
+        self.agents = None
+        if error is not None:
+            raise error
+
+    async def _copy_and_finish(self, walked: trio.MemorySendChannel[list[WalkEntry]],
+                               entries: trio.MemoryReceiveChannel[list[WalkEntry]]) -> None:
+        await with_helpers(partial(self._prepare_and_copy, entries),
+                           [partial(self._walk, walked)])
+        if not self.opts.dry_run and self.ledger.fatal is None:
+            await self._finish()
+
     async def _prepare_and_copy(self, entries: trio.MemoryReceiveChannel[list[WalkEntry]]
                                 ) -> None:
         """Survey and probe, then copy what the walk sends into ``entries``."""
         await self._prepare()
         opts = self.opts
-        helpers = [] if opts.dry_run or not opts.rename else [partial(meta.writeback, self.ctx)]
+        helpers = ([] if opts.dry_run or not opts.rename
+                   else [partial(meta.writeback, self.ctx, self.tools)])
         await with_helpers(partial(self._copy_tree, entries), helpers)
 
     async def _prepare(self) -> None:
@@ -134,8 +157,10 @@ class _Run:
         self.existing = found.existing if opts.resume else DirIndex()
         if not opts.dry_run:
             self.dest_links = found.links
-            await self.tools.probe(self.ctx)
-            if opts.tar_batches and self.tools.caps.tar_ok(opts.verify):
+            assert self.agents is not None
+            await self.tools.start(self.ctx, self.raw_client, self.agents)
+            if opts.tar_batches and (self.tools.known.agent
+                                     or self.tools.caps.tar_ok(opts.verify)):
                 self.tar_max_size = MAX_MEMBER_SIZE
 
     async def _finish(self) -> None:
@@ -148,7 +173,8 @@ class _Run:
         for batch in self.batches.final():
             self.ledger.batch_done(await self.batches.run(batch))
         if self.opts.rename and self.ledger.done and not self.report.failures:
-            self.report.flushed, why = await meta.flush(self.ctx)
+            agent = self.tools.agent if self.tools.known.agent else None
+            self.report.flushed, why = await meta.flush(self.ctx, agent)
             if why is not None:
                 self.report.failures.append(Failure(self.opts.dest or "/", why))
 
@@ -305,6 +331,7 @@ async def migrate(
     tar_batches: bool = True,
     itemize: Callable[[str], None] | None = None,
     rename_without_flush: bool = False,
+    agent: bool = True,
 ) -> MigrationReport:
     """Copy the tree under ``src`` into the container and, on full success, rename ``src``.
 
@@ -337,6 +364,10 @@ async def migrate(
         rename_without_flush: rename ``src`` even where the container cannot be asked to flush
             the copy to its disk (a server without Exec): off, such a run copies everything
             and keeps the source (``report.flushed`` is ``False``, the failure says why).
+        agent: where the container runs python3, carry out every container step with one
+            python3 started over one Exec (the container agent: every path opened through
+            directory descriptors, never through a symlink; one process instead of one per
+            step). Off: a python3 process (or the shell) per step, as where it cannot start.
 
     Returns:
         The report; ``report.ok`` is false when some entries failed (the source is then kept).
@@ -354,7 +385,7 @@ async def migrate(
     opts = Options(dest=dest, concurrency=concurrency, chunk_size=chunk_size,
                    verify=verify, preserve=preserve, rename=rename, dry_run=dry_run,
                    resume=resume, stall_timeout=stall_timeout, tar_batches=tar_batches,
-                   rename_without_flush=rename_without_flush)
+                   rename_without_flush=rename_without_flush, agent=agent)
     return await migrate_with(src, client, opts, progress=progress, lock_wait=lock_wait,
                               itemize=itemize)
 

@@ -12,9 +12,10 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
+from .._agent.driver import AgentError
 from .._errors import MemohError
 from .._plan import Action, Kind
-from . import lifecycle, meta, place, stream, tar
+from . import agentsteps, lifecycle, meta, place, stream, tar
 from .context import FATAL_ERRORS, Context, plain
 from .lifecycle import Event, Flow, Phase
 
@@ -35,6 +36,8 @@ class Steps:
         self.placer = place.Placer(ctx)  # places held files (python3)
         self.flow: Flow[tuple[Action, str]] = Flow(place.PLACE_BATCH)
         self.nursery: trio.Nursery | None = None
+        #: the sources' SHA-256 of held files (``verify="sha256"``: the agent checks them)
+        self.hashes: dict[str, str] = {}
 
     async def start_in_slot(self, nursery: trio.Nursery,
                              task: Callable[[], Awaitable[None]]) -> None:
@@ -56,7 +59,7 @@ class Steps:
         held = sent = False
         rel = action.rel
 
-        def hold(action: Action, part: str) -> bool:
+        def hold(action: Action, part: str, sha256: str | None) -> bool:
             # Sent whole and checked here: SENT -> HELD or CHECK, from what is known.
             nonlocal held, sent
             sent = True
@@ -67,6 +70,8 @@ class Steps:
             if nursery is None or lifecycle.step(rel, Phase.SENT, decision) is Phase.CHECK:
                 return False
             held = True
+            if sha256 is not None:
+                self.hashes[rel] = sha256
             full = self.flow.hold((action, part))
             if full is not None:
                 nursery.start_soon(self._place_task, full)
@@ -75,11 +80,14 @@ class Steps:
         self.flow.stream_started()
         try:
             if action.kind is Kind.MKDIR:
-                await self.ctx.client.mkdir(self.ctx.path(rel))
-                lifecycle.step(rel, Phase.MKDIR, Event.OK)
-                self.ledger.made_dir()
-                return
-            why = await stream.copy_file(self.ctx, action, park=hold)
+                why = await self._mkdir(rel)
+                if why is None:
+                    lifecycle.step(rel, Phase.MKDIR, Event.OK)
+                    self.ledger.made_dir()
+                    return
+            else:
+                why = await stream.copy_file(self.ctx, action, park=hold,
+                                             at_top=self.tools.known.agent)
         except FATAL_ERRORS as exc:
             self.ledger.lose(exc)
             return
@@ -100,6 +108,21 @@ class Steps:
             return
         lifecycle.step(rel, Phase.CHECK, Event.OK)
         self.start(self._moved(action))
+
+    async def _mkdir(self, rel: str) -> str | None:
+        """An empty directory: by the agent (never through a symlink) where it runs, else
+        ``Mkdir``; ``None`` once it is there, else why not."""
+        agent = self.tools.agent
+        if agent is not None and self.tools.known.agent:
+            lifecycle.note(rel, lifecycle.Step.MKDIR_AGENT)
+            try:
+                record = (await agent.mkdir([{"path": rel}]))[0]
+            except (AgentError, IndexError):
+                self.tools.lose_python()  # Mkdir below, as without it
+            else:
+                return None if record.ok else f"cannot create the directory: {record.error}"
+        await self.ctx.client.mkdir(self.ctx.path(rel))
+        return None
 
     def _moved(self, action: Action) -> meta.Batch | None:
         """A file at its final path (MOVED): counted copied, its mode and mtime queued; the
@@ -130,6 +153,9 @@ class Steps:
         except trio.Cancelled:
             await self.placer.discard(unresolved)
             raise
+        finally:
+            for action, _ in batch:
+                self.hashes.pop(action.rel, None)
 
     async def _place_held(self, held: list[tuple[Action, str]]) -> list[meta.Batch]:
         """:meth:`_place`; ``held`` keeps the files not resolved yet."""
@@ -142,7 +168,10 @@ class Steps:
         if placed_by_python:
             try:
                 async with self.ctx.limiter:
-                    outcome = await self.placer.place(held, tools.caps.python_exe)
+                    agent = tools.agent if tools.known.agent else None
+                    outcome = (await self.placer.place_by_agent(held, agent, self.hashes)
+                               if agent is not None
+                               else await self.placer.place(held, tools.caps.python_exe))
             except FATAL_ERRORS as exc:
                 self.ledger.lose(exc)
                 held.clear()  # left to the next run's survey
@@ -177,7 +206,7 @@ class Steps:
         if where is Phase.CHECK:
             lifecycle.step(action.rel, Phase.HELD, Event.PER_FILE)
         try:
-            why = await stream.finish_parked(self.ctx, action, part)
+            why = await stream.finish_parked(self.ctx, action, part, self.hashes.get(action.rel))
         except FATAL_ERRORS as exc:
             self.ledger.lose(exc)
             return
@@ -202,7 +231,16 @@ class Steps:
         if len(batch) > meta.SHELL_META_MAX:  # asked already (_dispatch): never waits for ever
             self.tools.ask_python(self.ctx, self.nursery)
         try:
-            outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
+            agent = self.tools.agent if self.tools.known.agent else None
+            if agent is not None:
+                outcome = await agentsteps.send_files(self.ctx, agent, batch)
+            else:
+                if not (await self.tools.shell(self.ctx)).tar_ok(self.ctx.opts.verify):
+                    # the agent was lost in a container without tar: the per-file way
+                    lifecycle.step([a.rel for a in batch], Phase.TAR, Event.LOST)
+                    outcome = tar.BatchOutcome(resend=list(batch))
+                else:
+                    outcome = await tar.send_batch(self.ctx, batch, py_move=self.tools.py_move)
             if outcome.python_lost:
                 self.tools.lose_python()
         except FATAL_ERRORS as exc:

@@ -73,13 +73,16 @@ async def open_source(action: Action) -> int:
 
 
 async def copy_file(ctx: Context, action: Action, *,
-                    park: Callable[[Action, str], bool] | None = None) -> str | None:
+                    park: Callable[[Action, str, str | None], bool] | None = None,
+                    at_top: bool = False) -> str | None:
     """Copy one regular file; ``None`` when it is in place and verified, else why not.
 
     ``park``: a file sent whole and checked on this side is offered to it with its
-    temporary path (relative to the destination); taken (``True``), it is not checked in the
-    container nor renamed here: the caller places it (:mod:`.place`), and ``None`` is
-    returned.
+    temporary path (relative to the destination) and its SHA-256 (``verify="sha256"``);
+    taken (``True``), it is not checked in the container nor renamed here: the caller places
+    it (:mod:`.place`), and ``None`` is returned. ``at_top``: the temporary file goes in the
+    destination's top directory (the agent moves it into its own through descriptors: no
+    directory a process could swap is on the way of the bytes ``WriteRaw`` writes by path).
 
     Raises:
         MemohError / OSError: the call failed (the caller records it, or stops on a fatal one).
@@ -95,14 +98,15 @@ async def copy_file(ctx: Context, action: Action, *,
     except _source.SourceChanged as exc:
         return str(exc)
     try:
-        return await _copy_open(ctx, action, fd, final, park)
+        return await _copy_open(ctx, action, fd, final, park, at_top)
     finally:
         os.close(fd)
 
 
 async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
-                     park: Callable[[Action, str], bool] | None) -> str | None:
-    part_rel = part_name(action.rel)
+                     park: Callable[[Action, str, str | None], bool] | None,
+                     at_top: bool) -> str | None:
+    part_rel = part_name("" if at_top else action.rel)
     part = ctx.path(part_rel)
     sent = 0
 
@@ -138,7 +142,7 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
         if why is None and not (result.bytes_read == result.bytes_written == action.size):
             why = (f"size mismatch: {action.size} bytes at open, {result.bytes_read} read, "
                    f"{result.bytes_written} written by the server")
-        if why is None and park is not None and park(action, part_rel):
+        if why is None and park is not None and park(action, part_rel, result.sha256):
             placed = True  # or failed, by whoever places it: the temporary file is theirs
             return None
         if why is None:
@@ -173,10 +177,12 @@ class TemporaryGone(Exception):
     for it may have moved it): it is sent again (RECHECK -> RESEND)."""
 
 
-async def finish_parked(ctx: Context, action: Action, part_rel: str) -> str | None:
+async def finish_parked(ctx: Context, action: Action, part_rel: str,
+                        sha256: str | None = None) -> str | None:
     """Check and move one parked file the per-file way (no record vouched for it, or its batch
-    goes the per-file way): the container's ``Stat``, then ``Rename``; ``None`` when it is in
-    place, else why not (its temporary file is then deleted).
+    goes the per-file way): the container's ``Stat`` (and with ``verify="sha256"`` its hash
+    against ``sha256``), then ``Rename``; ``None`` when it is in place, else why not (its
+    temporary file is then deleted).
 
     Raises:
         TemporaryGone: its temporary file is not there (nothing to delete).
@@ -192,6 +198,8 @@ async def finish_parked(ctx: Context, action: Action, part_rel: str) -> str | No
             ctx.progress.unsent(action.size)
             raise TemporaryGone(part) from None
         why = size_mismatch(entry, action.size, action.size)
+        if why is None and ctx.opts.verify == "sha256":
+            why = await verify_sha256(ctx, part, sha256, action.rel)
         if why is None:
             await ctx.client.rename(part, ctx.path(action.rel))
             placed = True
