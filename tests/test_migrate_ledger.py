@@ -112,3 +112,29 @@ async def test_lose_keeps_the_first_fatal_error_and_cancels_the_copy() -> None:
     ledger.detach()
     assert not ledger.copy_running and ledger.fatal is first
     assert ledger.outcome(rename=True, dry_run=False).fatal == "gone"
+
+
+def test_bytes_are_counted_in_the_ledger_only() -> None:
+    """An entry's bytes count once sent and stay once it is copied; a failure, a file sent
+    again or a held file left unplaced gives them back, so the progress ends at the bytes
+    really copied whatever way each file took (no part un-counts anything itself)."""
+    ledger = _ledger()
+    files = {name: _a(Kind.COPY, name, size) for name, size in
+             (("ok", 10), ("bad", 20), ("again", 30), ("changed", 40), ("big", 100),
+              ("held", 50))}
+    ledger.found(list(files.values()))
+    ledger.sent_whole([files[n] for n in ("ok", "bad", "again")])  # a batch ("changed": not read)
+    ledger.tar_done(BatchOutcome(copied=[files["ok"]], failed=[(files["bad"], "check")],
+                                 resend=[files["again"]], changed=[files["changed"]]))
+    assert ledger.progress.state.bytes_done == 10
+    for rel in ("again", "changed"):  # the per-file way, chunk by chunk
+        ledger.sending(rel, files[rel].size // 2)
+        ledger.sending(rel, files[rel].size - files[rel].size // 2)
+        ledger.copied(files[rel])
+    ledger.sending("big", 60)  # a stream that failed half-way
+    ledger.fail(files["big"], "stalled")
+    ledger.sending("held", 50)  # held, then the run stopped before it was placed
+    ledger.take_back("held")
+    ledger.take_back("held")  # twice: nothing more
+    assert ledger.progress.state.bytes_done == 10 + 30 + 40
+    assert ledger.report.bytes == 10 + 30 + 40

@@ -292,6 +292,24 @@ class Tree:
             raise EntryError(f"the directory {'/'.join(parts)!r} was replaced while the entry "
                              "was placed")
 
+    def fsync_file(self, path: str) -> None:
+        pfd, name, _ = self.parent(path, create=False)
+        try:
+            fd = os.open(name, _FILE_READ, dir_fd=pfd)
+        finally:
+            os.close(pfd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def fsync_dir(self, entry: dict[str, Any]) -> None:
+        fd = self.open_dir(split_path(entry["path"]), create=False)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
 
 def _set_times(entry: dict[str, Any], fd: int | None = None, name: str | None = None,
                dir_fd: int | None = None) -> None:
@@ -303,6 +321,21 @@ def _set_times(entry: dict[str, Any], fd: int | None = None, name: str | None = 
         os.utime(fd, ns=times)
     else:
         os.utime(name, ns=times, dir_fd=dir_fd, follow_symlinks=False)  # type: ignore[arg-type]
+
+
+def each(entries: list[Any], step: Any) -> list[dict[str, Any]]:
+    """A record per entry of a per-entry operation; EntryError/OSError become failed records."""
+    records = []
+    for entry in entries:
+        path = entry if isinstance(entry, str) else entry.get("path")
+        try:
+            extra = step(entry) or {}
+            records.append({"path": path, "ok": True, **extra})
+        except EntryError as exc:
+            records.append({"path": path, "ok": False, "error": str(exc), **exc.extra})
+        except OSError as exc:
+            records.append({"path": path, "ok": False, "error": _why(exc, str(path))})
+    return records
 
 
 class Agent:
@@ -321,20 +354,6 @@ class Agent:
         st = os.fstat(fd)
         self.created[path] = (st.st_dev, st.st_ino, st.st_ctime_ns)
         return st.st_size
-
-    # Each per-entry operation returns a record; EntryError/OSError become failed records.
-    def each(self, entries: list[Any], step: Any) -> list[dict[str, Any]]:
-        records = []
-        for entry in entries:
-            path = entry if isinstance(entry, str) else entry.get("path")
-            try:
-                extra = step(entry) or {}
-                records.append({"path": path, "ok": True, **extra})
-            except EntryError as exc:
-                records.append({"path": path, "ok": False, "error": str(exc), **exc.extra})
-            except OSError as exc:
-                records.append({"path": path, "ok": False, "error": _why(exc, str(path))})
-        return records
 
     def mkdir(self, entry: dict[str, Any]) -> None:
         parts = split_path(entry["path"])
@@ -395,7 +414,7 @@ class Agent:
         for entry in header["entries"]:
             size = int(entry["size"])
             chunk, offset = view[offset:offset + size], offset + size
-            record = self.each([entry], lambda e, c=chunk: self._one_file(e, c))[0]
+            record = each([entry], lambda e, c=chunk: self._one_file(e, c))[0]
             record["path"] = entry.get("final") or entry["path"]
             records.append(record)
         return records
@@ -590,30 +609,12 @@ class Agent:
     def flush(self, how: str) -> dict[str, Any]:
         if how == "syncfs" and _syncfs(self.tree.root_fd):
             return {"ok": True, "how": "syncfs"}
-        records = self.each(list(self.tree.written), self._fsync_file)
-        dirs = self.each([{"path": d} for d in self.tree.dirs if d], self._fsync_dir)
+        records = each(list(self.tree.written), self.tree.fsync_file)
+        dirs = each([{"path": d} for d in self.tree.dirs if d], self.tree.fsync_dir)
         os.fsync(self.tree.root_fd)
         failed = [r for r in records + dirs if not r["ok"]]
         return {"ok": not failed, "how": "fsync", "files": len(records), "dirs": len(dirs) + 1,
                 "records": failed}
-
-    def _fsync_file(self, path: str) -> None:
-        pfd, name, _ = self.tree.parent(path, create=False)
-        try:
-            fd = os.open(name, _FILE_READ, dir_fd=pfd)
-        finally:
-            os.close(pfd)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def _fsync_dir(self, entry: dict[str, Any]) -> None:
-        fd = self.tree.open_dir(split_path(entry["path"]), create=False)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
     def handle(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         op = header.get("op")
@@ -627,7 +628,7 @@ class Agent:
         elif op in ("mkdir", "place", "symlink", "meta", "delete", "hash"):
             step = getattr(self, op)
             entries = header.get("paths" if op in ("delete", "hash") else "entries", [])
-            reply = {"records": self.each(entries, step)}
+            reply = {"records": each(entries, step)}
         else:
             reply = {"ok": False, "error": f"unknown operation {op!r}"}
         if "records" in reply and "ok" not in reply:

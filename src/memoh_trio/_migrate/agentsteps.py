@@ -75,13 +75,12 @@ async def send_files(ctx: Context, agent: Agent, batch: Sequence[Action]) -> Bat
         entries.append(entry)
     actions = [a for a, _, _ in members]
     lifecycle.note([a.rel for a in actions], Step.TAR_AGENT)
-    nbytes = sum(len(d) for _, d, _ in members)
     try:
         records = await agent.files(entries, b"".join(d for _, d, _ in members))
     except AgentError:
         out.python_lost = True
         records = []
-    ctx.progress.sent(nbytes)
+    ctx.ledger.sent_whole(actions)
     out.meta_applied = preserve
     for action, event, record in zip(actions, lifecycle.agent_events(_pairs(records),
                                                                       len(actions)),
@@ -92,7 +91,6 @@ async def send_files(ctx: Context, agent: Agent, batch: Sequence[Action]) -> Bat
         if phase in (Phase.MOVED, Phase.DONE):
             out.copied.append(action)
             continue
-        ctx.progress.unsent(action.size)
         if phase is Phase.RESEND:
             out.resend.append(action)
         else:

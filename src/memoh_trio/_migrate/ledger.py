@@ -1,8 +1,12 @@
 """The ledger of one migration: its counts, failures and fatal error (the report being filled in).
 
-The parts of a run (:mod:`.stream`, :mod:`.tar`, :mod:`.meta`) return what happened; the run
-records it here, and :func:`memoh_trio._finalize.decide` rules on the counts. Each method is one
-counting rule, so the report, the progress observer and ``done``/``required`` move together.
+The parts of a run (:mod:`.stream`, :mod:`.tar`, :mod:`.meta`, :mod:`.agentsteps`) return what
+happened; the run records it here, and :func:`memoh_trio._finalize.decide` rules on the counts.
+Each method is one counting rule, so the report, the progress observer and ``done``/``required``
+move together. Bytes too are counted only here: a part says what went out (:meth:`sending`,
+:meth:`sent_whole`), and the outcome recorded for the entry settles them: kept once it is
+copied, given back once it fails or goes to be sent again (:meth:`take_back`); no part
+un-counts anything itself.
 """
 
 from __future__ import annotations
@@ -42,6 +46,35 @@ class Ledger:
         self.fatal: RPCError | None = None
         self.cancelled = False
         self._scope: trio.CancelScope | None = None
+        #: bytes counted as sent for entries not settled yet (streaming, held, in a batch)
+        self._sent: dict[str, int] = {}
+
+    # -- bytes: counted here only. An entry's bytes count once sent; it keeps them once it is
+    # copied, and gives them back when it fails or goes to be sent again.
+
+    def sending(self, rel: str, nbytes: int) -> None:
+        """``nbytes`` more of ``rel`` went out (a stream's chunk)."""
+        self._sent[rel] = self._sent.get(rel, 0) + nbytes
+        self.progress.sent(nbytes)
+
+    def sent_whole(self, actions: Sequence[Action]) -> None:
+        """The files of a batch went out whole (one progress update for all)."""
+        total = 0
+        for action in actions:
+            self._sent[action.rel] = self._sent.get(action.rel, 0) + action.size
+            total += action.size
+        if total:
+            self.progress.sent(total)
+
+    def take_back(self, rel: str) -> None:
+        """``rel`` failed, goes to be sent again, or was left unplaced: its bytes no longer
+        count."""
+        nbytes = self._sent.pop(rel, 0)
+        if nbytes:
+            self.progress.unsent(nbytes)
+
+    def _settled(self, rel: str) -> None:
+        self._sent.pop(rel, None)
 
     def found(self, actions: Sequence[Action]) -> None:
         """Count entries the walk found (the rename waits for those that need work); the
@@ -60,6 +93,7 @@ class Ledger:
     def fail(self, action_or_rel: Action | str, error: str) -> None:
         """Record one entry's failure."""
         rel = action_or_rel.rel if isinstance(action_or_rel, Action) else action_or_rel
+        self.take_back(rel)
         self.report.failures.append(Failure(display_path(rel) or ".", error))
         self.progress.failed()
 
@@ -74,6 +108,7 @@ class Ledger:
 
     def copied(self, action: Action) -> None:
         """Record one regular file copied and verified."""
+        self._settled(action.rel)
         self.done += 1
         self.report.files += 1
         self.report.bytes += action.size
@@ -84,6 +119,8 @@ class Ledger:
         1,000 small files made 1,000 snapshots)."""
         if not actions:
             return
+        for action in actions:
+            self._settled(action.rel)
         self.done += len(actions)
         self.report.files += len(actions)
         self.report.bytes += sum(a.size for a in actions)
@@ -124,9 +161,12 @@ class Ledger:
             self.report.mtime_precision = precision
 
     def tar_done(self, outcome: BatchOutcome) -> None:
-        """Record what a tar batch copied and failed (its changed files go the per-file way)."""
+        """Record what a tar batch copied and failed (its changed files, and those no record
+        vouched for, go the per-file way: their bytes are counted again when sent)."""
         self.fail_all(outcome.failed)
         self.copied_many(outcome.copied)
+        for action in (*outcome.changed, *outcome.resend):
+            self.take_back(action.rel)
         if outcome.meta_applied and outcome.copied:
             self.used_precision("ns")  # the python3 mover applied them, each record proves it
 

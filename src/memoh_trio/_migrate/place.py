@@ -120,7 +120,6 @@ class Placer:
             elif phase is Phase.RECHECK:
                 out.unsure.append((action, part))
             else:
-                ctx.progress.unsent(action.size)
                 await ctx.discard(ctx.path(part))
                 why = record or "failed"
                 why = (why if why.startswith(_scripts.CHECK_FAILED)
@@ -132,6 +131,6 @@ class Placer:
         after a fatal error they are left to the next run's survey, which deletes stale
         temporary files (the link is gone: each deletion would only wait for its timeout)."""
         for action, part in held:
-            self._ctx.progress.unsent(action.size)
+            self._ctx.ledger.take_back(action.rel)
             if self._ctx.ledger.fatal is None:
                 await self._ctx.discard(self._ctx.path(part))

@@ -212,6 +212,7 @@ class Steps:
             return
         except stream.TemporaryGone:
             if lifecycle.step(action.rel, where, Event.GONE) is Phase.RESEND:
+                self.ledger.take_back(action.rel)  # counted again as it is sent again
                 resend.append(action)  # python3 may have moved it: sent again
                 return
             why = "the temporary file is missing in the container after the upload"

@@ -113,7 +113,7 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
     def on_progress(nbytes: int) -> None:
         nonlocal sent
         sent += nbytes
-        ctx.progress.sent(nbytes)
+        ctx.ledger.sending(action.rel, nbytes)
 
     # The reader gets the checked inode, never the source path (see _source.reader_path).
     via = _source.reader_path(fd)
@@ -157,8 +157,7 @@ async def _copy_open(ctx: Context, action: Action, fd: int, final: str,
         placed = True
         return None
     finally:
-        if not placed:
-            ctx.progress.unsent(sent)
+        if not placed:  # its failure gives its bytes back (the ledger)
             await ctx.discard(part, settle=unanswered)
 
 
@@ -195,7 +194,6 @@ async def finish_parked(ctx: Context, action: Action, part_rel: str,
             entry = await ctx.client.stat(part)
         except NotFound:
             placed = True  # nothing to delete
-            ctx.progress.unsent(action.size)
             raise TemporaryGone(part) from None
         why = size_mismatch(entry, action.size, action.size)
         if why is None and ctx.opts.verify == "sha256":
@@ -206,7 +204,6 @@ async def finish_parked(ctx: Context, action: Action, part_rel: str,
         return why
     finally:
         if not placed:
-            ctx.progress.unsent(action.size)
             await ctx.discard(part)
 
 

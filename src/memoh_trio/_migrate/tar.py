@@ -98,7 +98,6 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
     payload = pack([Member(a.rel, data, a.mode, a.mtime_ns) for a, data, _ in members], lay,
                    preserve=preserve, extra=extra,
                    trailer=(_scripts.RUN_MEMBER, run.encode("utf-8", "surrogateescape")))
-    nbytes = sum(a.size for a in actions)
     placed = False
     unanswered = True  # an Exec of the batch is on its way: its script may yet run
     try:
@@ -113,48 +112,40 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                     if res.exit_code in (_scripts.TAR_FAILED_EXIT, _scripts.NO_RUN_EXIT)
                     else "the container's shell failed")
             raise _BatchFailed(f"{what}: {why}")
-        ctx.progress.sent(nbytes)
-        counted = True
-        try:
-            if exe is not None:
-                out.meta_applied = preserve
-                placed = res.exit_code == 0  # else the staging directory may be left
-                records = _scripts.parse_records(res.stdout, len(members))
-                out.python_lost = lifecycle.python_failed(records, res.exit_code)
-                _settle(ctx, actions, range(len(members)), records, res.exit_code, out,
-                        settled, python=True)
-                counted = False
-                return
-            listing = _scripts.parse_listing(res.stdout, lay.staged, verify)
-            good: list[int] = []
-            for i, action in enumerate(actions):
-                want = expect[i]
-                got = listing.get(i)
-                if got == want:
-                    good.append(i)
-                    continue
-                settled.add(i)
-                ctx.progress.unsent(action.size)
-                if got is None:  # not listed (staging vanished?): the per-file way decides
-                    lifecycle.step(action.rel, Phase.TAR, Event.LOST)
-                    out.resend.append(action)
-                    continue
-                lifecycle.step(action.rel, Phase.TAR, Event.BAD)
-                out.failed.append((action, f"{_scripts.CHECK_FAILED}: expected {want}, "
-                                           f"found {got}"))
-            script = _scripts.move_script(staging, lay, good)
-            unanswered = True
-            res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
-                                 stdin=script.encode("utf-8", "surrogateescape"))
-            unanswered = False
-            placed = res.exit_code == 0  # else the staging directory may be left: discard it
-            _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)),
-                    res.exit_code, out, settled, python=False)
-            counted = False
-        finally:
-            if counted:  # an error before every member was settled
-                ctx.progress.unsent(sum(a.size for i, a in enumerate(actions)
-                                        if i not in settled))
+        # counted sent; what fails or is sent again gives its bytes back (the ledger)
+        ctx.ledger.sent_whole(actions)
+        if exe is not None:
+            out.meta_applied = preserve
+            placed = res.exit_code == 0  # else the staging directory may be left
+            records = _scripts.parse_records(res.stdout, len(members))
+            out.python_lost = lifecycle.python_failed(records, res.exit_code)
+            _settle(ctx, actions, range(len(members)), records, res.exit_code, out,
+                    settled, python=True)
+            return
+        listing = _scripts.parse_listing(res.stdout, lay.staged, verify)
+        good: list[int] = []
+        for i, action in enumerate(actions):
+            want = expect[i]
+            got = listing.get(i)
+            if got == want:
+                good.append(i)
+                continue
+            settled.add(i)
+            if got is None:  # not listed (staging vanished?): the per-file way decides
+                lifecycle.step(action.rel, Phase.TAR, Event.LOST)
+                out.resend.append(action)
+                continue
+            lifecycle.step(action.rel, Phase.TAR, Event.BAD)
+            out.failed.append((action, f"{_scripts.CHECK_FAILED}: expected {want}, "
+                                       f"found {got}"))
+        script = _scripts.move_script(staging, lay, good)
+        unanswered = True
+        res = await ctx.exec(_scripts.RUN_STDIN, timeout_seconds=EXEC_TIMEOUT,
+                             stdin=script.encode("utf-8", "surrogateescape"))
+        unanswered = False
+        placed = res.exit_code == 0  # else the staging directory may be left: discard it
+        _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)),
+                res.exit_code, out, settled, python=False)
     finally:
         if not placed:
             await ctx.discard(ctx.path(staging), recursive=True, settle=unanswered)
@@ -178,7 +169,6 @@ def _settle(ctx: Context, actions: Sequence[Action], members: Iterable[int],
         if phase in (Phase.MOVED, Phase.DONE):
             out.copied.append(action)
             continue
-        ctx.progress.unsent(action.size)
         why = records[i] or f"exit code {exit_code}"
         if phase is Phase.RESEND:
             out.resend.append(action)
