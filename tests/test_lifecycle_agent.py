@@ -45,6 +45,7 @@ ROWS: dict[str, set[Row]] = {
                                (P.HELD, E.PY_LOST), (P.RECHECK, E.OK), (P.LINK, E.PY_LOST),
                                (P.LINK_SHELL, E.OK), (P.META, E.PY_LOST),
                                (P.META_SHELL, E.OK)},
+    "test_reruns_with_sha256": {(P.HASH, E.OK), (P.HASH, E.LOST), (P.TAR, E.OK_META)},
     "test_sha256_checked_by_the_agent": {(P.TAR, E.OK_META), (P.SENT, E.HOLD),
                                          (P.HELD, E.OK_META), (P.HELD, E.BAD)},
 }
@@ -190,6 +191,32 @@ async def test_sha256_checked_by_the_agent(tmp_path: Path) -> None:
     assert "verification failed" in report.failures[0].error
     assert not (root / "s" / "m" / "m01").exists()
     assert_rows("test_sha256_checked_by_the_agent", c.traces)
+
+
+async def test_reruns_with_sha256(tmp_path: Path) -> None:
+    """A rerun with ``--verify sha256``: the agent hashes what resume would skip (through
+    descriptors, never through a symlink), and a file whose bytes differ behind the same size
+    and mtime is sent again; the tree is then identical."""
+    root = tmp_path / "root"
+    root.mkdir()
+    src = tmp_path / "src"
+    mixed_tree(src)
+    async with memoh_go_server(root, kind=KIND) as peer, \
+            memoh_trio.connect(peer.target) as client:
+        c = Container(client, KIND, tmp_path, root)
+        assert (await c.run(src, "d", rename=False)).ok
+        changed = root / "d" / "notes" / "d1" / "n004.md"
+        st = changed.stat()
+        changed.write_bytes(b"\xff" * st.st_size)
+        os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns))
+        report = await c.run(src, "d", verify="sha256")
+    assert report.status == "migrated", (report.failures[:3], report.error)
+    check_run(report, src, root / "d")
+    steps = c.traces[-1].steps
+    assert Step.HASH_AGENT in steps["notes/d0/n000.md"]
+    assert steps["notes/d1/n004.md"][:2] == [Step.HASH_AGENT, Step.STREAM]
+    assert len(c.clients[-1].execs) == 1  # still the agent's Exec alone
+    assert_rows("test_reruns_with_sha256", c.traces)
 
 
 class Spoiler:
