@@ -136,15 +136,15 @@ def _server_pid(trace: Path) -> int:
 
 
 def count_execs(trace: Path, server_pid: int) -> tuple[int, collections.Counter[str]]:
-    """(processes other than the server's, successful execve calls by program) in a trace."""
+    """(processes other than the server that ran a program, successful execve calls by
+    program) in a trace. A process is counted by its successful execve: any other line
+    (an execve that failed on a PATH entry, a thread of the server) starts no program."""
     pids: set[int] = set()
     programs: collections.Counter[str] = collections.Counter()
     for line in trace.read_text().splitlines():
-        pid = line.split(None, 1)[0]
-        if pid.isdigit():
-            pids.add(int(pid))
         m = _EXECVE.match(line)
         if m and int(m.group(1)) != server_pid:
+            pids.add(int(m.group(1)))
             programs[os.path.basename(m.group(2))] += 1
     return len(pids - {server_pid}), programs
 
