@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
 import pytest
 import trio
@@ -91,3 +91,15 @@ def per_step(monkeypatch: pytest.MonkeyPatch) -> None:
     from memoh_trio._migrate import meta
 
     monkeypatch.setattr(meta, "USE_AGENT", False)
+
+
+@pytest.fixture
+async def server(tmp_path: Path) -> Any:
+    """memoh-trio's server over ``tmp_path/container``, as a child process (with the test
+    token); a module may define its own ``server`` instead."""
+    from peers import memoh_trio_server
+
+    root = tmp_path / "container"
+    root.mkdir()
+    async with memoh_trio_server(root) as peer:
+        yield peer

@@ -13,8 +13,10 @@ empty directory, modes and nanosecond mtimes) and the invariants of a run (:func
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -209,14 +211,10 @@ async def ways_of_ten_runs(tmp_path: Path, kind: str) -> dict[str, list[Any]]:
     """The mixed tree into one Memoh Go server under ``kind``, ten times (each run migrated):
     the container steps of each file in the first run, checked to be the same in all ten (the
     way is chosen from what is known, never from which task finished first)."""
-    from peers import memoh_go_server
-
     root = tmp_path / "root"
     root.mkdir()
     ways = []
-    async with memoh_go_server(root, kind=kind) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, kind, tmp_path, root)
+    async with go_container(tmp_path, kind, root) as c:
         for i in range(10):
             src = tmp_path / f"src{i}"
             mixed_tree(src)
@@ -227,3 +225,14 @@ async def ways_of_ten_runs(tmp_path: Path, kind: str) -> dict[str, list[Any]]:
         (rel, [w.get(rel) for w in ways]) for rel in ways[0]
         if any(w.get(rel) != ways[0][rel] for w in ways)][:3]
     return dict(ways[0])
+
+
+@contextlib.asynccontextmanager
+async def go_container(tmp_path: Path, kind: str, root: Path) -> AsyncIterator[Container]:
+    """Memoh's Go server over ``root`` under ``kind``, a client, and the :class:`Container`
+    that runs migrations into it (its client: ``.client``)."""
+    from peers import memoh_go_server
+
+    async with memoh_go_server(root, kind=kind) as peer, \
+            memoh_trio.connect(peer.target) as client:
+        yield Container(client, kind, tmp_path, root)

@@ -19,10 +19,8 @@ from typing import Any
 
 import pytest
 import trio
-from containertools import Container, check_run, mixed_tree, tree, ways_of_ten_runs
-from peers import memoh_go_server
+from containertools import check_run, go_container, mixed_tree, tree, ways_of_ten_runs
 
-import memoh_trio
 from memoh_trio._agent.driver import Driver
 from memoh_trio._migrate import lifecycle
 from memoh_trio._migrate.lifecycle import Event, Phase, Step, Trace
@@ -70,9 +68,7 @@ async def test_first_migration(tmp_path: Path) -> None:
     root.mkdir()
     src = tmp_path / "src"
     mixed_tree(src)
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, KIND, tmp_path, root)
+    async with go_container(tmp_path, KIND, root) as c:
         report = await c.run(src, "d")
     assert report.status == "migrated", (report.failures[:3], report.error)
     assert report.flushed
@@ -99,9 +95,7 @@ async def test_without_preserve(tmp_path: Path) -> None:
     root.mkdir()
     src = tmp_path / "src"
     mixed_tree(src)
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, KIND, tmp_path, root)
+    async with go_container(tmp_path, KIND, root) as c:
         report = await c.run(src, "d", preserve=False)
     assert report.status == "migrated", (report.failures[:3], report.error)
     assert {oct((root / "d" / "media" / "m03.bin").stat().st_mode & 0o777),
@@ -121,9 +115,7 @@ async def test_conflicts(tmp_path: Path) -> None:
     for rel in ("notes/d0/n000.md", "media/m00.bin", "links/l00"):
         (dst / rel / "inside").mkdir(parents=True)
     (dst / "emptydir").write_bytes(b"")
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, KIND, tmp_path, root)
+    async with go_container(tmp_path, KIND, root) as c:
         report = await c.run(src, "d")
         assert report.status == "incomplete"
         assert {f.path for f in report.failures} == {
@@ -154,9 +146,7 @@ async def test_the_agent_is_lost(tmp_path: Path) -> None:
     tree(srcs["dirs"], dirs=3)
     tree(srcs["meta"], small=12)
     lost = {"python3": CUT_AFTER_HELLO}
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, KIND, tmp_path, root)
+    async with go_container(tmp_path, KIND, root) as c:
         reports = {name: await c.run(src, name, tools=lost)
                    for name, src in srcs.items() if name != "meta"}
         # modes and mtimes first: a rerun over files the destination has (resume: unchanged)
@@ -178,13 +168,11 @@ async def test_sha256_checked_by_the_agent(tmp_path: Path) -> None:
     src, spoiled = tmp_path / "src", tmp_path / "spoiled"
     mixed_tree(src)
     tree(spoiled, streamed=3)
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, KIND, tmp_path, root)
+    async with go_container(tmp_path, KIND, root) as c:
         report = await c.run(src, "d", verify="sha256")
         assert report.status == "migrated", (report.failures[:3], report.error)
         check_run(report, src, root / "d")
-        report = await c.run(spoiled, "s", verify="sha256", client=Spoiler(client, root / "s"))
+        report = await c.run(spoiled, "s", verify="sha256", client=Spoiler(c.client, root / "s"))
     assert report.status == "incomplete"
     check_run(report, spoiled, root / "s")
     assert [f.path for f in report.failures] == ["m/m01"], report.failures
@@ -201,9 +189,7 @@ async def test_reruns_with_sha256(tmp_path: Path) -> None:
     root.mkdir()
     src = tmp_path / "src"
     mixed_tree(src)
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
-        c = Container(client, KIND, tmp_path, root)
+    async with go_container(tmp_path, KIND, root) as c:
         assert (await c.run(src, "d", rename=False)).ok
         changed = root / "d" / "notes" / "d1" / "n004.md"
         st = changed.stat()
@@ -268,15 +254,13 @@ async def test_a_directory_swapped_for_a_symlink_during_the_migration(tmp_path: 
                "while not os.path.exists(\"d/s0/n000.json\"): pass\n"
                "assert libc.renameat2(-100, b\"d\", -100, b\"d.x\", 2) == 0\n"
                "print(\"swapped\")'")
-    async with memoh_go_server(root, kind=KIND) as peer, \
-            memoh_trio.connect(peer.target) as client:
+    async with go_container(tmp_path, KIND, root) as c:
         (root / "bot" / "d").mkdir(parents=True)
         swapped: list[bytes] = []
 
         async def hostile() -> None:
-            swapped.append((await client.exec(swapper)).stdout)
+            swapped.append((await c.client.exec(swapper)).stdout)
 
-        c = Container(client, KIND, tmp_path, root)
         with trio.fail_after(120):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(hostile)

@@ -51,14 +51,6 @@ def make_tree(top: Path, files: dict[str, bytes]) -> Path:
     return top
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> Any:
-    root = tmp_path / "container"
-    root.mkdir()
-    async with memoh_trio_server(root) as peer:
-        yield peer
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

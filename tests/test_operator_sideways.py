@@ -41,14 +41,6 @@ from memoh_trio._paths import PART_PREFIX, SERVER_TEMP_PREFIX
 UUIDS = ("3f9a6c1e-2b7d-4c7e-9f1a-0123456789ab", "7d1e0f2a-9c3b-4d5e-8f6a-fedcba987654")
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> Any:
-    root = tmp_path / "container"
-    root.mkdir()
-    async with memoh_trio_server(root) as peer:
-        yield peer
-
-
 def parts_in(root: Path) -> bool:
     """Whether an upload is on its way in ``root`` (its temporary file is there)."""
     return any(name.startswith((PART_PREFIX, SERVER_TEMP_PREFIX))

@@ -119,7 +119,7 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
             placed = res.exit_code == 0  # else the staging directory may be left
             records = _scripts.parse_records(res.stdout, len(members))
             out.python_lost = lifecycle.python_failed(records, res.exit_code)
-            _settle(ctx, actions, range(len(members)), records, res.exit_code, out,
+            _settle(actions, range(len(members)), records, res.exit_code, out,
                     settled, python=True)
             return
         listing = _scripts.parse_listing(res.stdout, lay.staged, verify)
@@ -144,14 +144,14 @@ async def _unpack_verify_move(ctx: Context, members: list[tuple[Action, bytes, s
                              stdin=script.encode("utf-8", "surrogateescape"))
         unanswered = False
         placed = res.exit_code == 0  # else the staging directory may be left: discard it
-        _settle(ctx, actions, good, _scripts.parse_records(res.stdout, len(members)),
+        _settle(actions, good, _scripts.parse_records(res.stdout, len(members)),
                 res.exit_code, out, settled, python=False)
     finally:
         if not placed:
             await ctx.discard(ctx.path(staging), recursive=True, settle=unanswered)
 
 
-def _settle(ctx: Context, actions: Sequence[Action], members: Iterable[int],
+def _settle(actions: Sequence[Action], members: Iterable[int],
             records: Mapping[int, str | None], exit_code: int, out: BatchOutcome,
             settled: set[int], *, python: bool) -> None:
     """File each of ``members`` by its event (:func:`.lifecycle.events_of`: an ``O`` counts
