@@ -12,6 +12,8 @@ import select
 import stat
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -237,6 +239,39 @@ def test_a_directory_swapped_for_a_symlink_before_placement(agent: LocalAgent, t
     assert all(not r.ok and "symlink" in (r.error or "") for r in recs), recs
     outside_untouched(outside, {"victim": b"mine", ".t0": b"X"})
     assert sorted(p.name for p in (dest / "d.aside").iterdir()) == [f".t{i}" for i in range(5)]
+
+
+def test_a_directory_swapped_for_a_symlink_inside_one_request(agent: LocalAgent, tmp_path: Path,
+                                                             outside: Path) -> None:
+    # The agent keeps a request's directory descriptors (issue 25: a component is opened once
+    # per request, not once per entry). A process swaps the directory for a symlink to
+    # elsewhere while one ``files`` request places thousands of files in it: what comes after
+    # the swap still goes into the directory (moved aside, not through the link), and every
+    # entry of that directory fails, since it is no longer at its path when the request ends.
+    dest = tmp_path / "dest"
+    (dest / "d").mkdir()
+    n = 3000
+    swapped = threading.Event()
+
+    def swap() -> None:
+        deadline = time.monotonic() + 30
+        while not (dest / "d" / "f0000").exists() and time.monotonic() < deadline:
+            pass
+        (dest / "d").rename(dest / "d.aside")
+        (dest / "d").symlink_to(outside)
+        swapped.set()
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    recs = agent.records("files", [{"path": f"d/.t{i:04d}", "size": 1, "final": f"d/f{i:04d}"}
+                                   for i in range(n)], b"x" * n, timeout=60)
+    swapper.join()
+    assert swapped.is_set()
+    placed = sorted(p.name for p in (dest / "d.aside").iterdir())
+    assert placed and placed[-1] == f"f{n - 1:04d}", placed[-3:]  # swap before the end
+    assert all(not r.ok and "was replaced while the entry was placed" in (r.error or "")
+               for r in recs), [r for r in recs if r.ok][:3]
+    outside_untouched(outside, {"victim": b"mine"})
 
 
 def test_a_temporary_replaced_before_placement_is_refused(agent: LocalAgent,

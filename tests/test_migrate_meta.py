@@ -308,3 +308,18 @@ async def test_tools_settled_when_the_python_probe_fails_fatally() -> None:
 ])
 def test_writeback_due(state: ProgressState, mark: int, synced: int, due: bool) -> None:
     assert meta.writeback_due(state, mark, synced) is due
+
+
+def test_temporary_tokens_are_unique_and_drawn_again_after_a_fork(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from memoh_trio._migrate.context import _Names
+
+    names = _Names()
+    tokens = [names() for _ in range(5000)]
+    assert len(set(tokens)) == len(tokens)
+    assert all(len(t) == 16 and set(t) <= set("0123456789abcdef") for t in tokens)
+    prefix = tokens[0][:8]
+    assert {t[:8] for t in tokens} == {prefix}  # one urandom per process, then a counter
+    monkeypatch.setattr(os, "getpid", lambda: -7)  # a forked child: another prefix
+    child = [names() for _ in range(100)]
+    assert not set(child) & set(tokens)

@@ -47,9 +47,10 @@ Security (issue 25): no path is ever resolved by name from DEST. Each component 
 relative to its parent's descriptor with ``O_NOFOLLOW``, directories with ``O_DIRECTORY``;
 files are created with ``O_NOFOLLOW``; renames, links, deletions and times go through the parent
 descriptors (``src_dir_fd``/``dst_dir_fd``/``dir_fd``). A symlink or a non-directory on the way
-fails that entry. After a rename, the parent directory is looked up again from DEST: if the
-directory the file went into is no longer at its path (swapped for a symlink or moved while it
-was being placed), the entry fails. Nothing is written outside DEST by a process that changes
+fails that entry. A request opens each directory on its entries' way once and keeps the
+descriptor until it ends; at its end every directory an entry went into is looked up again from
+DEST: if it is no longer at its path (swapped for a symlink or moved while the request ran),
+every entry placed in it fails. Nothing is written outside DEST by a process that changes
 the tree meanwhile: the worst it can do is move a directory (with what was placed in it) aside.
 """
 
@@ -232,7 +233,12 @@ def split_path(path: str) -> list[str]:
 
 
 class Tree:
-    """DEST, reached only through directory descriptors (see the module doc)."""
+    """DEST, reached only through directory descriptors (see the module doc).
+
+    While one request runs (:meth:`hold` ... :meth:`release`), the descriptors of the
+    directories it opened are kept and reused (each component is still opened once, relative
+    to its parent, without following a link), and whether each directory that got an entry is
+    still at its path is checked once, at the request's end, not once per entry."""
 
     def __init__(self, root_fd: int) -> None:
         self.root_fd = root_fd
@@ -240,13 +246,55 @@ class Tree:
         # entries or inode it changed ("" = DEST), in order.
         self.written: dict[str, None] = {}
         self.dirs: dict[str, None] = {}
+        # While a request runs: directory descriptors by components, and the directories that
+        # got an entry (checked by :meth:`release`).
+        self._held: dict[tuple[str, ...], int] | None = None
+        self._kept: set[int] = set()
+        self._placed: dict[tuple[str, ...], int] = {}
 
-    def open_dir(self, parts: list[str], create: bool, mode: int = 0o755) -> int:
-        """A new descriptor of the directory ``parts`` (created component by component when
-        ``create``); EntryError when a component is a symlink or not a directory."""
-        fd = os.dup(self.root_fd)
+    def hold(self) -> None:
+        """Keep the directories opened from now on until :meth:`release`."""
+        self._held, self._kept, self._placed = {}, {self.root_fd}, {}
+
+    def release(self) -> set[str]:
+        """Close what :meth:`hold` kept; the directories that got an entry meanwhile and are no
+        longer at their path (``/``-joined components)."""
+        replaced: set[str] = set()
         try:
-            for i, name in enumerate(parts):
+            for parts, fd in self._placed.items():
+                try:
+                    self.still_there(fd, list(parts))
+                except EntryError:
+                    replaced.add("/".join(parts))
+        finally:
+            for fd in (self._held or {}).values():
+                os.close(fd)
+            self._held, self._kept, self._placed = None, set(), {}
+        return replaced
+
+    def close(self, fd: int) -> None:
+        """Done with a descriptor :meth:`open_dir` gave (closed unless held)."""
+        if fd not in self._kept:
+            os.close(fd)
+
+    def open_dir(self, parts: list[str], create: bool, mode: int = 0o755,
+                 fresh: bool = False) -> int:
+        """A descriptor of the directory ``parts`` (created component by component when
+        ``create``), to give back with :meth:`close`; EntryError when a component is a symlink
+        or not a directory. ``fresh``: walked from DEST, whatever is held."""
+        held = None if fresh else self._held
+        start, fd = 0, self.root_fd
+        if held is not None:
+            for n in range(len(parts), 0, -1):
+                got = held.get(tuple(parts[:n]))
+                if got is not None:
+                    start, fd = n, got
+                    break
+        else:
+            fd = os.dup(self.root_fd)
+        try:
+            for i in range(start, len(parts)):
+                name = parts[i]
                 try:
                     nfd = os.open(name, _DIR_FLAGS, dir_fd=fd)
                 except FileNotFoundError:
@@ -261,11 +309,16 @@ class Tree:
                 except OSError as exc:
                     raise EntryError(_why(_in_the_way(exc, name, fd),
                                           "/".join(parts[:i + 1]))) from None
-                os.close(fd)
+                if held is not None:
+                    held[tuple(parts[:i + 1])] = nfd
+                    self._kept.add(nfd)
+                else:
+                    os.close(fd)
                 fd = nfd
             return fd
         except BaseException:
-            os.close(fd)
+            if held is None:
+                os.close(fd)
             raise
 
     def parent(self, path: str, create: bool = True) -> tuple[int, str, list[str]]:
@@ -276,11 +329,19 @@ class Tree:
         except FileNotFoundError as exc:
             raise Missing(_why(exc, "/".join(parts[:-1]))) from None
 
+    def placed(self, fd: int, parts: list[str]) -> None:
+        """An entry went into directory ``parts`` (``fd``): EntryError unless it is still at
+        its path, now or, while held, at :meth:`release`."""
+        if self._held is None:
+            self.still_there(fd, parts)
+        else:
+            self._placed.setdefault(tuple(parts), fd)
+
     def still_there(self, fd: int, parts: list[str]) -> None:
         """EntryError unless directory ``parts`` is still the one ``fd`` refers to."""
         mine = os.fstat(fd)
         try:
-            again = self.open_dir(parts, create=False)
+            again = self.open_dir(parts, create=False, fresh=True)
         except (EntryError, OSError) as exc:
             raise EntryError(f"the directory {'/'.join(parts)!r} was replaced while the entry "
                              f"was placed ({exc})") from None
@@ -297,7 +358,7 @@ class Tree:
         try:
             fd = os.open(name, _FILE_READ, dir_fd=pfd)
         finally:
-            os.close(pfd)
+            self.close(pfd)
         try:
             os.fsync(fd)
         finally:
@@ -308,7 +369,7 @@ class Tree:
         try:
             os.fsync(fd)
         finally:
-            os.close(fd)
+            self.close(fd)
 
 
 def _set_times(entry: dict[str, Any], fd: int | None = None, name: str | None = None,
@@ -358,26 +419,16 @@ class Agent:
     def mkdir(self, entry: dict[str, Any]) -> None:
         parts = split_path(entry["path"])
         fd = self.tree.open_dir(parts, create=True, mode=int(entry.get("mode", 0o755)))
-        os.close(fd)
+        self.tree.close(fd)
 
     def _create(self, path: str) -> int:
         """A new regular file at ``path`` (a temporary name), created by us: whatever stood
-        there (a file, a link, a FIFO) is unlinked first and the file made with ``O_EXCL``."""
+        there (a file, a link, a FIFO) is unlinked and the file made with ``O_EXCL``."""
         pfd, name, _ = self.tree.parent(path)
         try:
-            try:
-                os.unlink(name, dir_fd=pfd)
-            except FileNotFoundError:
-                pass
-            except IsADirectoryError:
-                raise EntryError(f"{path!r} is a directory") from None
-            fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600, dir_fd=pfd)
-            return fd
-        except OSError as exc:
-            raise EntryError(_why(exc, path)) from None
+            return _create_at(pfd, name, path)
         finally:
-            os.close(pfd)
+            self.tree.close(pfd)
 
     def write(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         path = header["path"]
@@ -424,27 +475,17 @@ class Agent:
         if len(chunk) != int(entry["size"]):
             raise _check_failed(f"{entry['path']!r}: {len(chunk)} bytes arrived, not "
                                 f"{entry['size']}")
+        if entry.get("final"):
+            return _write_placed(self.tree, entry, chunk, want)
         fd = self._create(entry["path"])
-        ident = None
         try:
-            try:
-                _write_all(fd, chunk)
-                self._written(entry["path"], fd)
-                ident = self.created[entry["path"]]
-                if want is not None:
-                    _check_sha256(fd, want, entry["path"])  # the bytes on disk, read back
-            finally:
-                os.close(fd)
-            done = {} if want is None else {"sha256": want}
-            if entry.get("final"):  # placed as it is: checked already
-                placed = {k: v for k, v in entry.items() if k != "sha256"}
-                return {**self.place({**placed, "tmp": entry["path"], "path": entry["final"]}),
-                        **done}
-        except BaseException:
-            if entry.get("final"):  # a temporary of ours, never placed: not left behind
-                self._discard(entry["path"], ident)
-            raise
-        return {"size": len(chunk), **done}
+            _write_all(fd, chunk)
+            self._written(entry["path"], fd)
+            if want is not None:
+                _check_sha256(fd, want, entry["path"])  # the bytes on disk, read back
+        finally:
+            os.close(fd)
+        return {"size": len(chunk), **({} if want is None else {"sha256": want})}
 
     def _discard(self, path: str, ident: tuple[int, int, int] | None) -> None:
         """Unlink the temporary ``path`` this agent wrote (``ident``: its identity), reached
@@ -460,7 +501,7 @@ class Agent:
         except OSError:
             pass
         finally:
-            os.close(pfd)
+            self.tree.close(pfd)
 
     def place(self, entry: dict[str, Any]) -> dict[str, Any]:
         """Check the temporary's size and content, give it its mode and times, rename it to
@@ -495,7 +536,7 @@ class Agent:
                     placed = os.stat(dname, dir_fd=dpfd, follow_symlinks=False)
                     if (placed.st_dev, placed.st_ino) != (st.st_dev, st.st_ino):
                         raise EntryError(f"{entry['path']!r} changed while it was placed")
-                    tree.still_there(dpfd, dparts)
+                    tree.placed(dpfd, dparts)
                     tree.written[entry["path"]] = None
                     tree.dirs["/".join(dparts)] = None
                     done: dict[str, Any] = {"size": placed.st_size,
@@ -507,9 +548,9 @@ class Agent:
                 finally:
                     os.close(fd)
             finally:
-                os.close(dpfd)
+                self.tree.close(dpfd)
         finally:
-            os.close(spfd)
+            self.tree.close(spfd)
 
     def symlink(self, entry: dict[str, Any]) -> None:
         pfd, name, parts = self.tree.parent(entry["path"])
@@ -531,10 +572,10 @@ class Agent:
                 except OSError:
                     pass
                 raise
-            self.tree.still_there(pfd, parts)
+            self.tree.placed(pfd, parts)
             self.tree.dirs["/".join(parts)] = None
         finally:
-            os.close(pfd)
+            self.tree.close(pfd)
 
     def meta(self, entry: dict[str, Any]) -> None:
         pfd, name, parts = self.tree.parent(entry["path"], create=False)
@@ -560,7 +601,7 @@ class Agent:
             finally:
                 os.close(fd)
         finally:
-            os.close(pfd)
+            self.tree.close(pfd)
 
     def delete(self, path: str) -> dict[str, Any] | None:
         pfd, name, _ = self.tree.parent(path, create=False)
@@ -571,7 +612,7 @@ class Agent:
         except IsADirectoryError:
             raise EntryError(f"{path!r} is a directory (never deleted)") from None
         finally:
-            os.close(pfd)
+            self.tree.close(pfd)
         return None
 
     def hash(self, path: str) -> dict[str, Any]:
@@ -595,7 +636,7 @@ class Agent:
         except OSError as exc:
             raise EntryError(_why(exc, path)) from None
         finally:
-            os.close(pfd)
+            self.tree.close(pfd)
         try:
             now = os.fstat(fd)
             same = (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino)
@@ -616,25 +657,114 @@ class Agent:
         return {"ok": not failed, "how": "fsync", "files": len(records), "dirs": len(dirs) + 1,
                 "records": failed}
 
+    def _per_entry(self, op: str, header: dict[str, Any], data: bytes) -> list[dict[str, Any]]:
+        """The records of a per-entry request, its directories held while it runs; an entry
+        placed in a directory no longer at its path by the end fails."""
+        self.tree.hold()
+        try:
+            if op == "files":
+                records = self.files(header, data)
+            else:
+                entries = header.get("paths" if op in ("delete", "hash") else "entries", [])
+                records = each(entries, getattr(self, op))
+        finally:
+            replaced = self.tree.release()
+        for record in records:
+            where = str(record["path"]).rpartition("/")[0]
+            if record["ok"] and where in replaced:
+                record.update(ok=False, error=f"the directory {where!r} was replaced while the "
+                              "entry was placed")
+        return records
+
     def handle(self, header: dict[str, Any], data: bytes) -> dict[str, Any]:
         op = header.get("op")
         reply: dict[str, Any]
         if op == "write":
             reply = self.write(header, data)
-        elif op == "files":
-            reply = {"records": self.files(header, data)}
         elif op == "flush":
             reply = self.flush(str(header.get("how", "syncfs")))
-        elif op in ("mkdir", "place", "symlink", "meta", "delete", "hash"):
-            step = getattr(self, op)
-            entries = header.get("paths" if op in ("delete", "hash") else "entries", [])
-            reply = {"records": each(entries, step)}
+        elif op in ("files", "mkdir", "place", "symlink", "meta", "delete", "hash"):
+            reply = {"records": self._per_entry(op, header, data)}
         else:
             reply = {"ok": False, "error": f"unknown operation {op!r}"}
         if "records" in reply and "ok" not in reply:
             reply["ok"] = all(r["ok"] for r in reply["records"])
         reply.update(op=op, id=header.get("id"))
         return reply
+
+
+def _write_placed(tree: Tree, entry: dict[str, Any], chunk: memoryview,
+                  want: str | None) -> dict[str, Any]:
+    """A ``files`` entry with ``final``: ``chunk`` written to the temporary ``path`` (a new
+    file), checked (``want``: its sha256, read back through the descriptor), given its mode and
+    times and renamed to ``final``, all through the one descriptor this agent created; the
+    temporary is not left behind when anything fails."""
+    tmp, final = entry["path"], entry["final"]
+    spfd, sname, _ = tree.parent(tmp)
+    try:
+        dpfd, dname, dparts = tree.parent(final)
+        try:
+            fd = _create_at(spfd, sname, tmp)
+            try:
+                mine = os.fstat(fd)
+                try:
+                    _write_all(fd, chunk)
+                    if want is not None:
+                        _check_sha256(fd, want, tmp)
+                    if "mode" in entry:
+                        os.fchmod(fd, int(entry["mode"]) & 0o7777)
+                    _set_times(entry, fd=fd)
+                    os.rename(sname, dname, src_dir_fd=spfd, dst_dir_fd=dpfd)
+                except BaseException:
+                    _unlink_if(spfd, sname, mine)
+                    raise
+                placed = os.stat(dname, dir_fd=dpfd, follow_symlinks=False)
+            finally:
+                os.close(fd)
+            if (placed.st_dev, placed.st_ino) != (mine.st_dev, mine.st_ino):
+                raise EntryError(f"{final!r} changed while it was placed")
+            tree.placed(dpfd, dparts)
+            tree.written[final] = None
+            tree.dirs["/".join(dparts)] = None
+            done: dict[str, Any] = {"size": placed.st_size, "mode": stat.S_IMODE(placed.st_mode),
+                                    "mtime_ns": placed.st_mtime_ns}
+            if want is not None:
+                done["sha256"] = want
+            return done
+        finally:
+            tree.close(dpfd)
+    finally:
+        tree.close(spfd)
+
+
+def _unlink_if(pfd: int, name: str, mine: os.stat_result) -> None:
+    """Unlink ``name`` in ``pfd`` if it is still the file ``mine`` (best effort)."""
+    try:
+        st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino):
+            os.unlink(name, dir_fd=pfd)
+    except OSError:
+        pass
+
+
+def _create_at(pfd: int, name: str, path: str) -> int:
+    """A new regular file ``name`` in directory ``pfd`` (``path``: for errors), made with
+    ``O_EXCL`` and never through a link; whatever stood at that name is unlinked first."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        try:
+            return os.open(name, flags, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            pass
+        try:
+            os.unlink(name, dir_fd=pfd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            raise EntryError(f"{path!r} is a directory") from None
+        return os.open(name, flags, 0o600, dir_fd=pfd)
+    except OSError as exc:
+        raise EntryError(_why(exc, path)) from None
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:

@@ -21,7 +21,6 @@ way, and the caller forgets the agent (:meth:`.meta.Tools.lose_python`).
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +30,7 @@ from .._agent.driver import AgentError, Record
 from .._agent.session import Agent
 from .._plan import Action
 from . import lifecycle, tar
-from .context import PART_PREFIX, Context
+from .context import PART_PREFIX, Context, temp_token
 from .lifecycle import Event, Phase, Step
 from .outcomes import BatchOutcome
 
@@ -52,7 +51,7 @@ def _pairs(records: Sequence[Record]) -> list[tuple[bool, str | None]]:
 def temporary(rel: str) -> str:
     """A temporary name beside ``rel`` for the agent to write (the survey deletes stale ones)."""
     parent, _, _ = rel.rpartition("/")
-    name = PART_PREFIX + secrets.token_hex(8)
+    name = PART_PREFIX + temp_token()
     return f"{parent}/{name}" if parent else name
 
 
@@ -131,7 +130,7 @@ async def links(agent: Agent, batch: Sequence[Action],
     entries = []
     for action in batch:
         entry: dict[str, Any] = {"path": action.rel, "target": action.link_target or "",
-                                 "tmp": PART_PREFIX + secrets.token_hex(8)}
+                                 "tmp": PART_PREFIX + temp_token()}
         if preserve:
             entry["mtime_ns"] = action.mtime_ns
         entries.append(entry)

@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import os
 import posixpath
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -41,6 +42,26 @@ from .outcomes import plain as plain
 if TYPE_CHECKING:
     from .._client import Client, ExecResult
     from .ledger import Ledger
+
+
+class _Names:
+    """16 hex digits for a temporary's name, unique to this process: 8 random, drawn once per
+    process (again after a fork), then a counter; one ``urandom`` per process, not per file."""
+
+    def __init__(self) -> None:
+        self._pid = -1
+        self._prefix = ""
+        self._count = 0
+
+    def __call__(self) -> str:
+        if self._pid != os.getpid():
+            self._pid, self._prefix, self._count = os.getpid(), secrets.token_hex(4), 0
+        self._count = (self._count + 1) & 0xFFFFFFFF
+        return f"{self._prefix}{self._count:08x}"
+
+
+#: A fresh 16-hex-digit token for a temporary name (:class:`_Names`).
+temp_token = _Names()
 
 #: Suffix of a migrated source (the seed's ``migratedSuffix``).
 MIGRATED_SUFFIX = ".migrated"

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import secrets
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
@@ -36,14 +35,14 @@ from .._errors import (
 from .._plan import Action
 from .._results import FileEntry
 from . import lifecycle
-from .context import EXEC_TIMEOUT, PART_PREFIX, Context
+from .context import EXEC_TIMEOUT, PART_PREFIX, Context, temp_token
 from .lifecycle import Event, Step
 
 
 def part_name(final: str) -> str:
     """The temporary sibling of a final path (short, so 255-byte names still fit)."""
     parent = posixpath.dirname(final)
-    name = PART_PREFIX + secrets.token_hex(8)
+    name = PART_PREFIX + temp_token()
     return f"{parent}/{name}" if parent else name
 
 
