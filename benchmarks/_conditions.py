@@ -104,7 +104,7 @@ def settle(cache: Path, put_aside: Callable[[Path], None], max_wait: float,
            sleep: Callable[[float], None] = time.sleep) -> Conditions:
     """Probe file creation until :func:`settled` or ``max_wait`` seconds passed (0: one probe,
     no wait). Each copy is handed to ``put_aside`` (deleting it would be one more deletion).
-    The fastest probe is kept in ``cache/probe-best`` for the next runs."""
+    The fastest probe of a settled run is kept in ``cache/probe-best`` for the next runs."""
     tree = probe_tree(cache)
     record = cache / "probe-best"
     found = Conditions(free=memory_free(), best=_read_best(record))
@@ -121,7 +121,9 @@ def settle(cache: Path, put_aside: Callable[[Path], None], max_wait: float,
         if found.is_settled or (waits + 1) * PROBE_EVERY > max_wait:
             found.waited = time.monotonic() - start
             fastest = min(found.probes)
-            if found.best is None or fastest < found.best:
+            # Only a settled run teaches what calm looks like here: a lone probe taken right
+            # after a mass deletion (a smoke run's) would make every later slow probe "settled".
+            if found.is_settled and (found.best is None or fastest < found.best):
                 record.write_text(f"{fastest:.6f}\n")
             return found
         sleep(PROBE_EVERY)

@@ -28,7 +28,12 @@ def test_two_slow_probes_are_not_settled_where_it_has_been_fast() -> None:
 
 def test_settle_keeps_the_fastest_probe_for_the_next_runs(tmp_path: Path) -> None:
     C.settle(tmp_path, lambda p: None, max_wait=0.0, sleep=lambda s: None)
+    assert not (tmp_path / "probe-best").exists()  # one probe, not settled: teaches nothing
+    found = C.settle(tmp_path, lambda p: None, max_wait=10 * C.PROBE_EVERY,
+                     sleep=lambda s: None)
+    assert found.is_settled  # nothing known yet: two probes that agree
     first = float((tmp_path / "probe-best").read_text())
+    assert first == round(min(found.probes), 6)
     (tmp_path / "probe-best").write_text("0.000001\n")  # a machine once far faster
     found = C.settle(tmp_path, lambda p: None, max_wait=2 * C.PROBE_EVERY, sleep=lambda s: None)
     assert found.best == 0.000001 and not found.is_settled and len(found.probes) == 3
