@@ -68,6 +68,8 @@ FLEET_BOTS = 40
 SMOKE_BOTS = 3
 #: Bumped whenever the generator changes (stale caches are regenerated).
 FLEET_VERSION = 1
+#: The fleet's section title: with ``run.py --fleet`` it leads the report, as the headline.
+FLEET_TITLE = "Headline: the fleet, every bot at once, each into its own Memoh Go server"
 MEMOH_GO_DIR = Path(os.environ.get("MEMOH_GO_OUT", "/tmp/memoh-go"))
 MEMOH_GO_SERVER = MEMOH_GO_DIR / "memoh-go-server"
 MEMOH_GO_FLEET = MEMOH_GO_DIR / "memoh-go-fleet"
@@ -523,7 +525,7 @@ def _f(value: float | None, digits: int = 2) -> str:
 def render(fleet: Fleet | None, cells: dict[str, FleetCell], phase: dict[str, Any] | None,
            why: str | None, *, smoke: bool, rounds: int) -> list[str]:
     """The fleet section of the report (markdown lines)."""
-    out = ["## Fleet (issue 25): every bot at once, each into its own Memoh Go server", ""]
+    out = [f"## {FLEET_TITLE}", ""]
     if why is not None or fleet is None:
         return [*out, f"Not run: {why}", ""]
     n = len(fleet.bots)

@@ -631,7 +631,8 @@ GO_RSS_MIB = 100
 
 
 def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]:
-    """The headline: Memoh's own Go migrator vs memoh-trio, into Memoh's own Go server."""
+    """One bot: Memoh's own Go migrator vs memoh-trio, into Memoh's own Go server (the
+    headline before the fleet; with ``--fleet`` the fleet leads, :data:`fleet.FLEET_TITLE`)."""
     def cell(s: str, c: str) -> Cell | None:
         found = cells.get(s, {}).get(c)
         return found if found is not None and found.runs else None
@@ -647,7 +648,7 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
         return found.errors[0].splitlines()[0][:100] if found.errors else "no runs"
 
     lines = [
-        "## Headline: Memoh's Go migrator vs memoh-trio, both into Memoh's Go server",
+        "## Single bot: Memoh's Go migrator vs memoh-trio, both into Memoh's Go server",
         "",
         "Whole-process wall time (interpreter/program start included), medians of this run; "
         "ratio = Go time / memoh-trio time (above 1: memoh-trio is faster). In-process: "
@@ -709,7 +710,10 @@ def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]
 def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scenarios.Manifest],
                     repeats: dict[str, int], contenders: Sequence[Contender], smoke: bool,
                     command: str, launcher: str, started: datetime.datetime,
-                    elapsed: float, conditions: str = "not checked") -> str:
+                    elapsed: float, conditions: str = "not checked",
+                    lead: Sequence[str] = ()) -> str:
+    """The report. ``lead``: sections put before the single-bot tables (the fleet's, the
+    headline of a ``--fleet`` run)."""
     lines: list[str] = []
     w = lines.append
     w("# memoh-trio benchmarks" + (" (smoke run: tiny trees, not a measurement)" if smoke else ""))
@@ -737,6 +741,7 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
       "'process s' = the client's whole process, start to exit; for whole-process contenders "
       f"({', '.join(sorted(WHOLE_PROCESS))}) 'seconds' is that time too.")
     w("")
+    lines += lead
     lines += render_headline(cells, smoke)
     for key in cells:
         m = manifests[key]
@@ -1037,11 +1042,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     md = render_markdown(cells, manifests, repeats, contenders, args.smoke, command,
                          servers.memoh_launcher if servers.memoh_launcher != "cli"
                          else "`python -m memoh_trio serve --root DIR --listen 127.0.0.1:0`",
-                         started, time.perf_counter() - t_start, found.describe())
+                         started, time.perf_counter() - t_start, found.describe(),
+                         lead=fleet_lines)
     if startup_rows:
         md += "\n" + "\n".join(startup.render(startup_rows, startup_repeat))
-    if fleet_lines:
-        md += "\n" + "\n".join(fleet_lines)
     (out / "latest.md").write_text(md + "\n")
     render_chart(cells, contenders, args.smoke, out / "latest.png")
     print(md)

@@ -30,10 +30,11 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     table = (out / "latest.md").read_text()
-    # The fleet (issue 25) is a section of the same report (benchmarks/fleet.py's own test
-    # checks its rows).
-    fleet_part = table.split("## Fleet (issue 25)")[1].split("\n## ")[0]
+    # The fleet leads the same report as its headline, before the single-bot tables
+    # (benchmarks/fleet.py's own test checks its rows).
+    fleet_part = table.split(f"## {fleet.FLEET_TITLE}")[1].split("\n## ")[0]
     assert "FAILED" not in fleet_part, fleet_part
+    assert table.index(fleet.FLEET_TITLE) < table.index("## Single bot: ") < table.index("## (a)")
     assert (out / "latest.png").read_bytes().startswith(b"\x89PNG")
     for section in ("## (a)", "## (d)", "## (e)", "## Targets"):
         assert section in table
@@ -51,9 +52,9 @@ def test_smoke_run_reports_every_contender(tmp_path: Path) -> None:
         else:
             assert all("skipped" not in r for r in matching), table
     assert "## Failed runs" not in table
-    # The headline: Go time / memoh-trio time for (a) and (d), (e)'s CLI peak RSS. It and the
+    # One bot: Go time / memoh-trio time for (a) and (d), (e)'s CLI peak RSS. It and the
     # targets say what they measure, not which issue asked for them.
-    headline = table.split("## Headline: ")[1].split("\n## ")[0]
+    headline = table.split("## Single bot: ")[1].split("\n## ")[0]
     targets = table.split("## Targets")[1].split("\n## ")[0]
     assert "issue" not in headline.lower() and "issue" not in targets.lower(), table
     for key in ("(a)", "(d)", "(e)"):
