@@ -5,8 +5,9 @@
 
 Prints one ``RESULT {json}`` line (``benchmarks/_measure.py``): the timed region (connect,
 copy, renames; imports and interpreter start excluded), its CPU, peak RSS, bots and how many
-were renamed. ``--phases BOT_ID``: ``migrate_bot`` of that bot alone with every RPC timed
-(``benchmarks.phases.Timed``); ``calls`` in the result sums them per kind.
+were renamed. ``--phases BOT_ID``: ``migrate_bot`` of that bot alone with every RPC and every
+request to the container agent timed (``benchmarks.phases.Timed``,
+``agent_requests_timed``); ``calls`` in the result sums them per kind.
 """
 
 from __future__ import annotations
@@ -39,12 +40,13 @@ async def fleet(data_root: str, targets: dict[str, str]) -> dict[str, Any]:
 
 async def phases(data_root: str, bot: str, target: str) -> dict[str, Any]:
     import memoh_trio
-    from benchmarks.phases import Timed
+    from benchmarks.phases import Timed, agent_requests_timed
 
     log: list[tuple[str, float, float, int]] = []
     t0 = time.monotonic()
     async with memoh_trio.connect(target) as client:
-        report = await memoh_trio.migrate_bot(bot, data_root, Timed(client, t0, log))
+        with agent_requests_timed(t0, log):
+            report = await memoh_trio.migrate_bot(bot, data_root, Timed(client, t0, log))
     calls: dict[str, dict[str, float]] = {}
     for what, start, end, _n in log:
         row = calls.setdefault(what, {"count": 0, "sum": 0.0, "first": start, "last": end})

@@ -221,9 +221,13 @@ def test_fleet_smoke(tmp_path: Path) -> None:
     for name in ("fleet wall", "fleet total CPU", "migrate-all peak RSS"):
         line = next(r for r in rows if name in r)
         assert "not measured" not in line and "(smoke)" in line, line
-    # one bot's phases: its RPCs, the probe and the tar batch among them
+    # one bot's phases: its RPCs (the agent's one Exec among them) and, inside that Exec, the
+    # agent's requests, each timed: its hello first, the flush before the rename, its bye last
     phases = proc.stdout.split("One bot's phases")[1]
     assert "| exec:agent | 1 |" in phases, phases
+    names = [r.split("|")[1].strip() for r in phases.splitlines() if r.startswith("| agent:")]
+    assert names[0] == "agent:hello" and names[-1] == "agent:bye", phases
+    assert "agent:flush" in names and "agent:files" in names, phases
     assert not (tmp_path / "cache" / "fleet-v1" / "3-smoke" / "bots" / "bot-000.migrated").exists()
 
 
