@@ -630,7 +630,7 @@ GO_TARGETS = {"a": 2.0, "b": 1.0, "c": 1.5, "d": 3.0}
 GO_RSS_MIB = 100
 
 
-def render_headline(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]:
+def render_single_bot(cells: dict[str, dict[str, Cell]], smoke: bool) -> list[str]:
     """One bot: Memoh's own Go migrator vs memoh-trio, into Memoh's own Go server (the
     headline before the fleet; with ``--fleet`` the fleet leads, :data:`fleet.FLEET_TITLE`)."""
     def cell(s: str, c: str) -> Cell | None:
@@ -742,7 +742,7 @@ def render_markdown(cells: dict[str, dict[str, Cell]], manifests: dict[str, scen
       f"({', '.join(sorted(WHOLE_PROCESS))}) 'seconds' is that time too.")
     w("")
     lines += lead
-    lines += render_headline(cells, smoke)
+    lines += render_single_bot(cells, smoke)
     for key in cells:
         m = manifests[key]
         w(f"## ({key}) {scenarios.title(key, smoke)}: {m.files:,} files, "

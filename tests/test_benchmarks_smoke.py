@@ -222,7 +222,7 @@ def test_fleet_smoke(tmp_path: Path) -> None:
         line = next(r for r in rows if name in r)
         assert "not measured" not in line and "(smoke)" in line, line
     # one bot's phases: its RPCs (the agent's one Exec among them) and, inside that Exec, the
-    # agent's requests, each timed: its hello first, the flush before the rename, its bye last
+    # agent's requests, each timed: its hello first, its bye last, batches and the flush between
     phases = proc.stdout.split("One bot's phases")[1]
     assert "| exec:agent | 1 |" in phases, phases
     names = [r.split("|")[1].strip() for r in phases.splitlines() if r.startswith("| agent:")]
