@@ -99,7 +99,16 @@ async def test_exec_stdin_async_iterable(kind: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("kind", SERVERS)
 async def test_exec_without_stdin(kind: str, tmp_path: Path) -> None:
     async with exec_client(kind, tmp_path) as c:
-        got = await c.exec("printf out; printf err >&2; exit 0")
+        for _ in range(3):
+            try:
+                got = await c.exec("printf out; printf err >&2; exit 0")
+                break
+            except _errors.Internal as exc:
+                # Memoh's server sends stdout and stderr from two goroutines at once, which
+                # grpc-go does not allow: now and then the call ends with this INTERNAL
+                # (tests/test_exec_status.py). Only that error is tried again.
+                if kind != "memoh-go" or "WriteHeader was already called" not in str(exc):
+                    raise
     assert (got.exit_code, got.stdout, got.stderr) == (0, b"out", b"err")
 
 

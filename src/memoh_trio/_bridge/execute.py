@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpclib.client
+import grpclib.exceptions
 import h2.exceptions
 
 from .. import _errors, _wire
@@ -68,6 +69,11 @@ async def _receive(stream: Stream, on_output: Callable[[str, bytes], None]) -> i
             err = msg.stream == pb.ExecOutputStream.STDERR
             on_output("stderr" if err else "stdout", bytes(msg.data))
     if exit_code is None:
+        # The server's status says why, where it gave one: grpc-go ends the call with INTERNAL
+        # and its reason when a Send fails (Memoh's server sends stdout and stderr from two
+        # goroutines at once, which grpc-go does not allow). That error is raised here.
+        with contextlib.suppress(grpclib.exceptions.ProtocolError):
+            await stream.recv_trailing_metadata()
         raise _errors.Internal("exec stream ended without an exit status", method="Exec")
     return exit_code
 
